@@ -1,0 +1,80 @@
+"""Batched greedy decoding with the KV cache.
+
+Gives token for token what `model.generate(input_ids, do_sample=False, max_new_tokens=n)` gives (a test
+proves it), including generate's end-of-sequence rule: once a row emits EOS, every later token is PAD.
+The paper's code calls `generate` without the cache and one batch at a time; this is the hot path of every
+memorization measurement, so it runs one prefill plus one single-token step per new token.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import torch
+from torch import nn
+
+
+def _cache_kwarg(model: nn.Module) -> str:
+    """transformers 5 renamed `past_key_values` to `cache` in forward(); support both."""
+    params = inspect.signature(model.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def _get_cache(output) -> object:
+    """The KV cache of a forward output, under its transformers 5 (`cache`) or 4 (`past_key_values`) name."""
+    return output["cache"] if "cache" in output else output["past_key_values"]
+
+
+@torch.no_grad()
+def greedy_continue(model: nn.Module, prompts: torch.Tensor, new_tokens: int, *, eos_id: int | None = None,
+                    pad_id: int | None = None, batch_size: int = 512) -> torch.Tensor:
+    """Greedy continuation of equal-length prompts [B, P] -> new tokens [B, new_tokens].
+
+    With `eos_id` set, a row that has produced EOS continues with `pad_id` (generate's rule); decoding stops
+    early once every row of a batch has finished.
+    """
+    if prompts.dim() != 2:
+        raise ValueError(f"prompts must be [batch, prompt_len], got shape {tuple(prompts.shape)}")
+    if new_tokens <= 0 or prompts.shape[0] == 0:
+        return prompts.new_empty((prompts.shape[0], max(new_tokens, 0)))
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    key = _cache_kwarg(model)
+    fill = pad_id if pad_id is not None else eos_id
+    outs = []
+    for start in range(0, prompts.shape[0], batch_size):
+        x = prompts[start : start + batch_size].to(device)
+        b = x.shape[0]
+        out = torch.full((b, new_tokens), fill if fill is not None else 0, dtype=torch.long, device=device)
+        finished = torch.zeros(b, dtype=torch.bool, device=device)
+        res = model(input_ids=x, use_cache=True)
+        for t in range(new_tokens):
+            nxt = res.logits[:, -1, :].argmax(dim=-1)
+            if eos_id is not None:
+                nxt = torch.where(finished, torch.full_like(nxt, fill), nxt)
+                finished |= nxt == eos_id
+            out[:, t] = nxt
+            if t + 1 == new_tokens or (eos_id is not None and bool(finished.all())):
+                break
+            res = model(input_ids=nxt[:, None], use_cache=True, **{key: _get_cache(res)})
+        outs.append(out.cpu())
+    if was_training:
+        model.train()
+    return torch.cat(outs)
+
+
+@torch.no_grad()
+def greedy_continue_ragged(model: nn.Module, sequences: torch.Tensor, prompt_lens: torch.Tensor,
+                           new_tokens: int, *, eos_id: int | None = None, pad_id: int | None = None,
+                           batch_size: int = 512) -> torch.Tensor:
+    """Greedy continuation where each row has its own prompt length (`sequences[i, :prompt_lens[i]]`).
+
+    Rows are grouped by prompt length so every group decodes as one batch. Returns [B, new_tokens].
+    """
+    out = torch.empty((sequences.shape[0], new_tokens), dtype=torch.long)
+    for plen in torch.unique(prompt_lens).tolist():
+        rows = torch.nonzero(prompt_lens == plen).flatten()
+        out[rows] = greedy_continue(model, sequences[rows, :plen], new_tokens, eos_id=eos_id, pad_id=pad_id,
+                                    batch_size=batch_size)
+    return out
