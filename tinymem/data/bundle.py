@@ -41,6 +41,8 @@ class DataBundle:
 
     tensors: dict[str, torch.Tensor]
     meta: dict[str, Any] = field(default_factory=dict)
+    # Extra text artifacts written beside the tensors (e.g. `tokenizer.json` for text data), name -> content.
+    files: dict[str, str] = field(default_factory=dict)
 
     def __getitem__(self, name: str) -> torch.Tensor:
         try:
@@ -104,7 +106,9 @@ class DataBundle:
         d = Path(directory)
         tensors = {k: v.contiguous() for k, v in self.tensors.items()}
         save_file(tensors, str(d / TENSORS))
-        manifest = {"format_version": FORMAT_VERSION, "meta": self.meta,
+        for name, content in self.files.items():
+            (d / name).write_text(content)
+        manifest = {"format_version": FORMAT_VERSION, "meta": self.meta, "files": sorted(self.files),
                     "tensors": {k: {"shape": list(v.shape), "dtype": str(v.dtype)} for k, v in tensors.items()}}
         (d / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
 
@@ -126,7 +130,11 @@ class DataBundle:
             if list(tensors[k].shape) != info["shape"]:
                 raise StoreError(f"data bundle in {d} is damaged: {k} has shape {list(tensors[k].shape)}, "
                                  f"manifest says {info['shape']}")
-        return cls(tensors=tensors, meta=manifest["meta"])
+        try:
+            files = {name: (d / name).read_text() for name in manifest.get("files", [])}
+        except FileNotFoundError as e:
+            raise StoreError(f"data bundle in {d} is incomplete: {e.filename} is missing") from None
+        return cls(tensors=tensors, meta=manifest["meta"], files=files)
 
     def summary(self) -> dict[str, Any]:
         """Row counts per tensor, for printing."""

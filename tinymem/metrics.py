@@ -1,0 +1,221 @@
+"""The one evaluation engine. Training, mitigation and sweeps all call `evaluate`, so a number means the
+same thing everywhere. Metric names are stable (they are MLflow metric keys); percentages are 0-100.
+
+Memorization (noise data), over forget rows whose k-token window [prompt_len, prompt_len+k) actually holds
+noise (the paper's noise-aware denominator, paper-code.md §5.1):
+
+- `mem_pct`: greedy decoding from the clean `prompt_len` prefix reproduces the noised next k tokens exactly.
+- `clean_recovered_pct`: ... reproduces the clean continuation instead.
+- `token_match`: mean fraction (0-1) of the k tokens equal to the noised continuation.
+- `approx_mem_pct`: rows with at least 90% of the k tokens equal to the noised ones (approximate
+  memorization beyond the paper; verbatim metrics alone undercount, see unlearning-landscape.md §2.1).
+- `prefix_match`: mean length of the longest matching prefix of the continuation.
+- `mem_pct_dup<N>`: `mem_pct` restricted to forget rows repeated N times in training.
+
+Backdoor data: `backdoor_asr_pct` is the attack success rate on held-out triggered prompts (every token of the
+continuation after the trigger equals the backdoor token), and `mem_pct` is that same number.
+
+Utility: `test_acc` (next-token accuracy with padding masked, mean over the test distributions) and
+`test_acc_<name>` per distribution; `test_ppl` (exp of the token-weighted mean NLL over all test tokens,
+padding masked) and `test_ppl_<name>`. The paper's variants, for comparison: `paper_acc` (PAD positions
+counted, mean over distributions) and `paper_ppl` (mean over batches of exp(batch-mean CE) with PAD counted,
+main distribution).
+
+Decoding follows `model.generate(do_sample=False)` exactly, including EOS handling (tokens after EOS are PAD),
+which matches how sequences end in the data; the paper forces decoding past EOS with `min_length`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tinymem.data.bundle import DataBundle
+from tinymem.decoding import greedy_continue, greedy_continue_ragged
+
+APPROX_THRESHOLD = 0.9
+BACKDOOR_TOKEN = 2
+
+
+@dataclass
+class Extraction:
+    """Per-row outcome of a memorization test."""
+
+    counted: torch.Tensor  # bool [N]: row enters the denominator (noise inside the window)
+    memorized: torch.Tensor  # bool [N]: exact reproduction of the memorized continuation
+    clean: torch.Tensor  # bool [N]: exact reproduction of the clean continuation
+    token_match: torch.Tensor  # float [N]
+    prefix_match: torch.Tensor  # float [N]
+
+
+def compare(generated: torch.Tensor, target: torch.Tensor, clean_target: torch.Tensor,
+            counted: torch.Tensor) -> Extraction:
+    """Row-wise comparison of generated continuations with memorized and clean targets (all [N, k])."""
+    eq = generated == target
+    k = max(generated.shape[1], 1)
+    # Longest matching prefix: cumulative product of matches along the window.
+    prefix = eq.long().cumprod(dim=1).sum(dim=1).float()
+    return Extraction(counted=counted, memorized=eq.all(dim=1), clean=(generated == clean_target).all(dim=1),
+                      token_match=eq.float().sum(dim=1) / k, prefix_match=prefix)
+
+
+def _pct(mask: torch.Tensor, among: torch.Tensor) -> float:
+    n = int(among.sum())
+    return float("nan") if n == 0 else 100.0 * float((mask & among).sum()) / n
+
+
+def summarize(ex: Extraction, prefix: str = "") -> dict[str, float]:
+    """Percentages over the counted rows (NaN when no row counts)."""
+    c = ex.counted
+    n = int(c.sum())
+    mean = (lambda t: float(t[c].mean())) if n else (lambda t: float("nan"))
+    return {
+        f"{prefix}mem_pct": _pct(ex.memorized, c),
+        f"{prefix}clean_recovered_pct": _pct(ex.clean, c),
+        f"{prefix}token_match": mean(ex.token_match),
+        f"{prefix}approx_mem_pct": _pct(ex.token_match >= APPROX_THRESHOLD, c),
+        f"{prefix}prefix_match": mean(ex.prefix_match),
+    }
+
+
+def noise_extraction(model: nn.Module, forget: torch.Tensor, forget_clean: torch.Tensor, prompt_len: int, k: int,
+                     *, eos_id: int | None, pad_id: int | None, batch_size: int = 512) -> Extraction:
+    """Prompt with the clean prefix, decode k tokens, compare with the noised and the clean windows."""
+    window = slice(prompt_len, prompt_len + k)
+    target, clean_target = forget[:, window], forget_clean[:, window]
+    counted = (target != clean_target).any(dim=1)
+    gen = greedy_continue(model, forget_clean[:, :prompt_len], target.shape[1], eos_id=eos_id, pad_id=pad_id,
+                          batch_size=batch_size)
+    return compare(gen, target, clean_target, counted)
+
+
+def backdoor_extraction(model: nn.Module, poisoned: torch.Tensor, clean: torch.Tensor, prompt_lens: torch.Tensor,
+                        k: int, *, eos_id: int | None, pad_id: int | None, batch_size: int = 512) -> Extraction:
+    """Prompt up to and including the trigger, decode up to k tokens (cut at the context end), compare.
+
+    The comparison window is the same length for every row (k, or less where the context ends sooner), and
+    positions beyond a row's context are ignored by filling them identically in generated and target.
+    """
+    max_ctx = poisoned.shape[1]
+    n = poisoned.shape[0]
+    gen = greedy_continue_ragged(model, clean, prompt_lens, k, eos_id=eos_id, pad_id=pad_id,
+                                 batch_size=batch_size)
+    pos = prompt_lens[:, None] + torch.arange(k)[None, :]
+    inside = pos < max_ctx
+    idx = pos.clamp(max=max_ctx - 1)
+    target = torch.gather(poisoned, 1, idx)
+    clean_target = torch.gather(clean, 1, idx)
+    gen = torch.where(inside, gen, target)
+    clean_cmp = torch.where(inside, clean_target, target)
+    return compare(gen, target, clean_cmp, torch.ones(n, dtype=torch.bool))
+
+
+@torch.no_grad()
+def token_stats(model: nn.Module, seqs: torch.Tensor, pad_id: int, batch_size: int = 256) -> dict[str, float]:
+    """Next-token statistics of a set of sequences, padding masked and unmasked (paper variants)."""
+    device = next(model.parameters()).device
+    nll_sum = correct = count = 0.0
+    paper_correct = paper_count = 0.0
+    paper_ppls: list[float] = []
+    for start in range(0, seqs.shape[0], batch_size):
+        x = seqs[start : start + batch_size].to(device)
+        logits = model(input_ids=x).logits[:, :-1].float()
+        y = x[:, 1:]
+        nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1), reduction="none").view_as(y)
+        pred = logits.argmax(dim=-1)
+        mask = y != pad_id
+        nll_sum += float(nll[mask].sum())
+        correct += float((pred == y)[mask].sum())
+        count += float(mask.sum())
+        paper_correct += float((pred == y).sum())
+        paper_count += float(y.numel())
+        paper_ppls.append(math.exp(float(nll.mean())))
+    return {"nll_sum": nll_sum, "correct": correct, "count": count, "paper_correct": paper_correct,
+            "paper_count": paper_count, "paper_ppl": sum(paper_ppls) / max(len(paper_ppls), 1)}
+
+
+def _safe_exp(x: float) -> float:
+    return math.exp(x) if x < 700 else float("inf")
+
+
+def utility(model: nn.Module, bundle: DataBundle, batch_size: int = 256) -> dict[str, float]:
+    """test_acc / test_ppl per test distribution and overall, plus the paper's variants."""
+    out: dict[str, float] = {}
+    tot_nll = tot_count = 0.0
+    accs, paper_accs = [], []
+    for i, name in enumerate(bundle.test_names):
+        s = token_stats(model, bundle.test(name), bundle.pad_id, batch_size)
+        acc = 100.0 * s["correct"] / max(s["count"], 1)
+        out[f"test_acc_{name}"] = acc
+        out[f"test_ppl_{name}"] = _safe_exp(s["nll_sum"] / max(s["count"], 1))
+        accs.append(acc)
+        paper_accs.append(100.0 * s["paper_correct"] / max(s["paper_count"], 1))
+        tot_nll += s["nll_sum"]
+        tot_count += s["count"]
+        if i == 0:
+            out["paper_ppl"] = s["paper_ppl"]
+    out["test_acc"] = sum(accs) / len(accs)
+    out["test_ppl"] = _safe_exp(tot_nll / max(tot_count, 1))
+    out["paper_acc"] = sum(paper_accs) / len(paper_accs)
+    return out
+
+
+def forget_extraction(model: nn.Module, bundle: DataBundle, batch_size: int = 512) -> Extraction:
+    """Which forget (training) rows the model currently reproduces: the unlearning set is `memorized`."""
+    eos, pad = bundle.meta.get("eos_id"), bundle.pad_id
+    if bundle.kind == "backdoor":
+        return backdoor_extraction(model, bundle.forget, bundle.forget_clean, bundle["forget_prompt_len"],
+                                   bundle.k, eos_id=eos, pad_id=pad, batch_size=batch_size)
+    return noise_extraction(model, bundle.forget, bundle.forget_clean, bundle.prompt_len, bundle.k,
+                            eos_id=eos, pad_id=pad, batch_size=batch_size)
+
+
+def memorization(model: nn.Module, bundle: DataBundle, batch_size: int = 512) -> dict[str, float]:
+    """Memorization metrics of the bundle's kind (see the module docstring)."""
+    eos, pad = bundle.meta.get("eos_id"), bundle.pad_id
+    if bundle.kind == "backdoor":
+        ex = backdoor_extraction(model, bundle["backdoor_test"], bundle["backdoor_test_clean"],
+                                 bundle["backdoor_test_prompt_len"], bundle.k, eos_id=eos, pad_id=pad,
+                                 batch_size=batch_size)
+        out = summarize(ex)
+        out["backdoor_asr_pct"] = out["mem_pct"]
+        train_ex = forget_extraction(model, bundle, batch_size)
+        out["train_backdoor_asr_pct"] = summarize(train_ex)["mem_pct"]
+        return out
+    ex = forget_extraction(model, bundle, batch_size)
+    out = summarize(ex)
+    out["mem_counted"] = float(ex.counted.sum())
+    if "forget_dup" in bundle:
+        dup = bundle["forget_dup"]
+        classes = torch.unique(dup).tolist()
+        if len(classes) > 1:
+            for c in classes:
+                sel = dup == c
+                out[f"mem_pct_dup{c}"] = _pct(ex.memorized & sel, ex.counted & sel)
+    return out
+
+
+def evaluate(model: nn.Module, bundle: DataBundle, *, memorization_metrics: bool = True,
+             utility_metrics: bool = True, batch_size: int = 512) -> dict[str, float]:
+    """All metrics of a model on a bundle: memorization (kind-aware) and utility."""
+    was_training = model.training
+    model.eval()
+    try:
+        out: dict[str, float] = {}
+        if memorization_metrics:
+            out.update(memorization(model, bundle, batch_size))
+        if utility_metrics:
+            out.update(utility(model, bundle, max(batch_size // 2, 1)))
+        return out
+    finally:
+        if was_training:
+            model.train()
+
+
+def deltas(after: dict[str, float], before: dict[str, float]) -> dict[str, float]:
+    """`<name>_delta` = after - before for every metric both have (NaN-safe)."""
+    return {f"{k}_delta": after[k] - before[k] for k in after if k in before and not k.endswith("_delta")}
