@@ -1,0 +1,172 @@
+"""The mitigation interface: one small class per method, its hyperparameters a typed dataclass.
+
+A method file looks like::
+
+    @dataclass(frozen=True)
+    class Params(Hyperparams):
+        ratio: float = hp(0.05, "fraction of MLP weights pruned", low=0.0, high=1.0, log=True)
+        epochs: int = hp(10, "passes over the data", low=1, high=1000)
+
+    @register
+    class BalancedSubnet(Mitigation):
+        name = "balanced_subnet"
+        family = "unlearn_weight"
+        Params = Params
+
+        def apply(self, ctx: MitigationContext) -> MitigationOutput: ...
+
+Families: `regularizer` (trains a new model with a training hook), `finetune` (continues training the base
+model), `unlearn_neuron` (scores MLP neurons and ablates the top `ratio` per layer), `unlearn_weight` (edits
+individual weights). `apply` receives everything through a `MitigationContext` and returns the mitigated
+model; it must not import ray/optuna/mlflow.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from tinymem.adapter import ModelAdapter
+from tinymem.data.bundle import DataBundle
+from tinymem.errors import ConfigError
+from tinymem.specs import BaseSpec, coerce
+
+FAMILIES = ("regularizer", "finetune", "unlearn_neuron", "unlearn_weight")
+
+
+def hp(default: Any, help: str, *, low: float | None = None, high: float | None = None,
+       choices: tuple | None = None, log: bool = False) -> Any:
+    """A hyperparameter field: default, meaning, and valid range (inclusive) or choices."""
+    return field(default=default, metadata={"help": help, "low": low, "high": high, "choices": choices,
+                                            "log": log})
+
+
+@dataclass(frozen=True)
+class Hyperparams:
+    """Base class of every method's hyperparameter dataclass."""
+
+    @classmethod
+    def spec(cls) -> list[dict[str, Any]]:
+        """Name, type, default, meaning and range of each hyperparameter (for `tinymem methods`)."""
+        hints = typing.get_type_hints(cls)
+        out = []
+        for f in dataclasses.fields(cls):
+            m = dict(f.metadata)
+            out.append({"name": f.name, "type": getattr(hints[f.name], "__name__", str(hints[f.name])),
+                        "default": f.default, "help": m.get("help", ""), "low": m.get("low"),
+                        "high": m.get("high"), "choices": list(m["choices"]) if m.get("choices") else None,
+                        "log": m.get("log", False)})
+        return out
+
+    @classmethod
+    def names(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any] | None, method: str = "") -> "Hyperparams":
+        """Typed, validated params; an unknown key or out-of-range value is a ConfigError naming it."""
+        values = dict(values or {})
+        names = cls.names()
+        unknown = sorted(set(values) - set(names))
+        if unknown:
+            raise ConfigError(f"unknown hyperparameter(s) {unknown} for method {method or cls.__qualname__}; "
+                              f"allowed: {names}")
+        hints = typing.get_type_hints(cls)
+        typed = {k: coerce(v, hints[k], k) for k, v in values.items()}
+        obj = cls(**typed)
+        obj.validate(method)
+        return obj
+
+    def validate(self, method: str = "") -> None:
+        where = f" of {method}" if method else ""
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            m = f.metadata
+            if m.get("choices") is not None and v not in m["choices"]:
+                raise ConfigError(f"{f.name}={v!r}{where} is not allowed; choose from {list(m['choices'])}")
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                if isinstance(v, float) and math.isnan(v):
+                    raise ConfigError(f"{f.name}=nan{where} is not a number")
+                lo, hi = m.get("low"), m.get("high")
+                if (lo is not None and v < lo) or (hi is not None and v > hi):
+                    raise ConfigError(f"{f.name}={v}{where} is out of range; allowed: [{lo}, {hi}]")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class MitigationContext:
+    """Everything a method may use. Methods edit `model` in place or return a new one.
+
+    - `forget` / `forget_clean`: the unlearning set: the forget rows the base model currently memorizes
+      (the paper's `mem_seq`), and their clean versions, row aligned.
+    - `retain`: clean training data that never contains a forget row (the paper's code mixed them).
+    - `report(metrics)`: iterative methods call it after each epoch with `evaluate(model)`-style metrics and
+      `epoch`; a sweep scheduler may use it to stop bad trials early.
+    - `evaluate(model)`: the metric engine bound to this bundle.
+    - `work_dir`: a per-(model, method) directory for caches (neuron attributions) and checkpoints that a
+      retried trial resumes from. `store_root` is the model-store root (regularizers store trained models).
+    """
+
+    model: nn.Module
+    bundle: DataBundle
+    forget: torch.Tensor
+    forget_clean: torch.Tensor
+    retain: torch.Tensor
+    base_spec: BaseSpec | None = None
+    base_key: str = ""
+    seed: int = 0
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    report: Callable[[dict[str, float]], None] = lambda metrics: None
+    evaluate: Callable[[nn.Module], dict[str, float]] | None = None
+    work_dir: Path | None = None
+    store_root: str | None = None
+    progress: bool = False
+
+    @property
+    def adapter(self) -> ModelAdapter:
+        return ModelAdapter(self.model)
+
+    @property
+    def pad_id(self) -> int:
+        return self.bundle.pad_id
+
+
+@dataclass
+class MitigationOutput:
+    """The mitigated model and what the method wants recorded (e.g. `seconds_attribution`, steps)."""
+
+    model: nn.Module
+    info: dict[str, float] = field(default_factory=dict)
+
+
+class Mitigation:
+    """Base class: set `name`, `family`, `Params`, implement `apply`."""
+
+    name: ClassVar[str] = ""
+    family: ClassVar[str] = ""
+    Params: ClassVar[type[Hyperparams]] = Hyperparams
+    iterative: ClassVar[bool] = False  # reports per-epoch metrics through ctx.report
+
+    def __init__(self, params: Hyperparams | dict[str, Any] | None = None):
+        if not isinstance(params, Hyperparams):
+            params = self.Params.from_dict(params, self.name)
+        self.params = params
+
+    def apply(self, ctx: MitigationContext) -> MitigationOutput:
+        raise NotImplementedError
+
+    @classmethod
+    def describe(cls) -> dict[str, Any]:
+        doc = (cls.__doc__ or "").strip().splitlines()
+        return {"name": cls.name, "family": cls.family, "iterative": cls.iterative,
+                "summary": doc[0] if doc else "", "hyperparameters": cls.Params.spec()}

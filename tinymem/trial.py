@@ -1,0 +1,212 @@
+"""One trial, without Ray: base model from the store (trained if missing), apply one method, evaluate
+before and after with the one metric engine, and time each phase. The sweep engine wraps exactly this.
+
+    result = run_trial({"method": "balanced_subnet", "params": {"ratio": 0.3}, "preset": "math-demo"})
+
+Config keys (only `method` is required):
+
+- `method`, `params`: the registered method and its hyperparameters (validated).
+- `preset` (default `math-demo`) and `set` ({key: value} spec overrides), or `model_dir`: an existing model
+  directory (with its data bundle) instead of a preset.
+- `storage`: model-store root (default `./tinymem-runs`). `device`: auto | cpu | cuda. `seed`.
+- `out_dir`: save the mitigated model there as a model directory (default: not saved).
+- `progress`: show progress bars.
+
+The base evaluation (metrics and which forget rows are memorized) is computed once per base model and cached
+beside the store (`<storage>/cache/<key>/`), so every trial of a sweep shares it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from tinymem.build import ensure_base_model, load_model_dir
+from tinymem.data.bundle import DataBundle
+from tinymem.errors import ConfigError
+from tinymem.metrics import deltas, evaluate, forget_extraction
+from tinymem.mitigations import get_method
+from tinymem.mitigations.base import MitigationContext
+from tinymem.models import pick_device
+from tinymem.presets import DEFAULT_PRESET, get_preset
+from tinymem.specs import BaseSpec, spec_hash
+from tinymem.store import ModelStore, write_manifest
+
+TRIAL_KEYS = ("method", "params", "preset", "set", "model_dir", "storage", "device", "seed", "out_dir",
+              "progress", "work_dir")
+
+
+@dataclass
+class TrialResult:
+    """What a trial produced. `before`/`after` map metric names to values; `seconds` has one entry per phase."""
+
+    method: str
+    params: dict[str, Any]
+    before: dict[str, float]
+    after: dict[str, float]
+    seconds: dict[str, float]
+    model_dir: str | None
+    base_key: str
+    info: dict[str, float] = field(default_factory=dict)
+    history: list[dict[str, float]] = field(default_factory=list)
+
+    @property
+    def deltas(self) -> dict[str, float]:
+        return deltas(self.after, self.before)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["deltas"] = self.deltas
+        return d
+
+
+@dataclass
+class BaseEvaluation:
+    """Base-model metrics and the unlearning set (indices of memorized forget rows), computed once."""
+
+    metrics: dict[str, float]
+    memorized_rows: torch.Tensor
+    seconds: float
+
+
+def _cache_dir(storage: str, key: str) -> Path | None:
+    store = ModelStore(storage)
+    if store.remote:
+        return store.cache / "evals" / key
+    return Path(store.root) / "cache" / key
+
+
+def base_evaluation(model: torch.nn.Module, bundle: DataBundle, cache_dir: Path | None) -> BaseEvaluation:
+    """Metrics of the base model plus which forget rows it memorizes; cached in `cache_dir`."""
+    if cache_dir is not None and (cache_dir / "base_eval.json").exists():
+        meta = json.loads((cache_dir / "base_eval.json").read_text())
+        rows = load_file(str(cache_dir / "base_eval.safetensors"))["memorized_rows"]
+        return BaseEvaluation(metrics=meta["metrics"], memorized_rows=rows, seconds=meta["seconds"])
+    t0 = time.perf_counter()
+    metrics = evaluate(model, bundle)
+    rows = torch.nonzero(forget_extraction(model, bundle).memorized).flatten()
+    seconds = time.perf_counter() - t0
+    if cache_dir is not None:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        tmp = cache_dir / f".base_eval.{os.getpid()}.safetensors"
+        save_file({"memorized_rows": rows.contiguous()}, str(tmp))
+        os.replace(tmp, cache_dir / "base_eval.safetensors")
+        tmpj = cache_dir / f".base_eval.{os.getpid()}.json"
+        tmpj.write_text(json.dumps({"metrics": metrics, "seconds": seconds}))
+        os.replace(tmpj, cache_dir / "base_eval.json")  # written last: marks the cache complete
+    return BaseEvaluation(metrics=metrics, memorized_rows=rows, seconds=seconds)
+
+
+def resolve_base(config: dict[str, Any]) -> tuple[BaseSpec | None, str]:
+    """(spec, key) of the trial's base model: from `preset` + `set`, or from `model_dir`'s manifest."""
+    if config.get("model_dir"):
+        from tinymem.store import read_manifest
+
+        manifest = read_manifest(Path(config["model_dir"]), verify=False)
+        spec = BaseSpec.from_dict(manifest["spec"]) if "spec" in manifest else None
+        return spec, manifest.get("key") or spec_hash(str(Path(config["model_dir"]).resolve()))
+    spec = get_preset(config.get("preset") or DEFAULT_PRESET,
+                      {k: str(v) for k, v in (config.get("set") or {}).items()})
+    return spec, spec.key()
+
+
+@contextmanager
+def _phase(seconds: dict[str, float], name: str):
+    t0 = time.perf_counter()
+    try:
+        yield
+    finally:
+        seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - t0
+
+
+def run_trial(config: dict[str, Any], callback: Callable[[dict[str, float]], None] | None = None) -> TrialResult:
+    """Run one mitigation trial (see the module docstring). `callback` receives intermediate metrics
+    (with `epoch`) from iterative methods."""
+    unknown = sorted(set(config) - set(TRIAL_KEYS))
+    if unknown:
+        raise ConfigError(f"unknown trial config key(s) {unknown}; allowed: {list(TRIAL_KEYS)}")
+    if "method" not in config:
+        raise ConfigError("trial config needs 'method'")
+    method_cls = get_method(config["method"])
+    method = method_cls(config.get("params") or {})  # validates before any expensive work
+    storage = str(config.get("storage") or "./tinymem-runs")
+    device = pick_device(str(config.get("device") or "auto"))
+    seed = int(config.get("seed", 0))
+    seconds: dict[str, float] = {}
+    total0 = time.perf_counter()
+
+    with _phase(seconds, "load"):
+        spec, key = resolve_base(config)
+        if config.get("model_dir"):
+            model_dir = Path(config["model_dir"])
+        else:
+            model_dir = ensure_base_model(spec, storage, device=str(device), progress=bool(config.get("progress"))
+                                          ).directory
+        loaded = load_model_dir(model_dir, device=str(device))
+        model, bundle = loaded.model, loaded.bundle
+
+    with _phase(seconds, "base_eval"):
+        base = base_evaluation(model, bundle, _cache_dir(storage, key))
+
+    rows = base.memorized_rows
+    history: list[dict[str, float]] = []
+
+    def report(metrics: dict[str, float]) -> None:
+        history.append(dict(metrics))
+        if callback is not None:
+            callback(dict(metrics))
+
+    work_dir = Path(config["work_dir"]) if config.get("work_dir") else (_cache_dir(storage, key) or Path(".")) / method.name
+    ctx = MitigationContext(
+        model=model, bundle=bundle, forget=bundle.forget[rows], forget_clean=bundle.forget_clean[rows],
+        retain=bundle.retain, base_spec=spec, base_key=key, seed=seed, device=device, report=report,
+        evaluate=lambda m: evaluate(m, bundle), work_dir=work_dir, store_root=storage,
+        progress=bool(config.get("progress")))
+    torch.manual_seed(seed)
+    with _phase(seconds, "mitigate"):
+        out = method.apply(ctx)
+    mitigated = out.model.eval()
+
+    with _phase(seconds, "eval"):
+        after = evaluate(mitigated, bundle)
+    bad = [k for k in ("mem_pct", "test_acc", "test_ppl") if k in after and isinstance(after[k], float)
+           and math.isnan(after[k]) and not math.isnan(base.metrics.get(k, 0.0))]
+    if bad:
+        raise FloatingPointError(f"metrics {bad} are NaN after {method.name}: the mitigated model is broken")
+
+    saved = None
+    if config.get("out_dir"):
+        with _phase(seconds, "save"):
+            saved = save_mitigated(mitigated, bundle, Path(config["out_dir"]), spec, key, method.name,
+                                   method.params.to_dict(), after)
+    seconds["total"] = time.perf_counter() - total0
+    # Time the method really cost, including cached work it reused (e.g. neuron attributions).
+    seconds["mitigate_total"] = seconds["mitigate"] + float(out.info.get("seconds_cached_work", 0.0))
+    return TrialResult(method=method.name, params=method.params.to_dict(), before=base.metrics, after=after,
+                       seconds=seconds, model_dir=saved, base_key=key, info=dict(out.info), history=history)
+
+
+def save_mitigated(model: torch.nn.Module, bundle: DataBundle, out_dir: Path, spec: BaseSpec | None, key: str,
+                   method: str, params: dict[str, Any], metrics: dict[str, float]) -> str:
+    """Save a mitigated model as a self-contained model directory (HF files + bundle + tinymem.json)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for f in out_dir.glob("tinymem.json"):
+        f.unlink()  # the manifest goes last; an interrupted save leaves no stale, complete-looking manifest
+    model.save_pretrained(out_dir)
+    bundle.save(out_dir)
+    info = {"key": f"{key}-{method}-{spec_hash(params, 8)}", "base_key": key, "method": method, "params": params,
+            "metrics": metrics}
+    if spec is not None:
+        info["spec"] = spec.to_dict()
+    write_manifest(out_dir, info)
+    return str(out_dir)
