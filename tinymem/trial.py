@@ -120,6 +120,36 @@ def resolve_base(config: dict[str, Any]) -> tuple[BaseSpec | None, str]:
     return spec, spec.key()
 
 
+@dataclass
+class PreparedBase:
+    """A trial config's base model, ready: stored (trained if it was missing) and evaluated (cached)."""
+
+    key: str
+    model_dir: str
+    created: bool
+    seconds: float
+    evaluation: BaseEvaluation
+
+
+def prepare_base(config: dict[str, Any]) -> PreparedBase:
+    """Do the base-model part of `run_trial` alone: make sure the base model of `config` is in the store and
+    its base evaluation is cached, so that a sweep can do it once before its trials (which then only load)."""
+    storage = str(config.get("storage") or "./tinymem-runs")
+    device = pick_device(str(config.get("device") or "auto"))
+    t0 = time.perf_counter()
+    spec, key = resolve_base(config)
+    created = False
+    if config.get("model_dir"):
+        model_dir = Path(config["model_dir"])
+    else:
+        stored = ensure_base_model(spec, storage, device=str(device), progress=bool(config.get("progress")))
+        model_dir, created = stored.directory, stored.created
+    loaded = load_model_dir(model_dir, device=str(device))
+    evaluation = base_evaluation(loaded.model, loaded.bundle, _cache_dir(storage, key))
+    return PreparedBase(key=key, model_dir=str(model_dir), created=created, seconds=time.perf_counter() - t0,
+                        evaluation=evaluation)
+
+
 @contextmanager
 def _phase(seconds: dict[str, float], name: str):
     t0 = time.perf_counter()
