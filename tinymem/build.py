@@ -67,6 +67,8 @@ def train_into(directory: Path, spec: BaseSpec, *, device: str | torch.device = 
     with (hook.eval_context(model) if hook else nullcontext()):
         metrics = evaluate(model, bundle)
     t_eval = time.perf_counter() - t1
+    if hook is not None:
+        model = hook.finalize(model)
     model.save_pretrained(directory)
     bundle.save(directory)
     return {"spec": spec.to_dict(), "metrics": metrics, "history": result.history,

@@ -40,6 +40,8 @@ class TrainHook:
     - `loss` turns per-token losses into the scalar to minimise (loss truncation drops sequences here).
     - `penalty` is added to the loss (spectral norm).
     - `eval_context` wraps evaluation forward passes during and after training.
+    - `state_dict` / `load_state_dict`: hook state saved in checkpoints, so a resumed run continues exactly.
+    - `finalize` returns the model that `build.train_into` saves.
     """
 
     def setup(self, model: nn.Module, data: torch.Tensor, bundle: DataBundle | None) -> None:
@@ -56,6 +58,17 @@ class TrainHook:
 
     def penalty(self, model: nn.Module) -> torch.Tensor | None:
         return None
+
+    def state_dict(self) -> dict[str, Any]:
+        """State a resumed run needs (saved in checkpoints), e.g. loss truncation's buffer of recent losses."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        return None
+
+    def finalize(self, model: nn.Module) -> nn.Module:
+        """The model to save after training (example-tied dropout folds its eval-mode masks in here)."""
+        return model
 
 
 def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -120,10 +133,12 @@ class TrainResult:
 
 
 def _save_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer, epoch: int, step: int,
-                     history: list[dict[str, Any]]) -> None:
+                     history: list[dict[str, Any]], hook_state: dict[str, Any] | None = None) -> None:
     """Atomic write: a crash mid-write never leaves a half checkpoint behind."""
     state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch, "step": step,
              "history": [{k: float(v) for k, v in h.items()} for h in history]}
+    if hook_state:
+        state["hook"] = hook_state
     tmp = path.with_suffix(f".tmp{os.getpid()}")
     torch.save(state, tmp)
     os.replace(tmp, path)
@@ -157,6 +172,8 @@ def train(model: nn.Module, data: torch.Tensor, spec: TrainSpec, *, seed: int = 
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         start_epoch, step, history = int(state["epoch"]), int(state["step"]), list(state["history"])
+        if "hook" in state:
+            hook.load_state_dict(state["hook"])
 
     show = sys.stderr.isatty() if progress is None else progress
     bar = None
@@ -199,7 +216,7 @@ def train(model: nn.Module, data: torch.Tensor, spec: TrainSpec, *, seed: int = 
             if callback is not None:
                 callback(done, entry)
         if ckpt is not None and ((spec.checkpoint_every and done % spec.checkpoint_every == 0) or is_last):
-            _save_checkpoint(ckpt, model, opt, done, step, history)
+            _save_checkpoint(ckpt, model, opt, done, step, history, hook.state_dict())
         if bar is not None:
             bar.update(1)
             bar.set_postfix(loss=f"{last_loss:.4f}")
