@@ -115,6 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()  # keep the CLI output to what the user asked for
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

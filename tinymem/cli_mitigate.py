@@ -1,0 +1,88 @@
+"""`tinymem methods` and `tinymem mitigate`: list the registered methods, apply one to a base model."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from tinymem.cli import print_json
+
+
+def cmd_methods(args: argparse.Namespace) -> int:
+    from tinymem.mitigations import get_method, method_names
+
+    described = [get_method(n).describe() for n in method_names()]
+    if args.json:
+        print_json(described)
+        return 0
+    for d in described:
+        print(f"{d['name']}  [{d['family']}]  {d['summary']}")
+        for h in d["hyperparameters"]:
+            rng = f"choices {h['choices']}" if h["choices"] else f"range [{h['low']}, {h['high']}]"
+            print(f"    {h['name']:18s} {h['type']:6s} default {h['default']!r:10}  {rng}  {h['help']}")
+    return 0
+
+
+def cmd_mitigate(args: argparse.Namespace) -> int:
+    from tinymem.specs import parse_set_args
+    from tinymem.trial import run_trial
+
+    params = parse_set_args(args.set)
+    config = {"method": args.method, "params": params, "storage": args.root, "device": args.device,
+              "seed": args.seed, "progress": not args.json and sys.stderr.isatty()}
+    if args.model:
+        config["model_dir"] = args.model
+    else:
+        config["preset"] = args.preset
+        config["set"] = parse_set_args(args.spec_set)
+    out = Path(args.out) if args.out else None
+    if out is None:
+        from tinymem.store import ModelStore
+
+        store = ModelStore(args.root)
+        base = Path(store.root) if not store.remote else store.cache
+        out = base / "mitigated" / args.method
+    config["out_dir"] = str(out)
+
+    def progress(metrics: dict) -> None:
+        if not args.json:
+            shown = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float))
+            print(f"  {shown}", file=sys.stderr)
+
+    result = run_trial(config, callback=progress)
+    if args.json:
+        print_json({"method": result.method, "params": result.params, "before": result.before,
+                    "after": result.after, "seconds": result.seconds, "model_dir": result.model_dir,
+                    "info": result.info})
+        return 0
+    keys = [k for k in ("mem_pct", "clean_recovered_pct", "backdoor_asr_pct", "token_match", "test_acc",
+                        "test_ppl") if k in result.after]
+    print(f"{result.method} {result.params}")
+    print(f"  {'metric':22s} {'before':>10s} {'after':>10s}")
+    for k in keys:
+        print(f"  {k:22s} {result.before.get(k, float('nan')):10.3f} {result.after[k]:10.3f}")
+    print("  seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in result.seconds.items()))
+    print(f"mitigated model: {result.model_dir}")
+    return 0
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    """Register `methods` and `mitigate` on the `tinymem` parser."""
+    me = sub.add_parser("methods", help="list the mitigation methods and their hyperparameters")
+    me.add_argument("--json", action="store_true")
+    me.set_defaults(func=cmd_methods)
+
+    mi = sub.add_parser("mitigate", help="apply one mitigation method to a base model")
+    mi.add_argument("--method", required=True, help="method name (see `tinymem methods`)")
+    mi.add_argument("--preset", default="math-demo", help="base-model preset (default math-demo)")
+    mi.add_argument("--model", help="an existing model directory instead of a preset")
+    mi.add_argument("--set", action="append", metavar="HP=VALUE", help="a hyperparameter of the method")
+    mi.add_argument("--spec-set", action="append", metavar="KEY=VALUE", help="override a base-model spec field")
+    mi.add_argument("--out", help="where to save the mitigated model (default <root>/mitigated/<method>)")
+    mi.add_argument("--root", default="./tinymem-runs", help="model store root (default ./tinymem-runs)")
+    mi.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
+    mi.add_argument("--seed", type=int, default=0, help="seed of the mitigation (default 0)")
+    mi.add_argument("--json", action="store_true", help="print one JSON object: method, params, before, after, "
+                                                      "seconds, model_dir")
+    mi.set_defaults(func=cmd_mitigate)
