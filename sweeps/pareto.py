@@ -1,0 +1,122 @@
+"""Pareto selection over finished trials (pandas), and the paper's scalar rule for comparison.
+
+Objectives, both minimised: memorization (`mem_pct`) and a utility loss measured against the trial's own
+base model:
+
+- math (`test_acc` is a percentage): `test_acc_drop` = base `test_acc` - trial `test_acc`, in points;
+- language: `test_ppl_increase_pct` = 100 * (trial `test_ppl` - base `test_ppl`) / base `test_ppl`.
+
+Only trials in state `completed` with finite objectives are eligible: failed trials have no metrics, and
+trials that ASHA stopped early (`early_stopped`) carry truncated metrics (an under-trained edit can look
+spuriously good), so they never enter the front.
+
+The paper's rule (paper-code.md §8.1): relative changes against the base, `score = mem_diff - mean(acc_diff)`
+for math (mean over the test distributions) or `mem_diff + ppl_diff` for language, `+100` when memorization
+did not move at all; the minimum score wins. It has no accuracy constraint, so it can pick a run that costs a
+lot of utility; we report it beside the front, not instead of it.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+MEM = "mem_pct"
+ACC_DROP = "test_acc_drop"
+PPL_INCREASE = "test_ppl_increase_pct"
+ELIGIBLE_STATE = "completed"
+PAPER_NO_CHANGE_PENALTY = 100.0
+
+
+def task_kind(task: str) -> str:
+    """`math` or `language`: the utility-metric family of a base model's data task."""
+    return "language" if task == "text" else "math"
+
+
+def utility_loss_name(kind: str) -> str:
+    return ACC_DROP if kind == "math" else PPL_INCREASE
+
+
+def utility_loss(after: dict[str, float], base: dict[str, float], kind: str) -> float:
+    """The second objective of one trial (NaN if a metric is missing)."""
+    if kind == "math":
+        return float(base.get("test_acc", math.nan)) - float(after.get("test_acc", math.nan))
+    b, a = float(base.get("test_ppl", math.nan)), float(after.get("test_ppl", math.nan))
+    return 100.0 * (a - b) / b if b and not math.isnan(b) else math.nan
+
+
+def non_dominated(points: np.ndarray) -> np.ndarray:
+    """Boolean mask of the rows of `points` (n x m, minimised) that no other row dominates.
+
+    A row is dominated if another is <= in every objective and < in at least one; equal rows do not dominate
+    each other, so duplicates of a front point are all on the front.
+    """
+    n = points.shape[0]
+    keep = np.ones(n, dtype=bool)
+    for i in range(n):
+        le = np.all(points <= points[i], axis=1)
+        lt = np.any(points < points[i], axis=1)
+        if np.any(le & lt):
+            keep[i] = False
+    return keep
+
+
+def pareto_mask(df: pd.DataFrame, objectives: list[str]) -> pd.Series:
+    """True for eligible trials on the front of `objectives` (all minimised)."""
+    mask = pd.Series(False, index=df.index)
+    if df.empty:
+        return mask
+    eligible = df["state"].eq(ELIGIBLE_STATE)
+    for col in objectives:
+        eligible &= pd.to_numeric(df[col], errors="coerce").map(lambda v: math.isfinite(v) if v == v else False)
+    sub = df.loc[eligible, objectives].astype(float).to_numpy()
+    if len(sub):
+        mask.loc[eligible[eligible].index] = non_dominated(sub)
+    return mask
+
+
+def paper_score(row: pd.Series, base: dict[str, float], kind: str) -> float:
+    """The paper's scalar score of one trial against its base model (lower is better)."""
+    mem, mem0 = float(row.get(MEM, math.nan)), float(base.get(MEM, math.nan))
+    if math.isnan(mem) or math.isnan(mem0):
+        return math.nan
+    mem_diff = (mem - mem0) / mem0 if mem0 else 0.0
+    if kind == "math":
+        dists = sorted(k for k in base if k.startswith("test_acc_") and k in row.index)
+        names = dists or ["test_acc"]
+        diffs = []
+        for k in names:
+            a, b = float(row.get(k, math.nan)), float(base.get(k, math.nan))
+            diffs.append((a - b) / b if b else 0.0)
+        utility_term = -float(np.mean(diffs))
+    else:
+        a, b = float(row.get("test_ppl", math.nan)), float(base.get("test_ppl", math.nan))
+        utility_term = (a - b) / b if b else 0.0
+    score = mem_diff + utility_term
+    if mem_diff == 0.0:
+        score += PAPER_NO_CHANGE_PENALTY
+    return score
+
+
+def select(df: pd.DataFrame, bases: dict[str, dict[str, float]], kind: str) -> tuple[pd.DataFrame, Any]:
+    """Annotate trials with `pareto` and `paper_score`; return (annotated df, index of the paper's pick).
+
+    `bases` maps preset name -> base metrics (the `preset` column picks the base of each row).
+    """
+    df = df.copy()
+    loss = utility_loss_name(kind)
+    df["pareto"] = pareto_mask(df, [MEM, loss]) if not df.empty else pd.Series(dtype=bool)
+    scores = []
+    for _, row in df.iterrows():
+        base = bases.get(str(row.get("preset")), next(iter(bases.values()), {}))
+        eligible = row.get("state") == ELIGIBLE_STATE
+        scores.append(paper_score(row, base, kind) if eligible else math.nan)
+    df["paper_score"] = scores
+    best = None
+    valid = df["paper_score"].dropna() if not df.empty else pd.Series(dtype=float)
+    if len(valid):
+        best = valid.idxmin()
+    return df, best
