@@ -1,0 +1,146 @@
+"""`python sweeps/run.py --method NAME`: a memorization-mitigation sweep (Ray Tune + Optuna + MLflow).
+
+A thin command line over `sweeps.engine`: parse flags, plan (every input check, in seconds, before any
+trial), run, print the Pareto table (or one JSON object with --json). Bad input prints one line naming the
+problem and the allowed values, and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):
+    # Run as a script: the script's own directory (sweeps/) must not shadow top-level modules (its files are
+    # called report, storage, errors, ...); the repository root goes there instead.
+    _here = str(Path(__file__).resolve().parent)
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _here]
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import argparse
+import json
+import shlex
+
+from sweeps.errors import SweepError
+from tinymem.errors import TinyMemError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from sweeps import engine
+    from tinymem.presets import DEFAULT_PRESET
+
+    p = argparse.ArgumentParser(
+        prog="python sweeps/run.py",
+        description="Sweep a memorization-mitigation method's hyperparameters with Ray Tune + Optuna, log every "
+                    "trial to MLflow, and print the Pareto front of memorization vs utility loss.",
+        epilog="Example: python sweeps/run.py --method balanced_subnet   (then open MLflow as printed at the end)")
+    p.add_argument("--method", required=False, default=None,
+                   help="registered method to sweep (`tinymem methods` lists them); a comma list runs a "
+                        "cross-method sweep with the method as a search dimension (required)")
+    p.add_argument("--preset", default=DEFAULT_PRESET,
+                   help="base model preset; a comma list makes the base model a search dimension (all base "
+                        "models are made up front, in parallel) (default: %(default)s)")
+    p.add_argument("--num-samples", type=int, default=None,
+                   help=f"trials to run (default: {engine.DEFAULT_NUM_SAMPLES}; with --grid paper: the whole "
+                        f"grid, or a seeded random subset of this size)")
+    p.add_argument("--max-concurrent", type=int, default=None,
+                   help="most trials at once (default: as many as the CPUs/GPUs allow)")
+    p.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs reserved per trial; also its torch threads (default: %(default)s)")
+    p.add_argument("--gpus-per-trial", type=float, default=0.0,
+                   help="GPUs per trial; a fraction packs several trials on one GPU (logical, no memory isolation) "
+                        "(default: %(default)s)")
+    p.add_argument("--sampler", default="tpe", choices=engine.SAMPLERS,
+                   help="Optuna multi-objective sampler: tpe (MO-TPE), nsga2 (NSGA-II) or random "
+                        "(default: %(default)s)")
+    p.add_argument("--grid", default=None, choices=engine.GRIDS,
+                   help="run the paper's grid from the search space file instead of a sampler "
+                        "(default: off, sample with --sampler)")
+    p.add_argument("--scheduler", default="none", choices=engine.SCHEDULERS,
+                   help=f"asha: stop iterative trials early on the per-epoch guard metric `{engine.ASHA_GUARD}`; "
+                        f"early-stopped trials are tagged and never enter the front (default: %(default)s)")
+    p.add_argument("--address", default=os.environ.get("RAY_ADDRESS") or None,
+                   help="an existing Ray cluster (HOST:PORT, ray://HOST:PORT or auto; default: $RAY_ADDRESS, "
+                        "else a fresh local runtime on 127.0.0.1)")
+    p.add_argument("--storage", default=engine.DEFAULT_STORAGE,
+                   help="root for base models, Ray results and reports: a path, or a URI such as s3://bucket/x "
+                        "(shared storage on a cluster) (default: %(default)s)")
+    p.add_argument("--tracking-uri", default=None,
+                   help="MLflow tracking URI (default: sqlite:///<storage>/mlflow.db; http://HOST:PORT for a server)")
+    p.add_argument("--experiment", default=None,
+                   help="experiment name in MLflow and under <storage>/sweeps (default: <methods>-<presets>)")
+    p.add_argument("--resume", nargs="?", const="latest", default=None, metavar="SWEEP_ID",
+                   help="resume an interrupted sweep of --experiment (the latest one, or SWEEP_ID): finished "
+                        "trials are kept once, unfinished ones continue, MLflow runs are continued (default: off)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sampler and of every trial (default: %(default)s)")
+    p.add_argument("--search-space", default=None, metavar="FILE",
+                   help="search space YAML (default: search_spaces/<method>.yaml; a comma list for several methods)")
+    p.add_argument("--max-failures", type=int, default=1,
+                   help="retries of a trial that crashed (lost worker, OOM); a bad value or NaN is not retried "
+                        "(default: %(default)s)")
+    p.add_argument("--device", default="auto", help="torch device inside trials: auto, cpu or cuda (default: %(default)s)")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON object on stdout; progress goes to stderr (default: off)")
+    return p
+
+
+def options_from_args(args: argparse.Namespace, argv: list[str]):
+    from sweeps.engine import SweepOptions
+
+    return SweepOptions(method=args.method or "", preset=args.preset, num_samples=args.num_samples,
+                        max_concurrent=args.max_concurrent, cpus_per_trial=args.cpus_per_trial,
+                        gpus_per_trial=args.gpus_per_trial, sampler=args.sampler, grid=args.grid,
+                        scheduler=args.scheduler, address=args.address, storage=args.storage,
+                        tracking_uri=args.tracking_uri, experiment=args.experiment, resume=args.resume,
+                        seed=args.seed, search_space=args.search_space, max_failures=args.max_failures,
+                        device=args.device,
+                        command=shlex.join(["python", "sweeps/run.py", *argv]))
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    from sweeps.engine import plan_sweep, run_sweep
+
+    def say(line: str) -> None:
+        print(line, file=sys.stderr if args.json else sys.stdout, flush=True)
+
+    try:
+        if not args.method and not args.resume:
+            from tinymem.mitigations import method_names
+
+            raise SweepError(f"--method is required; allowed: {method_names()}")
+        plan = plan_sweep(options_from_args(args, argv))
+        outcome = run_sweep(plan, say=say, stream="stderr" if args.json else "stdout")
+    except (SweepError, TinyMemError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.json:
+        # JSON has no NaN: a missing value is null, so every consumer can parse the object.
+        print(json.dumps(_nan_to_none(outcome.to_json()), indent=1, default=str))
+    else:
+        print()
+        print(outcome.report.summary())
+        print(f"wall time {outcome.wall_seconds:.0f} s (Ray start {outcome.ray_start_seconds:.1f} s)")
+    if outcome.interrupted:
+        print(f"interrupted: resume with  python sweeps/run.py --experiment {plan.experiment} --resume "
+              f"{plan.sweep_id} --storage {plan.storage}",
+              file=sys.stderr)
+        return 130
+    return 0
+
+
+def _nan_to_none(x):
+    import math
+
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _nan_to_none(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_nan_to_none(v) for v in x]
+    return x
+
+
+if __name__ == "__main__":
+    sys.exit(main())

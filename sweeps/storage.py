@@ -1,0 +1,112 @@
+"""Small file helpers for the storage root, which is a local path or an fsspec URI (`s3://`, `gs://`, ...).
+
+Everything a sweep writes lives under that one root: the model store (`models/`, `cache/`), Ray Tune's
+experiments (`ray/<experiment>/<sweep id>/`) and ours (`sweeps/<experiment>/<sweep id>/`: the sweep record,
+the trial -> MLflow run map, reports). Writes are atomic: a local file is written beside its target and
+renamed over it; an object-store object is replaced whole by a single PUT.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+from tinymem.store import is_uri
+
+
+def is_remote(root: str) -> bool:
+    return is_uri(str(root))
+
+
+def normalize_root(root: str) -> str:
+    """Absolute local path (so Ray workers and `mlflow ui` agree on it), or the URI unchanged."""
+    root = str(root)
+    if root.startswith("file://"):
+        root = root[len("file://"):]
+    return root if is_remote(root) else str(Path(root).expanduser().resolve())
+
+
+def join(root: str, *parts: str) -> str:
+    if is_remote(root):
+        return "/".join([root.rstrip("/"), *[p.strip("/") for p in parts]])
+    return str(Path(root, *parts))
+
+
+def _fs(uri: str):
+    import fsspec
+
+    return fsspec.core.url_to_fs(uri)
+
+
+def write_text(target: str, text: str) -> None:
+    """Atomic write of a small text file (local rename, or one whole-object PUT)."""
+    if is_remote(target):
+        fs, path = _fs(target)
+        with fs.open(path, "w") as f:
+            f.write(text)
+        return
+    p = Path(target)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(f".{p.name}.{os.getpid()}.{uuid.uuid4().hex[:6]}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, p)
+
+
+def read_text(target: str) -> str | None:
+    if is_remote(target):
+        fs, path = _fs(target)
+        if not fs.exists(path):
+            return None
+        with fs.open(path, "r") as f:
+            return f.read()
+    p = Path(target)
+    return p.read_text() if p.exists() else None
+
+
+def write_json(target: str, obj: Any) -> None:
+    write_text(target, json.dumps(obj, indent=1, sort_keys=True, default=str))
+
+
+def read_json(target: str) -> Any | None:
+    text = read_text(target)
+    return None if text is None else json.loads(text)
+
+
+def list_dirs(target: str) -> list[str]:
+    """Names of the sub-directories of `target` (sorted); empty if it does not exist."""
+    if is_remote(target):
+        fs, path = _fs(target)
+        if not fs.exists(path):
+            return []
+        return sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(path, detail=False) if fs.isdir(p))
+    p = Path(target)
+    return sorted(d.name for d in p.iterdir() if d.is_dir()) if p.exists() else []
+
+
+def upload(local: str | Path, target: str) -> str:
+    """Copy a local file to `target` (no-op if it is that file); returns `target`."""
+    if is_remote(target):
+        fs, path = _fs(target)
+        fs.put_file(str(local), path)
+        return target
+    if Path(local).resolve() != Path(target).resolve():
+        Path(target).parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(target).with_name(f".{Path(target).name}.{uuid.uuid4().hex[:6]}.tmp")
+        tmp.write_bytes(Path(local).read_bytes())
+        os.replace(tmp, target)
+    return target
+
+
+def local_dir(target: str) -> Path:
+    """A local directory for files destined to `target`: the directory itself, or a cache mirror of a URI."""
+    if not is_remote(target):
+        Path(target).mkdir(parents=True, exist_ok=True)
+        return Path(target)
+    cache = Path(os.environ.get("TINYMEM_CACHE", Path.home() / ".cache" / "tinymem"))
+    d = cache / "sweeps" / hashlib.sha256(target.encode()).hexdigest()[:16]
+    d.mkdir(parents=True, exist_ok=True)
+    return d

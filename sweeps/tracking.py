@@ -1,0 +1,269 @@
+"""MLflow layout of a sweep: one parent run per sweep, one child run per trial, all logged from the driver.
+
+Why the driver: the default backend is a SQLite file, which wants a single writer, and a Ray worker on
+another node may not even see that file. Ray's own `MLflowLoggerCallback` makes flat runs, logs every
+numeric field, and keeps run ids only in memory, so a restored experiment starts new runs (see
+sweep-stack.md §2.6). `TrialLogger` instead:
+
+- creates a child run (tag `mlflow.parentRunId`) when a trial starts, params = the trial's method, preset
+  and every hyperparameter;
+- logs per-epoch metrics (step = epoch) and the final metrics under the names of `tinymem.metrics`;
+- tags `state` (running | completed | failed | early_stopped), `pareto` (set at the end), `error`;
+- keeps trial id -> run id in `mlflow_runs.json` in the sweep directory (atomic writes), so after
+  `--resume` a trial continues its own run and a finished trial is never logged twice.
+
+It holds no state that matters beyond that file: Ray pickles callbacks into the experiment and unpickles
+them on restore, so the MLflow client is rebuilt lazily and the map is re-read from the file.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+import sqlite3
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from ray.tune import Callback
+from ray.tune.result import AUTO_RESULT_KEYS
+
+from sweeps import storage
+from sweeps.errors import SweepError
+
+RUN_MAP = "mlflow_runs.json"
+STATES = ("running", "completed", "failed", "early_stopped")
+# Result fields that are bookkeeping, not metrics worth a chart.
+_NOT_METRICS = set(AUTO_RESULT_KEYS) | {"done", "trial_id", "experiment_tag", "should_checkpoint", "final",
+                                        "failed", "epoch", "timestamp", "time_total_s", "time_this_iter_s"}
+TRACKING_SCHEMES = ("sqlite", "http", "https", "postgresql", "mysql", "mssql", "databricks")
+
+
+def default_tracking_uri(storage_root: str) -> str:
+    """A SQLite file under the storage root, or under ./tinymem-runs when the root is an object store
+    (SQLite needs a local file; the driver is its only writer)."""
+    base = storage_root if not storage.is_remote(storage_root) else storage.normalize_root("./tinymem-runs")
+    return f"sqlite:///{Path(base, 'mlflow.db')}"
+
+
+def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:
+    """Fail fast, with one line naming the URI, if MLflow cannot use it. No trial has started yet."""
+    parsed = urlparse(uri)
+    scheme = parsed.scheme.split("+")[0]
+    if scheme in ("", "file"):
+        if os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() == "true":
+            return
+        raise SweepError(f"tracking URI {uri!r} is a file store, which MLflow 3 refuses; "
+                         f"use sqlite:///PATH.db or http://HOST:PORT")
+    if scheme not in TRACKING_SCHEMES:
+        raise SweepError(f"unsupported tracking URI scheme {scheme!r} in {uri!r}; allowed: {list(TRACKING_SCHEMES)}")
+    if scheme == "sqlite":
+        path = uri[len("sqlite:///"):] if uri.startswith("sqlite:///") else ""
+        if not path:
+            raise SweepError(f"tracking URI {uri!r}: expected sqlite:///PATH (an absolute or relative file path)")
+        p = Path(path)
+        try:
+            p.parent.mkdir(parents=True, exist_ok=True)
+            sqlite3.connect(str(p), timeout=timeout).close()
+        except (OSError, sqlite3.Error) as e:
+            raise SweepError(f"tracking URI {uri!r}: cannot open the SQLite file: {e}") from None
+        return
+    if scheme in ("http", "https"):
+        url = uri.rstrip("/") + "/health"
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 (user-given server)
+                if resp.status != 200:
+                    raise SweepError(f"tracking server {uri} answered {resp.status} on /health")
+        except urllib.error.HTTPError as e:
+            raise SweepError(f"tracking server {uri} answered HTTP {e.code} on /health; is it an MLflow server?"
+                             ) from None
+        except (urllib.error.URLError, socket.timeout, ConnectionError, OSError) as e:
+            reason = getattr(e, "reason", e)
+            raise SweepError(f"tracking server {uri} is unreachable ({reason}); start it with "
+                             f"`mlflow server --host 127.0.0.1 --port PORT` or pass another --tracking-uri"
+                             ) from None
+
+
+def mlflow_client(uri: str):
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def ensure_experiment(client: Any, name: str, artifact_location: str | None) -> str:
+    """The id of MLflow experiment `name`, created (with `artifact_location`) if missing."""
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        if exp.lifecycle_stage == "deleted":
+            client.restore_experiment(exp.experiment_id)
+        return exp.experiment_id
+    try:
+        return client.create_experiment(name, artifact_location=artifact_location)
+    except Exception:  # a concurrent creator won the race
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return exp.experiment_id
+
+
+def _finite_metrics(values: dict[str, Any], step: int, now_ms: int) -> list:
+    from mlflow.entities import Metric
+
+    out = []
+    for k, v in values.items():
+        if k in _NOT_METRICS or isinstance(v, bool) or not isinstance(v, (int, float)):
+            continue
+        if not math.isfinite(float(v)):
+            continue  # MLflow stores NaN awkwardly; a missing metric says the same more clearly
+        out.append(Metric(key=k, value=float(v), timestamp=now_ms, step=step))
+    return out
+
+
+def log_metrics(client: Any, run_id: str, values: dict[str, Any], step: int = 0) -> None:
+    metrics = _finite_metrics(values, step, int(time.time() * 1000))
+    for i in range(0, len(metrics), 900):  # MLflow caps a batch at 1000 metrics
+        client.log_batch(run_id, metrics=metrics[i:i + 900])
+
+
+def log_params(client: Any, run_id: str, params: dict[str, Any]) -> None:
+    from mlflow.entities import Param
+
+    items = [Param(k, _param_str(v)) for k, v in params.items()]
+    for i in range(0, len(items), 90):
+        client.log_batch(run_id, params=items[i:i + 90])
+
+
+def set_tags(client: Any, run_id: str, tags: dict[str, Any]) -> None:
+    from mlflow.entities import RunTag
+
+    client.log_batch(run_id, tags=[RunTag(k, _tag_str(v)) for k, v in tags.items()])
+
+
+def _param_str(v: Any) -> str:
+    s = v if isinstance(v, str) else json.dumps(v, default=str)
+    return s[:6000]
+
+
+def _tag_str(v: Any) -> str:
+    s = v if isinstance(v, str) else json.dumps(v, default=str)
+    return s[:8000]
+
+
+class RunIdMap:
+    """trial id -> {run_id, state}, persisted as JSON in the sweep directory after every change."""
+
+    def __init__(self, path: str):
+        self.path = path
+        data = storage.read_json(path) or {}
+        self.trials: dict[str, dict[str, Any]] = data.get("trials", {})
+
+    def get(self, trial_id: str) -> dict[str, Any] | None:
+        return self.trials.get(trial_id)
+
+    def put(self, trial_id: str, **fields: Any) -> None:
+        self.trials.setdefault(trial_id, {}).update(fields)
+        storage.write_json(self.path, {"trials": self.trials})
+
+
+class TrialLogger(Callback):
+    """Tune callback that mirrors every trial into a child MLflow run of the sweep's parent run."""
+
+    def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str, run_map_path: str,
+                 space: Any, loss_name: str):
+        self.tracking_uri = tracking_uri
+        self.experiment_id = experiment_id
+        self.parent_run_id = parent_run_id
+        self.run_map_path = run_map_path
+        self.space = space
+        self.loss_name = loss_name
+        self._client = None
+        self._map: RunIdMap | None = None
+
+    # Ray pickles callbacks with the experiment; keep only configuration in the pickle.
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_client"] = None
+        state["_map"] = None
+        return state
+
+    @property
+    def client(self):
+        if self._client is None:
+            self._client = mlflow_client(self.tracking_uri)
+        return self._client
+
+    @property
+    def runs(self) -> RunIdMap:
+        if self._map is None:
+            self._map = RunIdMap(self.run_map_path)
+        return self._map
+
+    def _run_for(self, trial: Any) -> str:
+        """The trial's child run: the one recorded for it (resume, retry), else a new one."""
+        entry = self.runs.get(trial.trial_id)
+        if entry is not None:
+            return entry["run_id"]
+        method, preset, params = self.space.decode(trial.config)
+        run = self.client.create_run(
+            self.experiment_id, run_name=f"{method}-{trial.trial_id}",
+            tags={"mlflow.parentRunId": self.parent_run_id, "tinymem.trial_id": trial.trial_id,
+                  "method": method, "preset": preset, "state": "running", "pareto": "false"})
+        run_id = run.info.run_id
+        log_params(self.client, run_id, {"method": method, "preset": preset, **params})
+        self.runs.put(trial.trial_id, run_id=run_id, state="running")
+        return run_id
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        entry = self.runs.get(trial.trial_id)
+        run_id = self._run_for(trial)
+        if entry is not None:  # a retried or resumed trial continues its run
+            self.client.update_run(run_id, status="RUNNING")
+            set_tags(self.client, run_id, {"state": "running"})
+            self.runs.put(trial.trial_id, state="running")
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        run_id = self._run_for(trial)
+        step = int(result.get("epoch") or 0)
+        log_metrics(self.client, run_id, result, step=step)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        run_id = self._run_for(trial)
+        last = trial.last_result or {}
+        if last.get("failed"):
+            state, status = "failed", "FAILED"
+            tags = {"state": state, "error": str(last.get("error", "unknown error"))[:8000]}
+        elif not last.get("final"):
+            # A scheduler stopped it between epochs: its metrics are those of a partial edit.
+            state, status = "early_stopped", "KILLED"
+            tags = {"state": state, "early_stopped_at_epoch": str(last.get("epoch", ""))}
+        else:
+            state, status = "completed", "FINISHED"
+            tags = {"state": state}
+        set_tags(self.client, run_id, tags)
+        self.client.set_terminated(run_id, status=status)
+        self.runs.put(trial.trial_id, state=state)
+
+    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        run_id = self._run_for(trial)
+        set_tags(self.client, run_id, {"retries": str(trial.num_failures), "last_error": _error_line(trial)})
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        run_id = self._run_for(trial)
+        set_tags(self.client, run_id, {"state": "failed", "error": _error_line(trial)})
+        self.client.set_terminated(run_id, status="FAILED")
+        self.runs.put(trial.trial_id, state="failed")
+
+
+def _error_line(trial: Any) -> str:
+    """The last line of the trial's traceback (the exception and its message)."""
+    try:
+        text = trial.get_error() or ""
+    except Exception:  # the error file may be unreadable on remote storage; the state is what matters
+        text = ""
+    lines = [ln.strip() for ln in str(text).strip().splitlines() if ln.strip()]
+    return (lines[-1] if lines else "trial errored")[:8000]
