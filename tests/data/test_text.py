@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import http.server
+import json
 import socket
 import threading
 import time
@@ -237,6 +238,8 @@ def test_tokenizer_round_trip_via_bundle_and_model_dir(noise_bundle, tmp_path):
 
     b = noise_bundle
     assert "tokenizer.json" in b.files and "tokenizer_config.json" in b.files
+    # A class name transformers 4 and 5 both know, so the saved directory loads with either.
+    assert json.loads(b.files["tokenizer_config.json"])["tokenizer_class"] == "PreTrainedTokenizerFast"
     model = build_model(ModelSpec(n_layer=1, n_embd=32, n_head=2), b.vocab_size, CTX, b.meta["bos_id"],
                         b.meta["eos_id"], b.pad_id)
     model.save_pretrained(tmp_path)

@@ -14,6 +14,7 @@ Either is a `transformers` fast tokenizer. `tokenizer_files` gives the files `sa
 
 from __future__ import annotations
 
+import json
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -86,7 +87,14 @@ def tokenizer_files(tok: PreTrainedTokenizerFast) -> dict[str, str]:
     """The text files `tok.save_pretrained` writes, name -> content."""
     with tempfile.TemporaryDirectory() as d:
         tok.save_pretrained(d)
-        return {p.name: p.read_text(encoding="utf-8") for p in sorted(Path(d).iterdir()) if p.is_file()}
+        files = {p.name: p.read_text(encoding="utf-8") for p in sorted(Path(d).iterdir()) if p.is_file()}
+    config = json.loads(files.get("tokenizer_config.json", "{}"))
+    if config.get("tokenizer_class") == "TokenizersBackend":
+        # transformers 5 names its generic fast tokenizer TokenizersBackend; transformers 4 only knows the
+        # older name, which 5 still accepts. Writing that one keeps saved models loadable by both.
+        config["tokenizer_class"] = "PreTrainedTokenizerFast"
+        files["tokenizer_config.json"] = json.dumps(config, indent=2, sort_keys=True) + "\n"
+    return files
 
 
 def tokenizer_from_files(files: dict[str, str]) -> PreTrainedTokenizerFast:
