@@ -355,11 +355,12 @@ def test_hf_text_loader_on_a_local_file(tmp_path, corpus_file):
         with pytest.raises(ConfigError, match=r"needs the `datasets` package.*tinymem-sweeps\[online\]"):
             hf_text_dataset("text", data_files={"train": str(corpus_file)})
         return
-    splits = hf_text_dataset("text", data_files={"train": str(corpus_file)})
+    cache = str(tmp_path / "hf-cache")  # keep the user's datasets cache untouched
+    splits = hf_text_dataset("text", data_files={"train": str(corpus_file)}, cache_dir=cache)
     lines = [l for l in corpus_file.read_text().splitlines() if l.strip()]
     assert splits["train"] == lines
     with pytest.raises(TinyMemError, match="could not load dataset 'text'"):
-        hf_text_dataset("text", data_files={"train": str(tmp_path / "missing.txt")})
+        hf_text_dataset("text", data_files={"train": str(tmp_path / "missing.txt")}, cache_dir=cache)
 
 
 def test_wikitext_without_network_fails_fast(monkeypatch):

@@ -117,9 +117,9 @@ def hub_offline_mode() -> bool:
     return any(os.environ.get(f, "").strip().lower() in ("1", "true", "yes", "on") for f in flags)
 
 
-def hf_text_dataset(path: str, name: str | None = None,
-                    data_files: str | dict[str, str] | None = None) -> dict[str, list[str]]:
-    """`datasets.load_dataset(path, name, data_files=...)` as {split: non-empty `text` rows}.
+def hf_text_dataset(path: str, name: str | None = None, data_files: str | dict[str, str] | None = None,
+                    cache_dir: str | None = None) -> dict[str, list[str]]:
+    """`datasets.load_dataset(path, name, data_files=..., cache_dir=...)` as {split: non-empty `text` rows}.
 
     A missing `datasets` package is a ConfigError; any loading failure (network, cache, files) a TinyMemError
     with its cause.
@@ -131,7 +131,7 @@ def hf_text_dataset(path: str, name: str | None = None,
                           "pip install 'tinymem-sweeps[online]' (or use corpus=builtin or a local file/folder)"
                           ) from None
     try:
-        ds = datasets.load_dataset(path, name, data_files=data_files)
+        ds = datasets.load_dataset(path, name, data_files=data_files, cache_dir=cache_dir)
     except Exception as e:  # network, missing cache, bad files: all surface as one clear error
         raise TinyMemError(f"could not load dataset {path!r}" + (f" ({name})" if name else "") +
                            f": {type(e).__name__}: {e}") from None
