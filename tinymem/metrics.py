@@ -15,6 +15,10 @@ noise (the paper's noise-aware denominator, paper-code.md §5.1):
 Backdoor data: `backdoor_asr_pct` is the attack success rate on held-out triggered prompts (every token of the
 continuation after the trigger equals the backdoor token), and `mem_pct` is that same number.
 
+Verbatim data (memorized-sequence files of a production model, `tinymem.memfile`; paper-code.md §5.4): every
+forget row counts; the prompt is the row's own first `prompt_len` tokens and the target its own next k tokens
+(`forget_clean` is `forget`, so `clean_recovered_pct` would repeat `mem_pct` and is left out).
+
 Utility: `test_acc` (next-token accuracy with padding masked, mean over the test distributions) and
 `test_acc_<name>` per distribution; `test_ppl` (exp of the token-weighted mean NLL over all test tokens,
 padding masked) and `test_ppl_<name>`. The paper's variants, for comparison: `paper_acc` (PAD positions
@@ -91,6 +95,15 @@ def noise_extraction(model: nn.Module, forget: torch.Tensor, forget_clean: torch
     gen = greedy_continue(model, forget_clean[:, :prompt_len], target.shape[1], eos_id=eos_id, pad_id=pad_id,
                           batch_size=batch_size)
     return compare(gen, target, clean_target, counted)
+
+
+def verbatim_extraction(model: nn.Module, seqs: torch.Tensor, prompt_len: int, k: int, *, eos_id: int | None,
+                        pad_id: int | None, batch_size: int = 512) -> Extraction:
+    """Prompt with each row's first `prompt_len` tokens, decode k tokens, compare with the row's own next k."""
+    target = seqs[:, prompt_len : prompt_len + k]
+    gen = greedy_continue(model, seqs[:, :prompt_len], target.shape[1], eos_id=eos_id, pad_id=pad_id,
+                          batch_size=batch_size)
+    return compare(gen, target, target, torch.ones(seqs.shape[0], dtype=torch.bool))
 
 
 def backdoor_extraction(model: nn.Module, poisoned: torch.Tensor, clean: torch.Tensor, prompt_lens: torch.Tensor,
@@ -170,6 +183,9 @@ def forget_extraction(model: nn.Module, bundle: DataBundle, batch_size: int = 51
     if bundle.kind == "backdoor":
         return backdoor_extraction(model, bundle.forget, bundle.forget_clean, bundle["forget_prompt_len"],
                                    bundle.k, eos_id=eos, pad_id=pad, batch_size=batch_size)
+    if bundle.kind == "verbatim":
+        return verbatim_extraction(model, bundle.forget, bundle.prompt_len, bundle.k, eos_id=eos, pad_id=pad,
+                                   batch_size=batch_size)
     return noise_extraction(model, bundle.forget, bundle.forget_clean, bundle.prompt_len, bundle.k,
                             eos_id=eos, pad_id=pad, batch_size=batch_size)
 
@@ -189,6 +205,8 @@ def memorization(model: nn.Module, bundle: DataBundle, batch_size: int = 512) ->
     ex = forget_extraction(model, bundle, batch_size)
     out = summarize(ex)
     out["mem_counted"] = float(ex.counted.sum())
+    if bundle.kind == "verbatim":
+        del out["clean_recovered_pct"]  # the target is the clean text itself: the same number as mem_pct
     if "forget_dup" in bundle:
         dup = bundle["forget_dup"]
         classes = torch.unique(dup).tolist()
