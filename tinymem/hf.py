@@ -1,0 +1,510 @@
+"""Production-grade models: any Hugging Face causal LM (GPT-2, GPT-NeoX / Pythia, Llama families) as a base model.
+
+A model source is written `hf:NAME_OR_PATH[@REVISION]`:
+
+- `hf:/data/pythia-2.8b-deduped` or `hf:./my-model`: a local `save_pretrained` directory (never touches the
+  network);
+- `hf:EleutherAI/pythia-2.8b-deduped@step143000`: a hub model at a revision (branch, tag or commit). Without
+  network this fails in seconds with one clear line, unless the model is already in the local Hugging Face
+  cache (read with `local_files_only`, also what `HF_HUB_OFFLINE=1` asks for).
+
+`load_hf_model` loads it with `AutoModelForCausalLM` + the matching `AutoTokenizer`, in a chosen dtype, on the
+chosen device: one GPU when the model fits, otherwise `device_map="auto"` over the node's GPUs (needs
+`accelerate`; a clear error without it). `load_trial_base` is what `run_trial` calls for a config with
+`model: "hf:..."`: model + a `verbatim` data bundle built from memorized-sequence files (`tinymem.memfile`) +
+the base key that caches the base evaluation. `estimate_gpus` sizes a trial's GPU share from the model size.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from tinymem.errors import ConfigError, TinyMemError
+
+HF_PREFIX = "hf:"
+DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+DEVICES = ("auto", "cpu", "cuda")
+# Config keys of `run_trial` that describe a Hugging Face base model and its memorized-sequence files.
+HF_TRIAL_KEYS = ("model", "forget_file", "retain_file", "test_file", "metric_preset", "prompt_len", "k", "seq_len",
+                 "dtype")
+# A model is put on one GPU when its weights take at most this share of the GPU's memory; the rest is the
+# method's working memory (gradients, scores, activations). Beyond it, the weights are spread over the GPUs.
+SINGLE_GPU_WEIGHT_SHARE = 0.5
+KEY_VERSION = 1  # bump when the meaning of a cached base evaluation changes
+
+
+# ------------------------------------------------------------------------------------------------ sources
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a model comes from: a local directory (`local` set) or a hub name at an optional revision."""
+
+    name: str
+    revision: str | None = None
+    local: Path | None = None
+
+    @property
+    def text(self) -> str:
+        """The source as the user writes it (`hf:NAME[@REVISION]`)."""
+        return HF_PREFIX + self.name + (f"@{self.revision}" if self.revision else "")
+
+
+def is_hf_source(value: Any) -> bool:
+    """Whether `value` is an `hf:` model source (as opposed to a TinyMem model directory)."""
+    return isinstance(value, str) and value.startswith(HF_PREFIX)
+
+
+def _looks_like_path(name: str) -> bool:
+    return name.startswith(("/", "./", "../", "~")) or name in (".", "..")
+
+
+def parse_source(value: str) -> ModelSource:
+    """Parse `hf:NAME_OR_PATH[@REVISION]`. An existing directory is local (even if its name holds '@')."""
+    if not is_hf_source(value):
+        raise ConfigError(f"model source {value!r} must start with {HF_PREFIX!r}: hf:NAME_OR_PATH[@REVISION]")
+    body = value[len(HF_PREFIX):].strip()
+    if not body:
+        raise ConfigError(f"model source {value!r} names no model; expected hf:NAME_OR_PATH[@REVISION], e.g. "
+                          "hf:EleutherAI/pythia-2.8b-deduped@step143000 or hf:/path/to/model_dir")
+    whole = Path(body).expanduser()
+    if whole.is_dir():
+        return ModelSource(name=body, local=whole.resolve())
+    name, revision = body.rsplit("@", 1) if "@" in body else (body, None)
+    if revision is not None and not revision.strip():
+        raise ConfigError(f"model source {value!r} has an empty revision after '@'")
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if revision:
+            raise ConfigError(f"model source {value!r}: a revision (@{revision}) applies to hub models only; "
+                              f"{name!r} is a local directory")
+        return ModelSource(name=name, local=path.resolve())
+    if _looks_like_path(name) or path.exists():
+        raise ConfigError(f"model directory {name!r} does not exist (or is not a directory); for a hub model use "
+                          "hf:ORG/NAME[@REVISION]")
+    return ModelSource(name=name, revision=revision)
+
+
+def parse_dtype(name: str | None) -> torch.dtype:
+    """`float32` | `bfloat16` | `float16` -> torch dtype (None -> float32)."""
+    key = (name or "float32").strip().lower()
+    if key not in DTYPES:
+        raise ConfigError(f"dtype {name!r} is not allowed; choose from {list(DTYPES)}")
+    return DTYPES[key]
+
+
+def dtype_name(dtype: torch.dtype) -> str:
+    return next(k for k, v in DTYPES.items() if v == dtype)
+
+
+def parse_device(name: str | None) -> str:
+    """Validate a device name: auto | cpu | cuda | cuda:N. `cuda` without a GPU is an error, not a fallback."""
+    d = (name or "auto").strip().lower()
+    if d not in DEVICES and not (d.startswith("cuda:") and d[5:].isdigit()):
+        raise ConfigError(f"device {name!r} is not allowed; choose from {list(DEVICES)} (or cuda:N)")
+    if d.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} asked for, but torch sees no CUDA GPU here; use --device cpu or auto")
+    return d
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """Where inputs must go: the input embedding's device (with `device_map` the model spans several GPUs)."""
+    emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    if emb is not None and getattr(emb, "weight", None) is not None:
+        return emb.weight.device
+    return next(model.parameters()).device
+
+
+# ------------------------------------------------------------------------------------------------ placement
+
+
+@dataclass(frozen=True)
+class Placement:
+    """How to place a model: one device (`device`), or spread by accelerate (`device_map="auto"`)."""
+
+    device: str
+    device_map: str | None = None
+
+    @property
+    def spread(self) -> bool:
+        return self.device_map is not None
+
+
+def plan_placement(num_params: int, dtype: str, device: str, gpu_memory_bytes: list[int],
+                   accelerate_available: bool) -> Placement:
+    """Pure placement rule. `device` is auto|cpu|cuda|cuda:N; `gpu_memory_bytes` the total memory per GPU.
+
+    One GPU when the weights take at most `SINGLE_GPU_WEIGHT_SHARE` of it (the rest is the method's working
+    memory); otherwise `device_map="auto"` over all GPUs, which needs `accelerate`.
+    """
+    if device == "cpu" or (device == "auto" and not gpu_memory_bytes):
+        return Placement("cpu")
+    if not gpu_memory_bytes:
+        raise ConfigError(f"device {device!r} asked for, but no GPU is visible")
+    index = int(device.split(":")[1]) if ":" in device else 0
+    if index >= len(gpu_memory_bytes):
+        raise ConfigError(f"device {device!r} does not exist; {len(gpu_memory_bytes)} GPU(s) visible")
+    weights = num_params * DTYPE_BYTES[dtype]
+    if weights <= SINGLE_GPU_WEIGHT_SHARE * gpu_memory_bytes[index] or ":" in device:
+        return Placement(f"cuda:{index}")
+    gb = weights / 2**30
+    if len(gpu_memory_bytes) == 1:
+        raise ConfigError(f"the model's weights take {gb:.1f} GiB in {dtype}, more than {SINGLE_GPU_WEIGHT_SHARE:.0%} "
+                          f"of the one GPU's {gpu_memory_bytes[0] / 2**30:.0f} GiB; use a smaller dtype or a node "
+                          "with more GPUs")
+    if not accelerate_available:
+        raise ConfigError(f"the model's weights take {gb:.1f} GiB in {dtype}, too much for one GPU "
+                          f"({gpu_memory_bytes[index] / 2**30:.0f} GiB); spreading it over the node's "
+                          f"{len(gpu_memory_bytes)} GPUs (device_map='auto') needs the `accelerate` package: "
+                          "pip install accelerate")
+    if weights > 0.9 * sum(gpu_memory_bytes):
+        raise ConfigError(f"the model's weights take {gb:.1f} GiB in {dtype}, more than the node's "
+                          f"{sum(gpu_memory_bytes) / 2**30:.0f} GiB of GPU memory")
+    return Placement("cuda:0", device_map="auto")
+
+
+def _gpu_memory() -> list[int]:
+    if not torch.cuda.is_available():
+        return []
+    return [torch.cuda.get_device_properties(i).total_memory for i in range(torch.cuda.device_count())]
+
+
+# ------------------------------------------------------------------------------------------------ loading
+
+
+@dataclass
+class LoadedHF:
+    """A loaded Hugging Face model with its tokenizer (None when the source has none) and provenance."""
+
+    model: nn.Module
+    tokenizer: Any
+    source: ModelSource
+    dtype: str
+    num_params: int
+    placement: Placement
+    commit: str | None
+    seconds: float
+
+    @property
+    def device(self) -> torch.device:
+        return model_device(self.model)
+
+
+def _hub_offline() -> bool:
+    from tinymem.data.corpora import hub_offline_mode
+
+    return hub_offline_mode()
+
+
+def _resolve_files_only(source: ModelSource) -> bool:
+    """`local_files_only` for this source; a hub name without network is a clear error, raised in seconds.
+
+    Hub clients retry for about a minute when the network is down, so reachability is probed first (3 s);
+    when the hub is unreachable or HF_HUB_OFFLINE is set, the model must already be in the local cache.
+    """
+    if source.local is not None:
+        return True
+    if _hub_offline():
+        return True
+    from tinymem.data.corpora import hub_reachable
+
+    return not hub_reachable()
+
+
+def _not_available(source: ModelSource, files_only: bool, err: Exception) -> TinyMemError:
+    if source.local is not None:
+        return TinyMemError(f"could not load model directory {str(source.local)!r}: {type(err).__name__}: "
+                            f"{str(err).splitlines()[0] if str(err) else ''}")
+    if files_only:
+        why = "HF_HUB_OFFLINE is set" if _hub_offline() else "the Hugging Face hub is unreachable from here"
+        return TinyMemError(f"model {source.text!r} is not in the local Hugging Face cache and {why}; download it on "
+                            "a machine with network (or copy its directory here and use hf:/path/to/dir)")
+    return TinyMemError(f"could not load model {source.text!r} from the hub: {type(err).__name__}: "
+                        f"{str(err).splitlines()[0] if str(err) else ''}")
+
+
+def _from_pretrained_kwargs(source: ModelSource, files_only: bool) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {"local_files_only": files_only}
+    if source.revision:
+        kwargs["revision"] = source.revision
+    return kwargs
+
+
+def count_params_meta(config: Any) -> int:
+    """Parameters of the model a config describes, counted on the meta device (no memory, no weights read)."""
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    return sum(p.numel() for p in model.parameters())
+
+
+def load_config(source: ModelSource) -> tuple[Any, bool]:
+    """(transformers config, local_files_only) of a source; unavailable sources are a TinyMemError."""
+    from transformers import AutoConfig
+
+    files_only = _resolve_files_only(source)
+    name = str(source.local) if source.local is not None else source.name
+    try:
+        cfg = AutoConfig.from_pretrained(name, **_from_pretrained_kwargs(source, files_only))
+    except Exception as e:  # OSError for missing files/cache, HTTP errors, bad JSON: one line each
+        raise _not_available(source, files_only, e) from None
+    return cfg, files_only
+
+
+def load_tokenizer(source: ModelSource, files_only: bool = True) -> Any:
+    """The source's `AutoTokenizer`, or None if it ships none (token-id files then still work)."""
+    from transformers import AutoTokenizer
+
+    name = str(source.local) if source.local is not None else source.name
+    try:
+        return AutoTokenizer.from_pretrained(name, **_from_pretrained_kwargs(source, files_only))
+    except Exception:  # no tokenizer files: only text inputs need one, and they say so
+        return None
+
+
+def load_hf_model(source: ModelSource | str, *, dtype: str = "float32", device: str = "auto",
+                  require_adapter: bool = False) -> LoadedHF:
+    """Load a causal LM + tokenizer from `source` in `dtype` on `device` (see `plan_placement`), eval mode."""
+    from transformers import AutoModelForCausalLM
+
+    t0 = time.perf_counter()
+    src = parse_source(source) if isinstance(source, str) else source
+    torch_dtype = parse_dtype(dtype)
+    dname = dtype_name(torch_dtype)
+    dev = parse_device(device)
+    cfg, files_only = load_config(src)
+    if require_adapter:
+        from tinymem.adapter import FAMILIES
+
+        family = getattr(cfg, "model_type", "?")
+        if family not in FAMILIES:
+            raise ConfigError(f"model {src.text!r} is a {family!r} model; the mitigation methods support "
+                              f"{list(FAMILIES)}")
+    num_params = count_params_meta(cfg)
+    gpus = _gpu_memory() if dev != "cpu" else []
+    placement = plan_placement(num_params, dname, dev, gpus, importlib.util.find_spec("accelerate") is not None)
+    name = str(src.local) if src.local is not None else src.name
+    kwargs = _from_pretrained_kwargs(src, files_only)
+    kwargs["dtype"] = torch_dtype
+    if placement.spread:
+        kwargs["device_map"] = placement.device_map
+    try:
+        model = AutoModelForCausalLM.from_pretrained(name, **kwargs)
+    except Exception as e:
+        raise _not_available(src, files_only, e) from None
+    if not placement.spread:
+        model = model.to(placement.device)
+    model.eval()
+    tokenizer = load_tokenizer(src, files_only)
+    commit = getattr(model.config, "_commit_hash", None) or getattr(cfg, "_commit_hash", None)
+    return LoadedHF(model=model, tokenizer=tokenizer, source=src, dtype=dname, num_params=num_params,
+                    placement=placement, commit=commit, seconds=time.perf_counter() - t0)
+
+
+# ------------------------------------------------------------------------------------------------ trial base
+
+
+def local_fingerprint(directory: Path) -> str:
+    """A cheap identity of a local model directory: name, size and mtime of its files (not their bytes, which
+    for a 6.9B model would take a minute to hash); a model rewritten in place gets a new fingerprint."""
+    entries = sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in directory.iterdir() if p.is_file())
+    return hashlib.sha256(json.dumps(entries).encode()).hexdigest()[:16]
+
+
+def base_key(source: ModelSource, commit: str | None, dtype: str, data_identity: dict[str, Any]) -> str:
+    """Cache key of a base evaluation: model source + revision (+ resolved commit, or the local directory's
+    fingerprint) + dtype + the memorized/retain files' sha256 and the metric settings."""
+    ident = {"v": KEY_VERSION, "source": source.name if source.local is None else str(source.local),
+             "revision": source.revision, "commit": commit, "dtype": dtype, "data": data_identity}
+    if source.local is not None:
+        ident["fingerprint"] = local_fingerprint(source.local)
+    return "hf-" + hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+@dataclass
+class HFBase:
+    """What `run_trial` needs of a Hugging Face base model: the model, its verbatim bundle, the cache key."""
+
+    loaded: LoadedHF
+    bundle: Any  # DataBundle
+    key: str
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def model(self) -> nn.Module:
+        return self.loaded.model
+
+    @property
+    def device(self) -> torch.device:
+        return self.loaded.device
+
+
+def data_options(config: dict[str, Any]) -> dict[str, Any]:
+    """The memorized-sequence options of a config (files, metric preset, prompt_len, k, seq_len)."""
+    return {k: config.get(k) for k in ("forget_file", "retain_file", "test_file", "metric_preset", "prompt_len",
+                                       "k", "seq_len")}
+
+
+def load_trial_base(config: dict[str, Any], device: str = "auto", require_forget: bool = True) -> HFBase:
+    """Load `config["model"]` (hf:...) and build its verbatim bundle from the config's files."""
+    from tinymem.memfile import bundle_from_files, check_data_options
+
+    check_data_options(**data_options(config))  # bad files or settings fail before a large model loads
+    loaded = load_hf_model(str(config["model"]), dtype=str(config.get("dtype") or "float32"), device=device,
+                           require_adapter=require_forget)
+    vocab = int(loaded.model.get_input_embeddings().weight.shape[0])
+    bundle = bundle_from_files(loaded.tokenizer, vocab_size=vocab, model_config=loaded.model.config,
+                               require_forget=require_forget, **data_options(config))
+    bundle.meta["model_source"] = loaded.source.text
+    bundle.meta["model_commit"] = loaded.commit
+    bundle.meta["dtype"] = loaded.dtype
+    key = base_key(loaded.source, loaded.commit, loaded.dtype, bundle.meta["data_identity"])
+    return HFBase(loaded=loaded, bundle=bundle, key=key,
+                  info={"num_params": loaded.num_params, "placement": loaded.placement.device_map
+                        or loaded.placement.device, "seconds_load": loaded.seconds})
+
+
+# ------------------------------------------------------------------------------------------------ GPU sizing
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """The sizes that set a trial's memory: from a model config, or inferred from a parameter count."""
+
+    hidden: int
+    layers: int
+    inner: int
+    vocab: int
+    mlp_matrices: int = 2  # 2: up + down (GPT-2, GPT-NeoX); 3: gate + up + down (Llama-like)
+
+    @classmethod
+    def from_config(cls, config: Any) -> "Architecture":
+        h = int(getattr(config, "hidden_size", None) or getattr(config, "n_embd"))
+        layers = int(getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer"))
+        inner = int(getattr(config, "intermediate_size", None) or getattr(config, "n_inner", None) or 4 * h)
+        from tinymem.adapter import LLAMA_LIKE
+
+        return cls(h, layers, inner, int(config.vocab_size), 3 if config.model_type in LLAMA_LIKE else 2)
+
+    @classmethod
+    def from_params(cls, num_params: int, vocab: int = 50304) -> "Architecture":
+        """A GPT-NeoX-shaped guess: params ~ 12 * layers * hidden^2, hidden / layers ~ 80 (Pythia 1B-12B)."""
+        h = max(64, round((num_params * 80 / 12) ** (1 / 3)))
+        return cls(h, max(1, round(h / 80)), 4 * h, vocab)
+
+
+@dataclass(frozen=True)
+class MethodMemory:
+    """What one trial of a method holds at its peak, beyond activations (see `estimate_method_gb`)."""
+
+    weight_copies: float  # x the model's weight bytes (1 = the weights; all-parameter gradients add 1 each)
+    mlp_copies: float  # x the MLP weight bytes: per-weight state (scores, their gradients, momentum, masks)
+    backward: bool  # activations of every layer are kept for a backward pass
+    rows: int  # sequences per forward pass (default hyperparameters), 0: TOKENS_PER_BATCH tokens
+    captures_neurons: bool = False  # keeps every layer's MLP activations of a batch (zero_out, activations)
+
+
+# Peak memory per method, read off the method files (defaults; paper-code.md §6.4). The neuron methods run
+# batches of `_neuron.TOKENS_PER_BATCH` (32,768) tokens, a CPU-tuned constant; it dominates on large models.
+METHOD_MEMORY: dict[str, MethodMemory] = {
+    "zero_out": MethodMemory(1, 0, False, 0, captures_neurons=True),
+    "activations": MethodMemory(1, 0, False, 0, captures_neurons=True),
+    "slimming": MethodMemory(1, 0, True, 32),
+    "hard_concrete": MethodMemory(1, 0, True, 32),
+    "integrated_gradients": MethodMemory(1, 0, True, 0),
+    "durable": MethodMemory(1, 2, True, 64),  # accumulated MLP gradients + one batch's
+    "durable_aggregate": MethodMemory(1, 2, True, 64),
+    "second_order": MethodMemory(1, 1, True, 1),  # + float64 Fisher blocks and pending gradients, below
+    "subnet": MethodMemory(1, 5, True, 64),  # scores, score grads, momentum, mask, masked weight W*M
+    "balanced_subnet": MethodMemory(1, 5, True, 64),
+    "greedy": MethodMemory(3, 0, True, 64),  # gradients of every parameter + the w*g product
+}
+FAMILY_MEMORY: dict[str, MethodMemory] = {
+    "unlearn_neuron": MethodMemory(1, 0, True, 0, captures_neurons=True),  # the most any neuron method holds
+    "unlearn_weight": MethodMemory(3, 5, True, 64),
+    "finetune": MethodMemory(4, 0, True, 128),  # weights, gradients, AdamW's two moments (parameter dtype)
+}
+NEURON_TOKENS = 32_768  # tinymem.mitigations._neuron.TOKENS_PER_BATCH
+SECOND_ORDER_BYTES_PER_MLP_WEIGHT = 8 * 50 + 8 * 32  # float64 Fisher block (50) + 32 pending float64 gradients
+OVERHEAD_GB = 2.0  # CUDA context, allocator fragmentation
+PACKINGS = (1, 2, 3, 4, 6, 8)  # trials per GPU that `--gpus-per-trial` fractions express
+
+
+def estimate_method_gb(num_params: int, dtype: str, method_family: str, method: str | None = None, *,
+                       seq_len: int = 80, arch: Architecture | None = None) -> float:
+    """Estimated peak GPU memory (GiB) of one trial of `method` (or the worst of its family).
+
+    weights x copies + MLP weights x per-weight state + activations. Activations with a backward pass:
+    tokens * layers * hidden * 34 values (Korthikanti et al. 2022, no recomputation) plus the logits in float32
+    with their gradient; without backward: the logits and, for zero_out / activations, every layer's MLP
+    activations of the batch.
+    """
+    if dtype not in DTYPE_BYTES:
+        raise ConfigError(f"dtype {dtype!r} is not allowed; choose from {list(DTYPE_BYTES)}")
+    if method_family == "regularizer":
+        raise ConfigError("regularizer methods train a TinyMem model from scratch; they do not apply to "
+                          "Hugging Face models")
+    if method is not None and method in METHOD_MEMORY:
+        m = METHOD_MEMORY[method]
+    elif method_family in FAMILY_MEMORY:
+        m = FAMILY_MEMORY[method_family]
+    else:
+        raise ConfigError(f"method family {method_family!r} is not allowed; choose from "
+                          f"{sorted(FAMILY_MEMORY) + ['regularizer']}")
+    a = arch or Architecture.from_params(num_params)
+    b = DTYPE_BYTES[dtype]
+    weights = num_params * b
+    mlp_params = min(a.layers * a.mlp_matrices * a.hidden * a.inner, num_params)
+    total = m.weight_copies * weights + m.mlp_copies * mlp_params * b
+    if method == "second_order":
+        total += mlp_params * SECOND_ORDER_BYTES_PER_MLP_WEIGHT
+    tokens = m.rows * seq_len if m.rows else NEURON_TOKENS
+    if m.backward:
+        total += tokens * a.layers * a.hidden * 34 * b / 2 + tokens * a.vocab * (b + 8)
+    else:
+        total += tokens * a.vocab * (b + 4) + tokens * a.hidden * 4 * b
+    if m.captures_neurons:
+        total += tokens * a.layers * a.inner * b
+    return total / 2**30 + OVERHEAD_GB
+
+
+def estimate_gpus(num_params: int, dtype: str, method_family: str, gpu_mem_gb: float, method: str | None = None,
+                  *, seq_len: int = 80, arch: Architecture | None = None, gpus_per_node: int = 8) -> float:
+    """GPUs per trial for `--gpus-per-trial auto`: 1/n when n trials fit on one GPU (n in PACKINGS), else the
+    whole number of GPUs whose memory holds `estimate_method_gb` (the model is then spread with device_map, which
+    works within one node: more than `gpus_per_node` is an error)."""
+    if not gpu_mem_gb > 0:
+        raise ConfigError(f"gpu_mem_gb={gpu_mem_gb} must be > 0")
+    need = estimate_method_gb(num_params, dtype, method_family, method, seq_len=seq_len, arch=arch)
+    for n in reversed(PACKINGS):
+        if n * need <= gpu_mem_gb:
+            return 1.0 / n
+    gpus = math.ceil(need / gpu_mem_gb)
+    if gpus > gpus_per_node:
+        raise ConfigError(f"{method or method_family} on a {num_params / 1e9:.1f}B model in {dtype} needs about "
+                          f"{need:.0f} GiB, {gpus} GPUs of {gpu_mem_gb:g} GB: more than one node's {gpus_per_node} "
+                          "(device_map spreads a model within one node only)")
+    return float(gpus)
+
+
+def gpus_for_source(source: str, method: str, gpu_mem_gb: float, dtype: str = "float32", seq_len: int = 80
+                    ) -> float:
+    """`estimate_gpus` for an `hf:` model: reads only its config (no weights) to count parameters."""
+    from tinymem.mitigations import get_method
+
+    cls = get_method(method)
+    cfg, _ = load_config(parse_source(source))
+    return estimate_gpus(count_params_meta(cfg), dtype, cls.family, gpu_mem_gb, method, seq_len=seq_len,
+                         arch=Architecture.from_config(cfg))
