@@ -8,6 +8,10 @@ Config keys (only `method` is required):
 - `method`, `params`: the registered method and its hyperparameters (validated).
 - `preset` (default `math-demo`) and `set` ({key: value} spec overrides), or `model_dir`: an existing model
   directory (with its data bundle) instead of a preset.
+- Or a Hugging Face causal LM (`tinymem.hf`): `model` (`hf:NAME_OR_PATH[@REVISION]`), `dtype`
+  (float32 | bfloat16 | float16), `forget_file` (memorized sequences), `retain_file` / `test_file` (clean data
+  for retain and perplexity), `metric_preset` (default `pythia`), `prompt_len`, `k`, `seq_len`
+  (`tinymem.memfile`). Its base key covers the model source, revision and dtype and the files' sha256.
 - `storage`: model-store root (default `./tinymem-runs`). `device`: auto | cpu | cuda. `seed`.
 - `out_dir`: save the mitigated model there as a model directory (default: not saved).
 - `progress`: show progress bars.
@@ -34,6 +38,7 @@ from safetensors.torch import load_file, save_file
 from tinymem.build import ensure_base_model, load_model_dir
 from tinymem.data.bundle import DataBundle
 from tinymem.errors import ConfigError
+from tinymem.hf import HF_TRIAL_KEYS, load_trial_base
 from tinymem.metrics import deltas, evaluate, forget_extraction
 from tinymem.mitigations import get_method
 from tinymem.mitigations.base import MitigationContext
@@ -43,7 +48,7 @@ from tinymem.specs import BaseSpec, spec_hash
 from tinymem.store import ModelStore, write_manifest
 
 TRIAL_KEYS = ("method", "params", "preset", "set", "model_dir", "storage", "device", "seed", "out_dir",
-              "progress", "work_dir")
+              "progress", "work_dir") + HF_TRIAL_KEYS
 
 
 @dataclass
@@ -137,6 +142,11 @@ def prepare_base(config: dict[str, Any]) -> PreparedBase:
     storage = str(config.get("storage") or "./tinymem-runs")
     device = pick_device(str(config.get("device") or "auto"))
     t0 = time.perf_counter()
+    if config.get("model"):  # a Hugging Face model: loaded, never trained or stored
+        hf = load_trial_base(config, str(config.get("device") or "auto"))
+        evaluation = base_evaluation(hf.model, hf.bundle, _cache_dir(storage, hf.key))
+        return PreparedBase(key=hf.key, model_dir=str(config["model"]), created=False,
+                            seconds=time.perf_counter() - t0, evaluation=evaluation)
     spec, key = resolve_base(config)
     created = False
     if config.get("model_dir"):
@@ -176,14 +186,21 @@ def run_trial(config: dict[str, Any], callback: Callable[[dict[str, float]], Non
     total0 = time.perf_counter()
 
     with _phase(seconds, "load"):
-        spec, key = resolve_base(config)
-        if config.get("model_dir"):
-            model_dir = Path(config["model_dir"])
+        if config.get("model"):  # a Hugging Face model with memorized-sequence files
+            if config.get("model_dir") or config.get("preset"):
+                raise ConfigError("trial config: give one base model: 'model' (hf:...), 'model_dir' or 'preset'")
+            hf = load_trial_base(config, str(config.get("device") or "auto"))
+            model, bundle, spec, key = hf.model, hf.bundle, None, hf.key
+            device = hf.device  # with device_map the model spans GPUs; inputs go to its embedding's device
         else:
-            model_dir = ensure_base_model(spec, storage, device=str(device), progress=bool(config.get("progress"))
-                                          ).directory
-        loaded = load_model_dir(model_dir, device=str(device))
-        model, bundle = loaded.model, loaded.bundle
+            spec, key = resolve_base(config)
+            if config.get("model_dir"):
+                model_dir = Path(config["model_dir"])
+            else:
+                model_dir = ensure_base_model(spec, storage, device=str(device),
+                                              progress=bool(config.get("progress"))).directory
+            loaded = load_model_dir(model_dir, device=str(device))
+            model, bundle = loaded.model, loaded.bundle
 
     with _phase(seconds, "base_eval"):
         base = base_evaluation(model, bundle, _cache_dir(storage, key))
