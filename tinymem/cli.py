@@ -1,4 +1,4 @@
-"""The `tinymem` command line: train, eval, presets, methods, mitigate.
+"""The `tinymem` command line: train, eval, presets, methods, mitigate, find-memorized, convert-memorized.
 
 Bad input (unknown preset, key, method or value) prints one line naming it and the allowed values and
 exits with status 2, without a traceback.
@@ -74,6 +74,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from tinymem.build import load_model_dir
     from tinymem.metrics import evaluate
 
+    if args.model.startswith("hf:"):  # a Hugging Face model with memorized-sequence files
+        from tinymem.cli_hf import cmd_eval_hf
+
+        return cmd_eval_hf(args)
+    if hasattr(args, "dtype"):
+        from tinymem.cli_hf import reject_source_options
+
+        reject_source_options(args, args.model)
     loaded = load_model_dir(args.model, device=args.device)
     metrics = evaluate(loaded.model, loaded.bundle)
     if args.json:
@@ -100,10 +108,17 @@ def build_parser() -> argparse.ArgumentParser:
     tr.set_defaults(func=cmd_train)
 
     ev = sub.add_parser("eval", help="evaluate a model directory")
-    ev.add_argument("--model", required=True, help="model directory (from train or mitigate)")
+    ev.add_argument("--model", required=True, help="model directory (from train or mitigate), or a Hugging Face "
+                                                   "model hf:NAME_OR_PATH[@REVISION] with --forget-file etc.")
     ev.add_argument("--device", default="auto")
     ev.add_argument("--json", action="store_true")
     ev.set_defaults(func=cmd_eval)
+    try:  # options of Hugging Face models
+        from tinymem.cli_hf import add_source_arguments
+    except ImportError:
+        pass
+    else:
+        add_source_arguments(ev)
 
     try:  # commands of the mitigation layer
         from tinymem.cli_mitigate import add_commands
@@ -111,6 +126,12 @@ def build_parser() -> argparse.ArgumentParser:
         pass
     else:
         add_commands(sub)
+    try:  # commands for Hugging Face models (find-memorized, convert-memorized)
+        from tinymem.cli_hf import add_commands as add_hf_commands
+    except ImportError:
+        pass
+    else:
+        add_hf_commands(sub)
     return p
 
 

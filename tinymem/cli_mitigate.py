@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from tinymem.cli import print_json
+from tinymem.errors import ConfigError
 
 
 def cmd_methods(args: argparse.Namespace) -> int:
@@ -31,11 +32,23 @@ def cmd_mitigate(args: argparse.Namespace) -> int:
     params = parse_set_args(args.set)
     config = {"method": args.method, "params": params, "storage": args.root, "device": args.device,
               "seed": args.seed, "progress": not args.json and sys.stderr.isatty()}
-    if args.model:
-        config["model_dir"] = args.model
+    if args.model and args.model.startswith("hf:"):  # a Hugging Face model with memorized-sequence files
+        from tinymem.cli_hf import source_config
+
+        if args.spec_set:
+            raise ConfigError(f"--spec-set changes a TinyMem preset; it does not apply to --model {args.model}")
+        config["model"] = args.model
+        config.update(source_config(args))
     else:
-        config["preset"] = args.preset
-        config["set"] = parse_set_args(args.spec_set)
+        if hasattr(args, "dtype"):  # hf-only options given for a preset or model directory
+            from tinymem.cli_hf import reject_source_options
+
+            reject_source_options(args, args.model)
+        if args.model:
+            config["model_dir"] = args.model
+        else:
+            config["preset"] = args.preset
+            config["set"] = parse_set_args(args.spec_set)
     out = Path(args.out) if args.out else None
     if out is None:
         from tinymem.store import ModelStore
@@ -76,7 +89,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     mi = sub.add_parser("mitigate", help="apply one mitigation method to a base model")
     mi.add_argument("--method", required=True, help="method name (see `tinymem methods`)")
     mi.add_argument("--preset", default="math-demo", help="base-model preset (default math-demo)")
-    mi.add_argument("--model", help="an existing model directory instead of a preset")
+    mi.add_argument("--model", help="an existing model directory instead of a preset, or a Hugging Face model "
+                                    "hf:NAME_OR_PATH[@REVISION] (with --forget-file, --retain-file)")
     mi.add_argument("--set", action="append", metavar="HP=VALUE", help="a hyperparameter of the method")
     mi.add_argument("--spec-set", action="append", metavar="KEY=VALUE", help="override a base-model spec field")
     mi.add_argument("--out", help="where to save the mitigated model (default <root>/mitigated/<method>)")
@@ -86,3 +100,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     mi.add_argument("--json", action="store_true", help="print one JSON object: method, params, before, after, "
                                                       "seconds, model_dir")
     mi.set_defaults(func=cmd_mitigate)
+    try:  # options of Hugging Face models
+        from tinymem.cli_hf import add_source_arguments
+    except ImportError:
+        pass
+    else:
+        add_source_arguments(mi)
