@@ -361,7 +361,7 @@ def load_trial_base(config: dict[str, Any], device: str = "auto", require_forget
     """Load `config["model"]` (hf:...) and build its verbatim bundle from the config's files."""
     from tinymem.memfile import bundle_from_files, check_data_options
 
-    check_data_options(**data_options(config))  # bad files or settings fail before a large model loads
+    check_data_options(**data_options(config), require_forget=require_forget)  # fail before a large model loads
     loaded = load_hf_model(str(config["model"]), dtype=str(config.get("dtype") or "float32"), device=device,
                            require_adapter=require_forget)
     vocab = int(loaded.model.get_input_embeddings().weight.shape[0])

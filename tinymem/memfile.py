@@ -463,10 +463,20 @@ def split_retain_test(retain: list[list[int]] | None, test: list[list[int]] | No
 
 def check_data_options(forget_file: str | None = None, retain_file: str | None = None,
                        test_file: str | None = None, metric_preset: str | None = None,
-                       prompt_len: int | None = None, k: int | None = None, seq_len: int | None = None
-                       ) -> MetricPreset:
-    """Cheap checks before a model is loaded: the metric settings, and that each file exists with a known type."""
+                       prompt_len: int | None = None, k: int | None = None, seq_len: int | None = None,
+                       require_forget: bool = True) -> MetricPreset:
+    """Cheap checks before a model is loaded: the metric settings, the files a trial needs (a forget file and
+    clean data; with `require_forget=False` any one file), and that each file exists with a known type."""
     metric = resolve_metric(metric_preset, prompt_len, k, seq_len)
+    if require_forget and not forget_file:
+        raise ConfigError("a Hugging Face model needs a memorized-sequence file: forget_file / --forget-file "
+                          f"(formats {list(ROW_FORMATS)}; see tinymem find-memorized)")
+    if require_forget and not (retain_file or test_file):
+        raise ConfigError("a Hugging Face model needs clean data for retain and perplexity: retain_file / "
+                          f"--retain-file (and optionally test_file / --test-file), formats "
+                          f"{list(ROW_FORMATS + STREAM_FORMATS)}")
+    if not (forget_file or retain_file or test_file):
+        raise ConfigError("nothing to evaluate: give --forget-file and/or --retain-file / --test-file")
     for path, allowed in ((forget_file, ROW_FORMATS), (retain_file, ROW_FORMATS + STREAM_FORMATS),
                           (test_file, ROW_FORMATS + STREAM_FORMATS)):
         if not path:
@@ -487,16 +497,8 @@ def bundle_from_files(tokenizer: Any, *, vocab_size: int, model_config: Any = No
                       prompt_len: int | None = None, k: int | None = None, seq_len: int | None = None,
                       require_forget: bool = True) -> DataBundle:
     """Read, tokenize and validate the files and build the verbatim bundle (the trial's data)."""
-    metric = resolve_metric(metric_preset, prompt_len, k, seq_len)
-    if require_forget and not forget_file:
-        raise ConfigError("a Hugging Face model needs a memorized-sequence file: forget_file / --forget-file "
-                          f"(formats {list(ROW_FORMATS)}; see tinymem find-memorized)")
-    if require_forget and not (retain_file or test_file):
-        raise ConfigError("a Hugging Face model needs clean data for retain and perplexity: retain_file / "
-                          f"--retain-file (and optionally test_file / --test-file), formats "
-                          f"{list(ROW_FORMATS + STREAM_FORMATS)}")
-    if not (forget_file or retain_file or test_file):
-        raise ConfigError("nothing to evaluate: give --forget-file and/or --retain-file / --test-file")
+    metric = check_data_options(forget_file, retain_file, test_file, metric_preset, prompt_len, k, seq_len,
+                                require_forget)
     pad_id, eos = special_ids(tokenizer, model_config)
     identity: dict[str, Any] = {"v": MEMFILE_VERSION, "prompt_len": metric.prompt_len, "k": metric.k,
                                 "seq_len": metric.seq_len, "pad_id": pad_id}

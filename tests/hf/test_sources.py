@@ -128,6 +128,14 @@ def test_hub_unreachable_without_offline_flag_fails_fast(monkeypatch, capsys, tm
     assert time.perf_counter() - t0 < 15
 
 
+def test_missing_files_fail_before_the_model_loads(capsys):
+    # the hub model does not exist anywhere: the error must be about the files, found before any loading
+    rc = main(["eval", "--model", "hf:tinymem-test/no-such-model"])
+    assert rc == 2 and "nothing to evaluate" in capsys.readouterr().err
+    rc = main(["mitigate", "--model", "hf:tinymem-test/no-such-model", "--method", "subnet"])
+    assert rc == 2 and "needs a memorized-sequence file" in capsys.readouterr().err
+
+
 def test_hf_options_without_hf_model_are_rejected(capsys):
     rc = main(["mitigate", "--method", "subnet", "--forget-file", "x.jsonl"])
     assert rc == 2
