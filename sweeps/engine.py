@@ -25,6 +25,7 @@ import importlib
 import logging
 import math
 import os
+import pickle
 import socket
 import sys
 import time
@@ -35,6 +36,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from ray.tune import Callback
+from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from sweeps import storage
@@ -85,6 +87,7 @@ class SweepOptions:
     max_failures: int = 1
     device: str = "auto"
     command: str = ""
+    warm_start: bool = True  # evaluate each method's default hyperparameters first (Optuna samplers only)
 
 
 @dataclass
@@ -365,6 +368,7 @@ def sweep_trainable(config: dict[str, Any], static: TrialStatic) -> None:
     Final report keys: every metric of `tinymem.metrics` (after the edit), the utility loss
     (`test_acc_drop` or `test_ppl_increase_pct`), `seconds_<phase>`, `info_<key>`, `final=1`, `failed`.
     """
+    import ray
     from ray import tune
 
     from tinymem.trial import run_trial
@@ -376,11 +380,13 @@ def sweep_trainable(config: dict[str, Any], static: TrialStatic) -> None:
     kind = static.kinds[preset]
     loss_name = utility_loss_name(kind)
     last_epoch = 0
+    # Where the trial runs, in every result (Ray adds `hostname` and `node_ip`); the MLflow run is tagged with it.
+    node_id = ray.get_runtime_context().get_node_id()
 
     def on_epoch(metrics: dict[str, float]) -> None:
         nonlocal last_epoch
         last_epoch = int(metrics.get("epoch", last_epoch + 1))
-        tune.report({**_numeric(metrics), "epoch": last_epoch, "final": 0})
+        tune.report({**_numeric(metrics), "epoch": last_epoch, "final": 0, "ray_node_id": node_id})
 
     trial_config = {"method": method, "params": params, "preset": preset, "storage": static.storage,
                     "device": static.device, "seed": static.seed}
@@ -389,17 +395,22 @@ def sweep_trainable(config: dict[str, Any], static: TrialStatic) -> None:
     except (TinyMemError, FloatingPointError) as e:
         # Deterministic failures (bad value, NaN): record and move on; a retry would fail the same way.
         tune.report({"final": 1, "failed": 1, "error": f"{type(e).__name__}: {e}", "epoch": last_epoch,
-                     MEM: math.nan, loss_name: math.nan})
+                     MEM: math.nan, loss_name: math.nan, "ray_node_id": node_id})
         return
     after = _numeric(result.after)
     loss = utility_loss(after, result.before, kind)
     report: dict[str, Any] = {**after, loss_name: loss}
     report.update({f"seconds_{k}": float(v) for k, v in result.seconds.items()})
     report.update({f"info_{k}": v for k, v in _numeric(result.info).items()})
-    report.update({"epoch": last_epoch, "final": 1, "failed": 0})
-    bad = [k for k in (MEM, loss_name) if not math.isfinite(report.get(k, math.nan))]
+    report.update({"epoch": last_epoch, "final": 1, "failed": 0, "ray_node_id": node_id})
+    # NaN or inf in an objective or a core utility metric means a broken model (e.g. NaN weights give NaN
+    # logits, whose perplexity overflows to inf): a failed trial, not a point for the front.
+    bad = [k for k in (MEM, loss_name, "test_acc", "test_ppl")
+           if k in report or k in (MEM, loss_name)
+           if not math.isfinite(report.get(k, math.nan))]
     if bad:
-        report.update({"failed": 1, "error": f"objective(s) {bad} are not finite after {method}"})
+        report.update({"failed": 1, "error": f"FloatingPointError: metrics {bad} are not finite (NaN/inf) "
+                                             f"after {method}: the mitigated model is broken"})
     tune.report(report)
 
 
@@ -419,7 +430,9 @@ def make_searcher(plan: SweepPlan, num_samples: int) -> "ParetoOptunaSearch":
         # MO-TPE; its default 10 random start-up trials would be most of a small budget.
         sampler = optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(4, min(10, num_samples // 4)))
     return ParetoOptunaSearch(space=plan.space, metric=plan.objectives, mode=["min"] * len(plan.objectives),
-                              sampler=sampler, points_to_evaluate=plan.space.warm_start_points() or None,
+                              sampler=sampler,
+                              points_to_evaluate=(plan.space.warm_start_points() if plan.options.warm_start
+                                                  else None) or None,
                               study_name=f"{plan.experiment}-{plan.sweep_id}")
 
 
@@ -444,6 +457,40 @@ class ParetoOptunaSearch(OptunaSearch):
         except Exception as exc:  # e.g. already told; the sweep must not die over bookkeeping
             log.warning("optuna tell failed for %s: %s", trial_id, exc)
         self._completed_trials.add(trial_id)
+
+
+class GridSearcher(Searcher):
+    """The paper's grid as a Tune searcher: hands out the given points in order, then FINISHED.
+
+    (Ray's BasicVariantGenerator wants every pre-set key declared in `param_space`, which a cross-method grid
+    cannot do without filling other methods' keys with junk.) Its state is the index of the next point,
+    pickled with the experiment, so `--resume` continues the grid where it stopped.
+    """
+
+    def __init__(self, points: list[dict[str, Any]]):
+        super().__init__(metric=None, mode=None)
+        self.points = [dict(p) for p in points]
+        self.next_index = 0
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
+        if self.next_index >= len(self.points):
+            return Searcher.FINISHED
+        point = self.points[self.next_index]
+        self.next_index += 1
+        return dict(point)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        pass
+
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "wb") as f:
+            pickle.dump({"points": self.points, "next_index": self.next_index}, f)
+
+    def restore(self, checkpoint_path: str) -> None:
+        # Only ever our own experiment directory (as Ray's own restore, which unpickles it too).
+        with open(checkpoint_path, "rb") as f:
+            state = pickle.load(f)
+        self.points, self.next_index = state["points"], state["next_index"]
 
 
 # --- progress lines ------------------------------------------------------------------------------------------
@@ -581,21 +628,26 @@ def _artifact_location(plan: SweepPlan) -> str | None:
     return None
 
 
-def run_sweep(plan: SweepPlan, say: Callable[[str], None] = print, stream: str = "stdout") -> SweepOutcome:
+def run_sweep(plan: SweepPlan, say: Callable[[str], None] = print, stream: str = "stdout",
+              trainable_fn: Callable[[dict[str, Any], TrialStatic], None] | None = None) -> SweepOutcome:
     """Run (or resume) a planned sweep to the end and build its report.
 
     `say` prints the sweep's own lines; `stream` (stdout | stderr | none) is where per-trial lines go.
+    `trainable_fn` replaces `sweep_trainable` (same signature and reports), e.g. the synthetic trial of
+    `bench/scale_sim.py`, which measures the engine's own overhead; everything else runs unchanged.
     """
     import ray
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
-    from ray.tune.search import BasicVariantGenerator
 
     from sweeps import report as reporting
 
     t_start = time.time()
     o = plan.options
     _quiet_libraries()
+    # Per-epoch results carry the ASHA guard, not the objectives the searcher waits for (those come with the
+    # final report); Tune's strict check would otherwise fail every iterative trial at its first epoch.
+    os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")
     t0 = time.time()
     started = connect_ray(o.address)
     ray_start = time.time() - t0
@@ -624,7 +676,7 @@ def run_sweep(plan: SweepPlan, say: Callable[[str], None] = print, stream: str =
         static = TrialStatic(space=plan.space, storage=plan.storage, device=o.device, seed=o.seed,
                              cpus=o.cpus_per_trial, kinds=plan.kinds, method_modules=_method_modules(plan))
         resources = {"cpu": o.cpus_per_trial, "gpu": o.gpus_per_trial}
-        trainable = tune.with_resources(tune.with_parameters(sweep_trainable, static=static), resources)
+        trainable = tune.with_resources(tune.with_parameters(trainable_fn or sweep_trainable, static=static), resources)
 
         if o.grid:
             points = plan.space.grid_points(limit=o.num_samples, seed=o.seed)
@@ -641,7 +693,7 @@ def run_sweep(plan: SweepPlan, say: Callable[[str], None] = print, stream: str =
                                        resume_errored=False, restart_errored=False)
         else:
             if o.grid:
-                search_alg = BasicVariantGenerator(points_to_evaluate=points, max_concurrent=o.max_concurrent or 0)
+                search_alg = GridSearcher(points)
             else:
                 search_alg = make_searcher(plan, total)
             scheduler = None
@@ -650,7 +702,7 @@ def run_sweep(plan: SweepPlan, say: Callable[[str], None] = print, stream: str =
                                           max_t=plan.space.max_epochs() or 100, grace_period=1,
                                           reduction_factor=3, stop_last_trials=False)
             tune_config = tune.TuneConfig(search_alg=search_alg, scheduler=scheduler, num_samples=total,
-                                          max_concurrent_trials=None if o.grid else o.max_concurrent,
+                                          max_concurrent_trials=o.max_concurrent,
                                           reuse_actors=True)
             # A metric/mode here would silently make the multi-objective study single-objective.
             assert tune_config.metric is None and tune_config.mode is None, "TuneConfig must not set metric/mode"

@@ -49,6 +49,7 @@ def runs_dataframe(client: Any, experiment_id: str, parent_run_id: str) -> tuple
         for run in page:
             tags, params = run.data.tags, run.data.params
             row: dict[str, Any] = {"trial_id": tags.get("tinymem.trial_id", ""), "run_id": run.info.run_id,
+                                   "started_ms": run.info.start_time,
                                    "state": tags.get("state", "running"), "method": params.get("method", ""),
                                    "preset": params.get("preset", ""), "error": tags.get("error", "")}
             for k, v in params.items():
@@ -63,7 +64,8 @@ def runs_dataframe(client: Any, experiment_id: str, parent_run_id: str) -> tuple
             break
     df = pd.DataFrame(rows)
     if not df.empty:
-        df = df.sort_values("trial_id", kind="stable").reset_index(drop=True)
+        # Trial order = the order they started in (Tune's trial ids are random, not sequential).
+        df = df.sort_values(["started_ms", "trial_id"], kind="stable").reset_index(drop=True)
     return df, param_names
 
 

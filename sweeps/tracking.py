@@ -8,7 +8,8 @@ sweep-stack.md §2.6). `TrialLogger` instead:
 - creates a child run (tag `mlflow.parentRunId`) when a trial starts, params = the trial's method, preset
   and every hyperparameter;
 - logs per-epoch metrics (step = epoch) and the final metrics under the names of `tinymem.metrics`;
-- tags `state` (running | completed | failed | early_stopped), `pareto` (set at the end), `error`;
+- tags `state` (running | completed | failed | early_stopped), `pareto` (set at the end), `error`, and where
+  the trial runs: `ray_node_id`, `hostname`, `node_ip` (updated if a retry moves it to another node);
 - keeps trial id -> run id in `mlflow_runs.json` in the sweep directory (atomic writes), so after
   `--resume` a trial continues its own run and a finished trial is never logged twice.
 
@@ -41,6 +42,8 @@ STATES = ("running", "completed", "failed", "early_stopped")
 # Result fields that are bookkeeping, not metrics worth a chart.
 _NOT_METRICS = set(AUTO_RESULT_KEYS) | {"done", "trial_id", "experiment_tag", "should_checkpoint", "final",
                                         "failed", "epoch", "timestamp", "time_total_s", "time_this_iter_s"}
+# Result fields that say where a trial ran, copied to tags of its run (`ray_node_id` comes from the trainable).
+WHERE_TAGS = ("ray_node_id", "hostname", "node_ip")
 TRACKING_SCHEMES = ("sqlite", "http", "https", "postgresql", "mysql", "mssql", "databricks")
 
 
@@ -189,6 +192,7 @@ class TrialLogger(Callback):
         state = self.__dict__.copy()
         state["_client"] = None
         state["_map"] = None
+        state.pop("_where", None)
         return state
 
     @property
@@ -230,6 +234,12 @@ class TrialLogger(Callback):
         run_id = self._run_for(trial)
         step = int(result.get("epoch") or 0)
         log_metrics(self.client, run_id, result, step=step)
+        # Where it runs (a retried trial may move to another node): tagged when it changes.
+        where = {k: str(result[k]) for k in WHERE_TAGS if result.get(k)}
+        seen = self.__dict__.setdefault("_where", {})  # not pickled; an unpickled logger re-tags once
+        if where and seen.get(trial.trial_id) != where:
+            set_tags(self.client, run_id, where)
+            seen[trial.trial_id] = where
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         run_id = self._run_for(trial)
@@ -261,9 +271,15 @@ class TrialLogger(Callback):
 
 def _error_line(trial: Any) -> str:
     """The last line of the trial's traceback (the exception and its message)."""
+    text = ""
     try:
-        text = trial.get_error() or ""
-    except Exception:  # the error file may be unreadable on remote storage; the state is what matters
-        text = ""
+        # Tune writes the traceback locally first (`error_file`) and syncs it to storage later.
+        local = trial.error_file
+        if local and os.path.exists(local):
+            text = Path(local).read_text()
+        else:
+            text = trial.get_error() or ""
+    except Exception:  # unreadable (e.g. remote storage not synced yet): the failed state is what matters
+        text = text or ""
     lines = [ln.strip() for ln in str(text).strip().splitlines() if ln.strip()]
     return (lines[-1] if lines else "trial errored")[:8000]

@@ -75,9 +75,14 @@ def ray_runtime():
 
 
 @pytest.fixture(scope="session")
-def sweep_root(tiny_store) -> str:
-    """A storage root whose model store already holds math-tiny (trained once per session)."""
-    root, _stored = tiny_store
+def sweep_root(request) -> str:
+    """A storage root whose model store already holds math-tiny (trained once per session by the root
+    conftest's `tiny_store`). For quicker local iterations, TINYMEM_SWEEP_TEST_STORE may name a root that
+    already holds it (it is written to: Ray results, sweep records)."""
+    preset = os.environ.get("TINYMEM_SWEEP_TEST_STORE")
+    if preset:
+        return str(Path(preset).resolve())
+    root, _stored = request.getfixturevalue("tiny_store")
     return str(root)
 
 

@@ -1,0 +1,200 @@
+"""Real sweeps on the session's Ray runtime, MLflow in temporary SQLite files, math-tiny base model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+from tests.sweeps.conftest import run_cli
+
+
+def children(uri: str, parent_run_id: str):
+    client = MlflowClient(uri)
+    exp_id = client.get_run(parent_run_id).info.experiment_id
+    return client.search_runs([exp_id], filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'")
+
+
+def test_durable_sweep_end_to_end(ray_runtime, sweep_args, tracking_uri, capsys):
+    code, out, err = run_cli(sweep_args("durable", "t-durable", "--num-samples", "4"), capsys)
+    assert code == 0, err
+    for key in ("experiment", "mlflow_parent_run_id", "tracking_uri", "trials", "completed", "failed",
+                "early_stopped", "base", "pareto", "best_paper_rule", "pareto_csv", "pareto_png"):
+        assert key in out, key
+    assert (out["trials"], out["completed"], out["failed"], out["early_stopped"]) == (4, 4, 0, 0)
+    assert out["tracking_uri"] == tracking_uri and out["experiment"] == "t-durable"
+    assert out["base"]["mem_pct"] > 0 and "test_acc" in out["base"]
+    assert out["pareto"], "a completed sweep has a non-empty front"
+    for rec in out["pareto"]:
+        assert set(rec["params"]) >= {"ratio", "batch_size"}
+        for k in ("mem_pct", "test_acc_drop", "test_acc", "seconds_mitigate"):
+            assert isinstance(rec[k], float)
+    assert Path(out["pareto_csv"]).is_file() and Path(out["pareto_png"]).stat().st_size > 1000
+    assert "mlflow ui --backend-store-uri" in out["mlflow_ui"]
+
+    runs = children(tracking_uri, out["mlflow_parent_run_id"])
+    assert len(runs) == 4
+    ratios = sorted(float(r.data.params["ratio"]) for r in runs)
+    assert 0.01 in ratios  # the method's default, evaluated first as a warm start
+    front_ids = {rec["run_id"] for rec in out["pareto"]}
+    for r in runs:
+        assert r.info.status == "FINISHED" and r.data.tags["state"] == "completed"
+        assert r.data.tags["pareto"] == ("true" if r.info.run_id in front_ids else "false")
+        assert {"mem_pct", "test_acc", "test_acc_drop", "test_ppl", "seconds_mitigate", "seconds_load"} <= set(r.data.metrics)
+        assert r.data.params["method"] == "durable" and r.data.params["preset"] == "math-tiny"
+    client = MlflowClient(tracking_uri)
+    parent = client.get_run(out["mlflow_parent_run_id"])
+    assert parent.info.status == "FINISHED"
+    assert parent.data.metrics["base_mem_pct"] == pytest.approx(out["base"]["mem_pct"])
+    assert "--method durable" in parent.data.params["command"]
+    arts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"pareto.csv", "pareto.png", "trials.csv", "search_space.yaml"} <= arts
+
+    # The report rebuilds the same front from MLflow alone.
+    from sweeps.report import main as report_main
+
+    capsys.readouterr()
+    assert report_main(["--experiment", "t-durable", "--tracking-uri", tracking_uri, "--out",
+                        str(Path(out["pareto_csv"]).parent / "rebuilt"), "--json"]) == 0
+    import json
+
+    rebuilt = json.loads(capsys.readouterr().out)
+    assert [r["run_id"] for r in rebuilt["pareto"]] == [r["run_id"] for r in out["pareto"]]
+    assert rebuilt["best_paper_rule"]["run_id"] == out["best_paper_rule"]["run_id"]
+
+
+def test_failing_and_nan_trials_are_recorded_and_the_sweep_goes_on(ray_runtime, sweep_args, spaces_dir,
+                                                                      tracking_uri, capsys, tmp_path):
+    space = tmp_path / "probe_fail.yaml"
+    space.write_text("method: sweep_probe\nparams:\n  ratio: {type: float, low: 0.0, high: 0.5}\n"
+                     "paper_grid:\n  fail: [none, raise, nan, crash]\n  ratio: [0.05]\n")
+    args = sweep_args("sweep_probe", "t-fail", "--grid", "paper", "--max-failures", "0", "--max-concurrent", "2")
+    args[args.index("--search-space") + 1] = str(space)
+    code, out, err = run_cli(args, capsys)
+    assert code == 0, err
+    assert (out["trials"], out["completed"], out["failed"]) == (4, 1, 3)
+    by_fail = {r.data.params["fail"]: r for r in children(tracking_uri, out["mlflow_parent_run_id"])}
+    assert by_fail["none"].data.tags["state"] == "completed"
+    for fail, needle in (("raise", "ConfigError: sweep_probe was asked to fail"),
+                         ("nan", "NaN"), ("crash", "RuntimeError: sweep_probe crashed")):
+        run = by_fail[fail]
+        assert run.data.tags["state"] == "failed" and run.info.status == "FAILED"
+        assert needle in run.data.tags["error"], run.data.tags["error"]
+        assert run.data.tags["pareto"] == "false"
+    assert [r["params"]["fail"] for r in out["pareto"]] == ["none"]
+
+
+def test_asha_early_stopped_trials_are_tagged_and_never_on_the_front(ray_runtime, sweep_args, tracking_uri,
+                                                                     capsys, tmp_path):
+    # The probe reports `guard` as retain_loss every epoch, so ASHA's choices are predictable: after the warm
+    # start (guard 1.0) a trial with a larger guard is stopped at the first rung.
+    space = tmp_path / "probe_asha.yaml"
+    space.write_text("method: sweep_probe\nparams:\n  guard: {type: float, low: 0.0, high: 50.0}\n"
+                     "fixed: {epochs: 3, ratio: 0.0}\n")
+    args = sweep_args("sweep_probe", "t-asha", "--scheduler", "asha", "--num-samples", "4",
+                      "--max-concurrent", "1")
+    args[args.index("--search-space") + 1] = str(space)
+    code, out, err = run_cli(args, capsys)
+    assert code == 0, err
+    assert out["early_stopped"] >= 1 and out["completed"] >= 1
+    assert out["completed"] + out["early_stopped"] == 4
+    runs = children(tracking_uri, out["mlflow_parent_run_id"])
+    early = {r.info.run_id for r in runs if r.data.tags["state"] == "early_stopped"}
+    assert len(early) == out["early_stopped"]
+    assert not early & {rec["run_id"] for rec in out["pareto"]}
+    for r in runs:
+        if r.info.run_id in early:
+            assert r.data.tags["pareto"] == "false" and int(r.data.tags["early_stopped_at_epoch"]) < 3
+            assert "mem_pct" not in r.data.metrics  # a partial edit is never evaluated as if final
+
+
+def test_cross_method_sweep(ray_runtime, sweep_args, tracking_uri, capsys):
+    code, out, err = run_cli(sweep_args("durable,sweep_probe", "t-cross", "--num-samples", "4"), capsys)
+    assert code == 0, err
+    runs = children(tracking_uri, out["mlflow_parent_run_id"])
+    methods = {r.data.params["method"] for r in runs}
+    assert methods == {"durable", "sweep_probe"}  # both defaults are warm starts
+    for r in runs:  # hyperparameters are logged under their own names, per method
+        assert "ratio" in r.data.params
+        assert ("guard" in r.data.params) == (r.data.params["method"] == "sweep_probe")
+    assert out["completed"] == 4
+
+
+@pytest.mark.parametrize("extra, needle", [
+    (["--method", "nope"], "unknown method 'nope'; allowed: ["),
+    (["--method", "durable", "--preset", "math-huge"], "unknown preset 'math-huge'; allowed: ["),
+    (["--method", "durable", "--scheduler", "asha"], "--scheduler asha stops trials between epochs"),
+    (["--method", "durable", "--num-samples", "0"], "--num-samples must be >= 1"),
+    (["--method", "durable", "--address", "127.0.0.1:1"], "Ray cluster at --address 127.0.0.1:1 is unreachable"),
+    (["--method", "durable", "--tracking-uri", "http://127.0.0.1:1"], "tracking server http://127.0.0.1:1 is unreachable"),
+    (["--method", "durable", "--tracking-uri", "file:///tmp/mlruns"], "file store, which MLflow 3 refuses"),
+    (["--resume", "--experiment", "never-ran"], "nothing to resume"),
+])
+def test_bad_input_fails_fast_with_one_line(extra, needle, sweep_root, spaces_dir, capsys):
+    import time
+
+    from sweeps.run import main
+
+    args = ["--storage", sweep_root, "--json", *extra]
+    if "--method" in extra and extra[extra.index("--method") + 1] == "durable":
+        args += ["--search-space", str(spaces_dir / "durable.yaml")]
+    t0 = time.time()
+    code = main(args)
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert needle in err and err.startswith("error: ") and "\n" not in err, err
+    assert time.time() - t0 < 15
+
+
+def test_bad_search_space_files_fail_before_any_trial(sweep_root, capsys, tmp_path):
+    from sweeps.run import main
+
+    bad_key = tmp_path / "bad_key.yaml"
+    bad_key.write_text("method: durable\nparams:\n  ratoi: {type: float, low: 0.001, high: 0.1}\n")
+    malformed = tmp_path / "malformed.yaml"
+    malformed.write_text("method: durable\nparams: [ratio: {\n")
+    for path, needle in ((bad_key, "params.ratoi is not a hyperparameter of durable; allowed: ['ratio', 'batch_size']"),
+                         (malformed, "malformed YAML in")):
+        code = main(["--method", "durable", "--storage", sweep_root, "--search-space", str(path)])
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and needle in err and "\n" not in err, err
+
+
+def test_cli_process_bad_method_exits_2_quickly():
+    """The real entry point, as a user runs it: one line on stderr, status 2, no traceback."""
+    import subprocess
+    import sys
+    import time
+
+    repo = Path(__file__).resolve().parents[2]
+    t0 = time.time()
+    p = subprocess.run([sys.executable, str(repo / "sweeps" / "run.py"), "--method", "nope"], capture_output=True,
+                       text=True, timeout=120, cwd=repo)
+    assert p.returncode == 2, p.stderr
+    assert p.stderr.strip().startswith("error: unknown method 'nope'; allowed: [")
+    assert "Traceback" not in p.stderr and len(p.stderr.strip().splitlines()) == 1
+    assert time.time() - t0 < 60  # mostly interpreter + torch import; no Ray is started
+
+
+def test_help_explains_every_flag_with_its_default():
+    from sweeps.run import build_parser
+
+    text = build_parser().format_help()
+    for flag in ("--method", "--preset", "--num-samples", "--max-concurrent", "--cpus-per-trial", "--gpus-per-trial",
+                 "--sampler", "--grid", "--scheduler", "--address", "--storage", "--tracking-uri", "--experiment",
+                 "--resume", "--seed", "--search-space", "--json"):
+        assert flag in text
+    assert "default: math-demo" in text and "default: tpe" in text and "default: ./tinymem-runs" in text
+
+
+def test_multi_objective_study_is_not_downgraded(sweep_root, spaces_dir):
+    """The searcher holds both objectives and Tune's TuneConfig gets no metric/mode (sweep-stack.md §2.2)."""
+    from sweeps.engine import SweepOptions, make_searcher, plan_sweep
+
+    plan = plan_sweep(SweepOptions(method="durable", preset="math-tiny", storage=sweep_root,
+                                   search_space=str(spaces_dir / "durable.yaml"),
+                                   tracking_uri=f"sqlite:///{sweep_root}/unused.db"))
+    searcher = make_searcher(plan, 8)
+    assert searcher.metric == ["mem_pct", "test_acc_drop"] and searcher.mode == ["min", "min"]
+    assert len(searcher._ot_study.directions) == 2
