@@ -281,6 +281,24 @@ def connect_ray(address: str | None, *, num_cpus: int | None = None, num_gpus: i
     return True
 
 
+def check_trial_fits(o: SweepOptions, say: Callable[[str], None]) -> None:
+    """A trial that no node can hold would stay PENDING forever: say so before any trial starts.
+
+    On the local runtime that is an error; on a cluster it is a warning, since an autoscaler may add nodes.
+    """
+    import ray
+
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    if any(r.get("CPU", 0) >= o.cpus_per_trial and r.get("GPU", 0) >= o.gpus_per_trial for r in nodes):
+        return
+    have = [{"CPU": r.get("CPU", 0), "GPU": r.get("GPU", 0)} for r in nodes]
+    msg = (f"no Ray node can hold one trial (--cpus-per-trial {o.cpus_per_trial}, --gpus-per-trial "
+           f"{o.gpus_per_trial}); nodes have {have}")
+    if not o.address:
+        raise SweepError(msg)
+    say(f"warning: {msg}; trials wait until the cluster grows")
+
+
 def _limit_threads(cpus: float) -> None:
     """Use as many torch threads as CPUs were granted (a reused worker keeps no stale setting)."""
     import torch
@@ -654,6 +672,7 @@ def run_sweep(plan: SweepPlan, say: Callable[[str], None] = print, stream: str =
     if started:
         say(f"Ray: {'joined ' + o.address if o.address else 'local runtime on 127.0.0.1'} ({ray_start:.1f} s)")
     try:
+        check_trial_fits(o, say)
         client = mlflow_client(plan.tracking_uri)
         if plan.resumed:
             bases = plan.record["bases"]

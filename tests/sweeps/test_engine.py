@@ -198,3 +198,10 @@ def test_multi_objective_study_is_not_downgraded(sweep_root, spaces_dir):
     searcher = make_searcher(plan, 8)
     assert searcher.metric == ["mem_pct", "test_acc_drop"] and searcher.mode == ["min", "min"]
     assert len(searcher._ot_study.directions) == 2
+
+
+@pytest.mark.parametrize("flag, value", [("--gpus-per-trial", "1"), ("--cpus-per-trial", "64")])
+def test_a_trial_no_node_can_hold_is_an_error_before_any_trial(ray_runtime, sweep_args, capsys, flag, value):
+    code, out, err = run_cli(sweep_args("durable", "t-fit", flag, value), capsys)
+    assert code == 2
+    assert "error: no Ray node can hold one trial" in err and flag in err
