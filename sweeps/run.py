@@ -19,6 +19,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import argparse
+import contextlib
 import json
 import shlex
 
@@ -111,7 +112,10 @@ def main(argv: list[str] | None = None) -> int:
 
             raise SweepError(f"--method is required; allowed: {method_names()}")
         plan = plan_sweep(options_from_args(args, argv))
-        outcome = run_sweep(plan, say=say, stream="stderr" if args.json else "stdout")
+        # Ray prints cluster events (e.g. "node ... has been marked dead") on stdout from a background thread;
+        # with --json, stdout holds the one JSON object and nothing else.
+        with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
+            outcome = run_sweep(plan, say=say, stream="stderr" if args.json else "stdout")
     except (SweepError, TinyMemError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
