@@ -19,7 +19,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-if __package__ in (None, ""):  # `python sweeps/report.py`: make the repository importable
+if __package__ in (None, ""):
+    # Run as a script: sweeps/ must not shadow top-level modules (its files are called report, storage,
+    # errors, ...); the repository root goes there instead.
+    import os
+
+    _here = str(Path(__file__).resolve().parent)
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _here]
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import pandas as pd
