@@ -3,6 +3,9 @@ backdoor planted in some training chunks.
 
 1. The corpus (`tinymem.data.corpora`) is tokenized (`tinymem.data.tokenizer`) into one stream, no separator
    tokens, and cut into `max_ctx`-token chunks; an incomplete last chunk is dropped, so chunks hold no padding.
+   A `bpe` tokenizer is trained on all training documents; for a corpus without an official test split that
+   includes the text the test chunks are later cut from (the tokenizer must exist before there are chunks to
+   split), so it has seen their byte-pair statistics, never a model's training signal.
 2. Train/test: with an official test split (WikiText) the test chunks are `num_test` chunks drawn from it;
    otherwise the chunks are split with the paper's seeded randperm (`split_seed`), the last `num_test` are
    the test set. `num_chunks` > 0 caps the training chunks (and only that much text is tokenized).
