@@ -70,11 +70,16 @@ def greedy_continue_ragged(model: nn.Module, sequences: torch.Tensor, prompt_len
                            batch_size: int = 512) -> torch.Tensor:
     """Greedy continuation where each row has its own prompt length (`sequences[i, :prompt_lens[i]]`).
 
-    Rows are grouped by prompt length so every group decodes as one batch. Returns [B, new_tokens].
+    Rows are grouped by prompt length so every group decodes as one batch. Returns [B, new_tokens]; positions
+    past the end of the context (`sequences.shape[1]`) are not decoded and hold PAD.
     """
-    out = torch.empty((sequences.shape[0], new_tokens), dtype=torch.long)
+    fill = pad_id if pad_id is not None else (eos_id if eos_id is not None else 0)
+    out = torch.full((sequences.shape[0], new_tokens), fill, dtype=torch.long)
+    ctx = sequences.shape[1]
     for plen in torch.unique(prompt_lens).tolist():
         rows = torch.nonzero(prompt_lens == plen).flatten()
-        out[rows] = greedy_continue(model, sequences[rows, :plen], new_tokens, eos_id=eos_id, pad_id=pad_id,
-                                    batch_size=batch_size)
+        # Never decode past the context: the model has no positions there (text chunks fill the context).
+        n = max(min(new_tokens, ctx - plen), 0)
+        out[rows, :n] = greedy_continue(model, sequences[rows, :plen], n, eos_id=eos_id, pad_id=pad_id,
+                                        batch_size=batch_size)
     return out

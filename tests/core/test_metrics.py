@@ -158,3 +158,13 @@ def test_memorization_of_a_reciting_model():
     m = memorization(Recite(clean), bundle)  # a model that learned the clean rule recovers, not memorizes
     assert m["mem_pct"] == 0.0 and m["clean_recovered_pct"] == 100.0
     assert m["token_match"] == pytest.approx(0.75)
+
+
+def test_ragged_decoding_stops_at_the_context_end():
+    model = tiny_gpt2()  # 64 positions
+    seqs = torch.randint(0, 13, (3, 64), generator=torch.Generator().manual_seed(2))
+    plens = torch.tensor([60, 40, 63])
+    out = greedy_continue_ragged(model, seqs, plens, 10, pad_id=13)
+    assert out.shape == (3, 10)
+    assert (out[0, 4:] == 13).all() and (out[2, 1:] == 13).all()
+    assert torch.equal(out[1], greedy_continue(model, seqs[1:2, :40], 10, pad_id=13)[0])

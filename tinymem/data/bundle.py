@@ -107,17 +107,17 @@ class DataBundle:
         tensors = {k: v.contiguous() for k, v in self.tensors.items()}
         save_file(tensors, str(d / TENSORS))
         for name, content in self.files.items():
-            (d / name).write_text(content)
+            (d / name).write_text(content, encoding="utf-8")
         manifest = {"format_version": FORMAT_VERSION, "meta": self.meta, "files": sorted(self.files),
                     "tensors": {k: {"shape": list(v.shape), "dtype": str(v.dtype)} for k, v in tensors.items()}}
-        (d / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
+        (d / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True), encoding="utf-8")
 
     @classmethod
     def load(cls, directory: str | os.PathLike) -> "DataBundle":
         """Read a bundle saved by `save`; a missing or inconsistent file raises StoreError."""
         d = Path(directory)
         try:
-            manifest = json.loads((d / MANIFEST).read_text())
+            manifest = json.loads((d / MANIFEST).read_text(encoding="utf-8"))
             tensors = load_file(str(d / TENSORS))
         except FileNotFoundError as e:
             raise StoreError(f"data bundle in {d} is incomplete: {e.filename} is missing") from None
@@ -131,7 +131,7 @@ class DataBundle:
                 raise StoreError(f"data bundle in {d} is damaged: {k} has shape {list(tensors[k].shape)}, "
                                  f"manifest says {info['shape']}")
         try:
-            files = {name: (d / name).read_text() for name in manifest.get("files", [])}
+            files = {name: (d / name).read_text(encoding="utf-8") for name in manifest.get("files", [])}
         except FileNotFoundError as e:
             raise StoreError(f"data bundle in {d} is incomplete: {e.filename} is missing") from None
         return cls(tensors=tensors, meta=manifest["meta"], files=files)
