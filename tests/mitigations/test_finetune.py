@@ -10,10 +10,14 @@ import torch
 
 from tinymem.build import load_model_dir
 from tinymem.errors import ConfigError
-from tinymem.metrics import evaluate
 from tinymem.mitigations import get_method
 from tinymem.mitigations.base import MitigationContext
 from tinymem.trial import run_trial
+
+
+def cheap_eval(model: torch.nn.Module) -> dict[str, float]:
+    """Stands in for the metric engine where a test checks data or resumption, not metrics (saves time)."""
+    return {"probe": float(sum(p.detach().double().sum() for p in model.parameters()))}
 
 
 def tiny_ctx(tiny_store, tmp_path, report=None, seed=0) -> MitigationContext:
@@ -22,7 +26,8 @@ def tiny_ctx(tiny_store, tmp_path, report=None, seed=0) -> MitigationContext:
     b = loaded.bundle
     return MitigationContext(model=loaded.model, bundle=b, forget=b.forget[:5], forget_clean=b.forget_clean[:5],
                              retain=b.retain, base_spec=stored.spec, base_key=stored.key, seed=seed,
-                             report=report or (lambda m: None), evaluate=lambda m: evaluate(m, b),
+                             report=report or (lambda m: None),
+                             evaluate=cheap_eval,
                              work_dir=tmp_path / "work", store_root=str(tmp_path / "store"))
 
 
@@ -59,7 +64,8 @@ def test_each_variant_trains_on_exactly_its_data(tiny_store, tmp_path, name):
         assert not (set(rows(b.forget)) | set(rows(b.forget_clean))) & set(seen)
     # not only the memorized subset in ctx.forget_clean: all clean counterparts (the paper's clean data)
     assert out.info["rows"] == float(sum(expected.values()))
-    assert [r["epoch"] for r in reports] == [1.0, 2.0] and {"mem_pct", "test_acc", "train_loss"} <= set(reports[0])
+    assert out.info["seconds_train"] > 0 and out.info["seconds_epoch_evals"] > 0
+    assert [r["epoch"] for r in reports] == [1.0, 2.0] and {"probe", "train_loss"} <= set(reports[0])
     assert not out.model.training
 
 
