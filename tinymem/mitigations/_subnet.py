@@ -1,0 +1,182 @@
+"""Score-based subnetworks (edge-popup, Ramanujan et al. 2020) over the MLP projection weights.
+
+Shared by `subnet` and `balanced_subnet` (paper-code.md §6.4 items 10-11, §7.4). Every MLP projection weight
+W of every layer (found through the adapter, so GPT-2 Conv1D and nn.Linear alike) gets a trainable score
+tensor S of W's shape. The forward pass uses W ⊙ M(S), where M zeroes the `ratio` fraction of entries with
+the lowest |S| in that tensor (so `ratio` is the fraction *pruned*, the paper's convention, the opposite of
+edge-popup's k = fraction kept). Backward is straight-through: dL/dS = dL/dW_eff ⊙ W ⊙ sign(S). W, biases
+and every other parameter are frozen; only the scores train.
+
+It is implemented as a `torch.nn.utils.parametrize` parametrization of `module.weight`, so the model's own
+forward code runs unchanged, and `bake()` removes the parametrization leaving `weight = W ⊙ M(S)`: an
+ordinary model with pruned MLP weights, saveable with `save_pretrained`.
+
+The training loop (SGD over the scores, one report per epoch, per-epoch checkpoints in `ctx.work_dir` keyed
+by the hyperparameters so a retried trial resumes) also lives here; the two methods differ only in their
+batches and their loss.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from tinymem.adapter import ModelAdapter, weight_out_in
+from tinymem.errors import ConfigError
+from tinymem.mitigations._batches import epoch_probe
+from tinymem.mitigations.base import MitigationContext
+from tinymem.specs import spec_hash
+
+SCORE_INITS = ("kaiming", "magnitude")
+
+
+class _PruneLowest(torch.autograd.Function):
+    """Hard mask zeroing the k smallest entries of `magnitudes`; straight-through gradient."""
+
+    @staticmethod
+    def forward(ctx, magnitudes: torch.Tensor, k: int) -> torch.Tensor:  # type: ignore[override]
+        mask = torch.ones_like(magnitudes)
+        if k > 0:
+            # A stable sort makes ties (e.g. equal scores) resolve the same way on every run.
+            drop = torch.argsort(magnitudes.flatten(), stable=True)[:k]
+            mask.view(-1)[drop] = 0.0
+        return mask
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        return grad, None
+
+
+class ScoreMask(nn.Module):
+    """Parametrization W -> W ⊙ M(S): prunes the `ratio` fraction of W with the lowest |score|."""
+
+    def __init__(self, scores: torch.Tensor, ratio: float):
+        super().__init__()
+        self.scores = nn.Parameter(scores)
+        self.k = int(ratio * scores.numel())  # the paper's int(): ratio*numel < 1 prunes nothing
+
+    def mask(self) -> torch.Tensor:
+        return _PruneLowest.apply(self.scores.abs(), self.k)
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        return weight * self.mask().to(weight.dtype)
+
+
+def init_scores(module: nn.Module, how: str, generator: torch.Generator) -> torch.Tensor:
+    """Initial scores in the weight's own layout.
+
+    `kaiming`: the paper's `kaiming_uniform_(a=sqrt(5))`, i.e. U(-1/sqrt(fan_in), 1/sqrt(fan_in)) with fan_in
+    the layer's input features (read from the [out, in] view, so Conv1D and Linear get the same bound); the
+    scores are unrelated to |W|, so the initial mask is a random `ratio` fraction.
+    `magnitude`: S = |W| (initial mask = magnitude pruning); a departure from the paper, offered for sweeps.
+    """
+    w = module.weight
+    if how == "kaiming":
+        bound = 1.0 / math.sqrt(weight_out_in(module).shape[1])
+        u = torch.rand(w.shape, generator=generator, dtype=torch.float32)
+        return ((u * 2.0 - 1.0) * bound).to(device=w.device, dtype=w.dtype)
+    if how == "magnitude":
+        return w.detach().abs().clone()
+    raise ConfigError(f"score_init={how!r} is not allowed; choose from {list(SCORE_INITS)}")
+
+
+class ScoreSubnetwork:
+    """Installs score masks on every MLP projection weight, freezes everything else, bakes at the end."""
+
+    def __init__(self, model: nn.Module, ratio: float, seed: int, score_init: str = "kaiming"):
+        if not 0.0 <= ratio < 1.0:
+            raise ConfigError(f"ratio={ratio} is out of range; allowed: [0, 1)")
+        self.model = model
+        self.modules = [m for _, m in ModelAdapter(model).mlp_modules()]
+        # Remember every flag so bake() restores the model exactly as it came (only the weights differ).
+        self._requires_grad = {id(p): p.requires_grad for p in model.parameters()}
+        for p in model.parameters():
+            p.requires_grad_(False)
+        gen = torch.Generator().manual_seed(int(seed))
+        self.masks: list[ScoreMask] = []
+        for mod in self.modules:
+            sm = ScoreMask(init_scores(mod, score_init, gen), ratio)
+            parametrize.register_parametrization(mod, "weight", sm)
+            self.masks.append(sm)
+
+    def scores(self) -> list[nn.Parameter]:
+        return [m.scores for m in self.masks]
+
+    def pruned_counts(self) -> list[int]:
+        return [m.k for m in self.masks]
+
+    def bake(self) -> nn.Module:
+        """Replace each parametrized weight by W ⊙ M(S) and drop the scores; restores requires_grad flags."""
+        originals = []
+        for mod in self.modules:
+            originals.append(mod.parametrizations.weight.original)
+            parametrize.remove_parametrizations(mod, "weight", leave_parametrized=True)
+        for p in [*self.model.parameters(), *originals]:
+            if id(p) in self._requires_grad:
+                p.requires_grad_(self._requires_grad[id(p)])
+        self.masks = []
+        return self.model
+
+
+def _checkpoint_path(ctx: MitigationContext, method: str, params: dict[str, Any]) -> Path | None:
+    if ctx.work_dir is None:
+        return None
+    key = spec_hash({"method": method, "params": params, "seed": ctx.seed, "base": ctx.base_key}, 16)
+    return Path(ctx.work_dir) / f"scores-{key}.pt"
+
+
+def _save(path: Path, state: dict[str, Any]) -> None:
+    """Atomic write: a crash mid-write never leaves a half checkpoint that a retry would trust."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def train_scores(ctx: MitigationContext, sub: ScoreSubnetwork, *, method: str, params: dict[str, Any],
+                 epochs: int, lr: float, momentum: float, weight_decay: float,
+                 epoch_batches: Callable[[int], Iterable[Any]],
+                 step_loss: Callable[[Any], torch.Tensor]) -> dict[str, float]:
+    """SGD over the scores for `epochs` passes; reports and checkpoints after every epoch.
+
+    `epoch_batches(e)` yields the batches of epoch e (deterministic in e, so a resumed run sees the same
+    data); `step_loss(batch)` returns the scalar to minimise. Reported keys per epoch: `epoch`,
+    `forget_loss`, `retain_loss`, `forget_mem_pct` (see `_batches.epoch_probe`).
+    Returns info for MitigationOutput: steps, resumed_from_epoch and the last probe.
+    """
+    scores = sub.scores()
+    opt = torch.optim.SGD(scores, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    path = _checkpoint_path(ctx, method, params)
+    start, steps = 0, 0
+    if path is not None and path.exists():
+        state = torch.load(path, map_location=scores[0].device, weights_only=True)
+        with torch.no_grad():
+            for s, saved in zip(scores, state["scores"]):
+                s.copy_(saved)
+        opt.load_state_dict(state["optimizer"])
+        start, steps = int(state["epoch"]), int(state["steps"])
+    probe: dict[str, float] = {}
+    for epoch in range(start, epochs):
+        for batch in epoch_batches(epoch):
+            loss = step_loss(batch)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"{method}: non-finite loss {float(loss)} at epoch {epoch + 1}")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            steps += 1
+        probe = epoch_probe(ctx, ctx.model)
+        ctx.report({"epoch": float(epoch + 1), **probe})
+        if path is not None:
+            _save(path, {"epoch": epoch + 1, "steps": steps, "scores": [s.detach() for s in scores],
+                         "optimizer": opt.state_dict()})
+    if path is not None:
+        path.unlink(missing_ok=True)  # finished: the baked model is the result; keep the cache small
+    return {"steps": float(steps), "resumed_from_epoch": float(start), **{f"final_{k}": v for k, v in probe.items()}}
