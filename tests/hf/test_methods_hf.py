@@ -39,7 +39,9 @@ UNLEARN = [m for m in FAST if not m.startswith("finetune")]
 
 
 def test_every_non_regularizer_method_is_covered():
-    families = {m: get_method(m).family for m in method_names()}
+    # only the project's own methods (other test modules may register test-only ones)
+    families = {m: get_method(m).family for m in method_names()
+                if get_method(m).__module__.startswith("tinymem.mitigations.")}
     assert sorted(FAST) == sorted(m for m, f in families.items() if f != "regularizer")
     assert len(UNLEARN) == 11
 

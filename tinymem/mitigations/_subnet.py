@@ -173,10 +173,12 @@ def train_scores(ctx: MitigationContext, sub: ScoreSubnetwork, *, method: str, p
             opt.step()
             steps += 1
         probe = epoch_probe(ctx, ctx.model)
-        ctx.report({"epoch": float(epoch + 1), **probe})
+        # Checkpoint before reporting: a scheduler may stop the trial inside `report`, and a retry must
+        # then resume after this epoch, not redo it.
         if path is not None:
             _save(path, {"epoch": epoch + 1, "steps": steps, "scores": [s.detach() for s in scores],
                          "optimizer": opt.state_dict()})
+        ctx.report({"epoch": float(epoch + 1), **probe})
     if path is not None:
         path.unlink(missing_ok=True)  # finished: the baked model is the result; keep the cache small
     return {"steps": float(steps), "resumed_from_epoch": float(start), **{f"final_{k}": v for k, v in probe.items()}}
