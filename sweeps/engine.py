@@ -25,7 +25,7 @@ import importlib
 import logging
 import math
 import os
-import pickle
+import json
 import socket
 import sys
 import time
@@ -501,13 +501,13 @@ class GridSearcher(Searcher):
         pass
 
     def save(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "wb") as f:
-            pickle.dump({"points": self.points, "next_index": self.next_index}, f)
+        # JSON, not pickle: the state is plain parameter values, and a restore then never unpickles.
+        with open(checkpoint_path, "w") as f:
+            json.dump({"points": self.points, "next_index": self.next_index}, f)
 
     def restore(self, checkpoint_path: str) -> None:
-        # Only ever our own experiment directory (as Ray's own restore, which unpickles it too).
-        with open(checkpoint_path, "rb") as f:
-            state = pickle.load(f)
+        with open(checkpoint_path) as f:
+            state = json.load(f)
         self.points, self.next_index = state["points"], state["next_index"]
 
 
