@@ -482,7 +482,7 @@ class GridSearcher(Searcher):
 
     (Ray's BasicVariantGenerator wants every pre-set key declared in `param_space`, which a cross-method grid
     cannot do without filling other methods' keys with junk.) Its state is the index of the next point,
-    pickled with the experiment, so `--resume` continues the grid where it stopped.
+    saved (as JSON) with the experiment, so `--resume` continues the grid where it stopped.
     """
 
     def __init__(self, points: list[dict[str, Any]]):
