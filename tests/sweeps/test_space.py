@@ -109,8 +109,8 @@ def test_sweep_space_single_method(tmp_path):
     assert set(trial.params) == {"ratio", "epochs", "loss_weighting"}
     method, preset, params = space.decode(trial.params)
     assert method == "balanced_subnet" and preset == "math-tiny" and params["lr"] == 0.1
-    # The method's defaults (ratio 0.3, epochs 10, w 0.7) lie inside the space: a warm start.
-    assert space.warm_start_points() == [{"ratio": 0.3, "epochs": 10, "loss_weighting": 0.7}]
+    # The method's defaults (ratio 0.3, epochs 10, w 0.9) lie inside the space: a warm start.
+    assert space.warm_start_points() == [{"ratio": 0.3, "epochs": 10, "loss_weighting": 0.9}]
     assert space.max_epochs() == 20
     assert len(space.grid_points()) == 18
     sub = space.grid_points(limit=5, seed=1)
