@@ -35,6 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--storage", default="./tinymem-runs", help="model store root (the base model is reused)")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1,
                     help="torch threads per trial, for both (the engine reserves as many CPUs per trial)")
+    ap.add_argument("--loop-first", action="store_true",
+                    help="run the plain loop before the engine (to see order effects on a busy machine)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     os.environ.pop("RAY_ADDRESS", None)
@@ -67,25 +69,36 @@ def main(argv: list[str] | None = None) -> int:
                                    tracking_uri=f"sqlite:///{work / 'mlflow.db'}", experiment="sweep-overhead",
                                    search_space=str(space), command="bench/sweep_overhead.py"))
     points = plan.space.grid_points()
-    t0 = time.perf_counter()
-    outcome = run_sweep(plan, say=lambda line: None, stream="none")
-    engine_s = time.perf_counter() - t0
-    assert outcome.report.counts["completed"] == len(points), outcome.report.counts
 
-    # The loop: same configs, same threads; its own work_dir so no checkpoint of the engine's trials is reused.
-    t0 = time.perf_counter()
-    loop_mitigate = 0.0
-    for i, point in enumerate(points):
-        _, _, params = plan.space.decode(point)
-        r = run_trial({"method": args.method, "params": params, "preset": args.preset, "storage": storage,
-                       "seed": 0, "work_dir": str(work / f"loop-{i}")})
-        loop_mitigate += r.seconds["mitigate"]
-    loop_s = time.perf_counter() - t0
+    def engine() -> tuple[float, object]:
+        t0 = time.perf_counter()
+        outcome = run_sweep(plan, say=lambda line: None, stream="none")
+        assert outcome.report.counts["completed"] == len(points), outcome.report.counts
+        return time.perf_counter() - t0, outcome
+
+    def loop() -> tuple[float, float]:
+        # Same configs, same threads; its own work_dir so no checkpoint of the engine's trials is reused.
+        t0 = time.perf_counter()
+        mitigate = 0.0
+        for i, point in enumerate(points):
+            _, _, params = plan.space.decode(point)
+            r = run_trial({"method": args.method, "params": params, "preset": args.preset, "storage": storage,
+                           "seed": 0, "work_dir": str(work / f"loop-{i}")})
+            mitigate += r.seconds["mitigate"]
+        return time.perf_counter() - t0, mitigate
+
+    if args.loop_first:
+        loop_s, loop_mitigate = loop()
+        engine_s, outcome = engine()
+    else:
+        engine_s, outcome = engine()
+        loop_s, loop_mitigate = loop()
 
     df = outcome.report.trials
     engine_mitigate = float(df["seconds_mitigate"].sum())
     ratio = engine_s / loop_s
     result = {"method": args.method, "preset": args.preset, "trials": len(points), "threads": args.threads,
+              "order": "loop first" if args.loop_first else "engine first",
               "ray_start_s": round(ray_s, 2), "base_prepare_s": round(base_s, 2),
               "engine_s": round(engine_s, 2), "loop_s": round(loop_s, 2),
               "engine_sum_mitigate_s": round(engine_mitigate, 2), "loop_sum_mitigate_s": round(loop_mitigate, 2),
