@@ -408,6 +408,7 @@ def sweep_trainable(config: dict[str, Any], static: TrialStatic) -> None:
 
     trial_config = {"method": method, "params": params, "preset": preset, "storage": static.storage,
                     "device": static.device, "seed": static.seed}
+    cpu0 = time.process_time()
     try:
         result = run_trial(trial_config, callback=on_epoch)
     except (TinyMemError, FloatingPointError) as e:
@@ -419,6 +420,8 @@ def sweep_trainable(config: dict[str, Any], static: TrialStatic) -> None:
     loss = utility_loss(after, result.before, kind)
     report: dict[str, Any] = {**after, loss_name: loss}
     report.update({f"seconds_{k}": float(v) for k, v in result.seconds.items()})
+    # CPU time of the trial's process (all its threads): on a shared machine wall time says little about cost.
+    report["seconds_cpu"] = time.process_time() - cpu0
     report.update({f"info_{k}": v for k, v in _numeric(result.info).items()})
     report.update({"epoch": last_epoch, "final": 1, "failed": 0, "ray_node_id": node_id})
     # NaN or inf in an objective or a core utility metric means a broken model (e.g. NaN weights give NaN
