@@ -160,6 +160,8 @@ class Mitigation:
     def __init__(self, params: Hyperparams | dict[str, Any] | None = None):
         if not isinstance(params, Hyperparams):
             params = self.Params.from_dict(params, self.name)
+        else:
+            params.validate(self.name)  # a dataclass built by hand skips from_dict's range checks
         self.params = params
 
     def apply(self, ctx: MitigationContext) -> MitigationOutput:
