@@ -207,16 +207,19 @@ def train(model: nn.Module, data: torch.Tensor, spec: TrainSpec, *, seed: int = 
         last_loss = run_loss / max(run_count, 1)
         done = epoch + 1
         is_last = done == spec.epochs
+        entry = None
         if eval_fn is not None and ((spec.eval_every and done % spec.eval_every == 0) or is_last):
             with hook.eval_context(model):
                 metrics = eval_fn(model)
             model.train()
             entry = {"epoch": float(done), "train_loss": last_loss, **metrics}
             history.append(entry)
-            if callback is not None:
-                callback(done, entry)
+        # Checkpoint before the callback: a scheduler may stop the run inside it (or a sweep attaches the
+        # checkpoint to the report it makes there), and a retry must then resume after this epoch, not redo it.
         if ckpt is not None and ((spec.checkpoint_every and done % spec.checkpoint_every == 0) or is_last):
             _save_checkpoint(ckpt, model, opt, done, step, history, hook.state_dict())
+        if entry is not None and callback is not None:
+            callback(done, entry)
         if bar is not None:
             bar.update(1)
             bar.set_postfix(loss=f"{last_loss:.4f}")
