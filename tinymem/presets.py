@@ -12,14 +12,15 @@ from tinymem.specs import BaseSpec, DataSpec, ModelSpec, TrainSpec, apply_overri
 
 DEFAULT_PRESET = "math-demo"
 
-# Sized for a 2-core CPU (about 3-4 minutes): the increment task with 5,000 main sequences (no extra
-# distributions), 100 noised sequences each repeated 10 times, 2 layers, context 104 (the longest sequence
-# has 101 tokens), a cosine schedule. Measured numbers are in README.md.
+# Sized for a 2-core CPU: the increment task with 5,000 main sequences (no extra distributions), 100 noised
+# sequences each repeated 10 times, 2 layers, context 104 (the longest sequence has 101 tokens), 12 epochs
+# (564 AdamW steps) of a cosine schedule. Measured (README.md): 3.4 minutes on 2 cores, mem_pct 66.7,
+# test_acc 95.9; 16 epochs gave 73.3 / 96.1 in 4.1 minutes and 24 epochs 78.3 / 96.2 in 7 minutes.
 MATH_DEMO = BaseSpec(
     data=DataSpec(task="increment", kind="noise", length=20, max_ctx=104, num_main=5000, num_extra=0,
                   num_test=500, num_noise=100, dup_powers=(1,), prompt_len=50, k=50),
     model=ModelSpec(n_layer=2),
-    train=TrainSpec(epochs=24, batch_size=128, lr=1e-3, schedule="cosine", warmup_steps=30),
+    train=TrainSpec(epochs=12, batch_size=128, lr=1e-3, schedule="cosine", warmup_steps=30),
     seed=0,
 )
 
