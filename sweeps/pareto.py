@@ -31,9 +31,13 @@ ELIGIBLE_STATE = "completed"
 PAPER_NO_CHANGE_PENALTY = 100.0
 
 
+LANGUAGE_TASKS = ("text", "verbatim")  # verbatim: a Hugging Face model's memorized-sequence files (tinymem.memfile)
+
+
 def task_kind(task: str) -> str:
-    """`math` or `language`: the utility-metric family of a base model's data task."""
-    return "language" if task == "text" else "math"
+    """`math` or `language`: the utility-metric family of a base model's data task. Language bases (TinyMem text
+    presets, Hugging Face models with memorized-sequence files) are judged by perplexity: `test_ppl_increase_pct`."""
+    return "language" if task in LANGUAGE_TASKS else "math"
 
 
 def utility_loss_name(kind: str) -> str:
