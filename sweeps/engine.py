@@ -3,10 +3,13 @@
 Order of work (every check that can fail on bad input runs before any Ray or MLflow side effect that costs
 time, and before any trial):
 
-1. `plan_sweep`: methods, presets, search spaces, flags, tracking URI and cluster address are validated.
-2. `connect_ray`: join `--address` or start a local runtime bound to 127.0.0.1 (or reuse one already up).
+1. `plan_sweep`: methods, presets (or a Hugging Face `--model hf:...` with its memorized-sequence files),
+   search spaces, flags, tracking URI and cluster address are validated.
+2. `connect_ray`: join `--address` or start a local runtime bound to 127.0.0.1 (or reuse one already up);
+   `--gpus-per-trial auto` is sized from the model and a GPU of the cluster (`resolve_auto_gpus`).
 3. `prepare_bases`: each base model is made once, as a Ray task (on a cluster it runs on a worker; several
-   presets train in parallel), and evaluated once; trials then only load it from the store.
+   presets train in parallel), and evaluated once; trials then only load it from the store. A Hugging Face
+   model is never trained or stored: it is loaded and its base evaluation cached.
 4. MLflow: the experiment and the sweep's parent run (see `sweeps.tracking`).
 5. Ray Tune: function trainable `sweep_trainable` (one `run_trial` per trial, per-epoch reports for ASHA),
    `ParetoOptunaSearch` with two objectives (nothing in TuneConfig's metric/mode: that would silently turn
@@ -29,9 +32,11 @@ import json
 import socket
 import sys
 import time
+import re
 import uuid
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
@@ -45,7 +50,9 @@ from sweeps.pareto import MEM, task_kind, utility_loss, utility_loss_name
 from sweeps.space import SearchSpace, SweepSpace, default_space_path, load_search_space, parse_search_space
 from sweeps.tracking import (RunIdMap, TrialLogger, check_tracking_uri, default_tracking_uri, ensure_experiment,
                              log_metrics, log_params, mlflow_client, set_tags)
+from tinymem.cli_hf import reject_source_options, source_config
 from tinymem.errors import ConfigError, TinyMemError
+from tinymem.hf import HF_PREFIX, data_options, is_hf_source, parse_dtype, parse_source
 from tinymem.mitigations import get_method, method_names
 from tinymem.presets import DEFAULT_PRESET, all_presets, get_preset
 
@@ -58,6 +65,8 @@ DEFAULT_STORAGE = "./tinymem-runs"
 DEFAULT_NUM_SAMPLES = 24
 ASHA_GUARD = "retain_loss"  # what iterative methods report per epoch and rises when an edit breaks the model
 SWEEP_RECORD = "sweep.json"
+AUTO = "auto"  # --gpus-per-trial auto: sized from a Hugging Face model (tinymem.hf.gpus_for_source)
+GPU_PROBE_TIMEOUT_S = 300.0  # how long `--gpus-per-trial auto` waits for a cluster GPU to report its memory
 
 log = logging.getLogger("sweeps")
 
@@ -69,11 +78,11 @@ class SweepOptions:
     """Everything `sweeps/run.py` accepts; defaults are the CLI's."""
 
     method: str = ""
-    preset: str = DEFAULT_PRESET
+    preset: str | None = None  # None: DEFAULT_PRESET, unless `model` names the base model
     num_samples: int | None = None  # None: DEFAULT_NUM_SAMPLES, or the whole grid with --grid
     max_concurrent: int | None = None  # None: as many as the resources allow
     cpus_per_trial: float = 1.0
-    gpus_per_trial: float = 0.0
+    gpus_per_trial: float | str | None = None  # None: "auto" with `model`, else 0; run_sweep resolves "auto"
     sampler: str = "tpe"
     grid: str | None = None
     scheduler: str = "none"
@@ -88,6 +97,17 @@ class SweepOptions:
     device: str = "auto"
     command: str = ""
     warm_start: bool = True  # evaluate each method's default hyperparameters first (Optuna samplers only)
+    # A Hugging Face base model instead of a preset, and its options (`tinymem mitigate --model hf:...`; the
+    # names are tinymem.cli_hf.SOURCE_OPTIONS, the trial-config keys of tinymem.hf.HF_TRIAL_KEYS).
+    model: str | None = None  # hf:NAME_OR_PATH[@REVISION]
+    dtype: str | None = None
+    forget_file: str | None = None
+    retain_file: str | None = None
+    test_file: str | None = None
+    metric_preset: str | None = None
+    prompt_len: int | None = None
+    k: int | None = None
+    seq_len: int | None = None
 
 
 @dataclass
@@ -151,12 +171,22 @@ def plan_sweep(opts: SweepOptions) -> SweepPlan:
             raise SweepError(f"unknown method {m!r}; allowed: {method_names()}")
     if len(set(methods)) != len(methods):
         raise SweepError(f"--method lists a method twice: {methods}")
-    presets = _split(opts.preset) or [DEFAULT_PRESET]
-    known = all_presets()
-    for p in presets:
-        if p not in known:
-            raise SweepError(f"unknown preset {p!r}; allowed: {sorted(known)}")
-    kinds = {p: task_kind(get_preset(p).data.task) for p in presets}
+    if opts.model:
+        opts, label = _plan_model(opts, methods)
+        presets = [str(opts.model)]  # the base model is the sweep's one "preset" (MLflow param `preset`)
+        kinds = {presets[0]: task_kind("verbatim")}
+    else:
+        try:
+            reject_source_options(opts, None)  # hf-only options given without --model
+        except ConfigError as e:
+            raise SweepError(str(e)) from None
+        presets = _split(opts.preset) or [DEFAULT_PRESET]
+        label = "+".join(presets)
+        known = all_presets()
+        for p in presets:
+            if p not in known:
+                raise SweepError(f"unknown preset {p!r}; allowed: {sorted(known)}")
+        kinds = {p: task_kind(get_preset(p).data.task) for p in presets}
     if len(set(kinds.values())) > 1:
         raise SweepError(f"presets {presets} mix math and language data; their utility losses "
                          f"(accuracy drop vs perplexity increase) cannot share one Pareto front")
@@ -170,8 +200,7 @@ def plan_sweep(opts: SweepOptions) -> SweepPlan:
         raise SweepError(f"--max-concurrent must be >= 1, got {opts.max_concurrent}")
     if not opts.cpus_per_trial > 0:
         raise SweepError(f"--cpus-per-trial must be > 0, got {opts.cpus_per_trial}")
-    if opts.gpus_per_trial < 0:
-        raise SweepError(f"--gpus-per-trial must be >= 0, got {opts.gpus_per_trial}")
+    opts = replace(opts, gpus_per_trial=_check_gpus(opts))
     if opts.max_failures < 0:
         raise SweepError(f"--max-failures must be >= 0, got {opts.max_failures}")
     files = _split(opts.search_space)
@@ -189,7 +218,7 @@ def plan_sweep(opts: SweepOptions) -> SweepPlan:
             raise SweepError("--scheduler asha cannot be combined with --grid paper (a grid is run in full)")
     if opts.grid:
         space.grid_points()  # raises if a method has no paper_grid
-    experiment = opts.experiment or f"{'+'.join(methods)}-{'+'.join(presets)}"
+    experiment = opts.experiment or f"{'+'.join(methods)}-{label}"
     _check_experiment_name(experiment)
     tracking_uri = opts.tracking_uri or default_tracking_uri(storage_root)
     check_tracking_uri(tracking_uri)
@@ -198,6 +227,63 @@ def plan_sweep(opts: SweepOptions) -> SweepPlan:
     sweep_id = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:4]
     return SweepPlan(options=opts, space=space, experiment=experiment, sweep_id=sweep_id, storage=storage_root,
                      tracking_uri=tracking_uri, kinds=kinds)
+
+
+def _check_gpus(opts: SweepOptions) -> float | str:
+    """--gpus-per-trial: a number >= 0, or `auto` (the default with --model; resolved once Ray is up)."""
+    gpus = opts.gpus_per_trial
+    if gpus is None:
+        return AUTO if opts.model else 0.0
+    if gpus == AUTO:
+        if not opts.model:
+            raise SweepError("--gpus-per-trial auto sizes trials from a Hugging Face model's size (--model hf:...); "
+                             "for presets give a number >= 0 (default 0)")
+        return AUTO
+    try:
+        value = float(gpus)
+    except (TypeError, ValueError):
+        raise SweepError(f"bad --gpus-per-trial {gpus!r}; allowed: a number >= 0 or {AUTO!r}") from None
+    if value < 0:
+        raise SweepError(f"--gpus-per-trial must be >= 0, got {gpus}")
+    return value
+
+
+def _plan_model(opts: SweepOptions, methods: list[str]) -> tuple[SweepOptions, str]:
+    """Check a Hugging Face base model and its options as `tinymem mitigate --model hf:...` does, before Ray
+    starts. Returns the options with local paths made absolute (trials run in other working directories) and
+    a directory-safe label of the model for the default experiment name."""
+    from tinymem.memfile import check_data_options
+
+    if opts.preset:
+        raise SweepError(f"--model {opts.model} and --preset {opts.preset} both name the base model; give one")
+    regularizers = [m for m in methods if get_method(m).family == "regularizer"]
+    if regularizers:
+        allowed = [m for m in method_names() if get_method(m).family != "regularizer"]
+        raise SweepError(f"{regularizers} train a TinyMem model from scratch and do not apply to --model "
+                         f"{opts.model}; allowed: {allowed}")
+    try:
+        source = parse_source(str(opts.model))
+        parse_dtype(opts.dtype)
+        check_data_options(**data_options(asdict(opts)))
+    except ConfigError as e:
+        raise SweepError(str(e)) from None
+
+    def absolute(path: str | None) -> str | None:
+        return str(Path(path).expanduser().resolve()) if path else path
+
+    if source.local is not None:
+        model, label = HF_PREFIX + str(source.local), source.local.name
+    else:
+        model, label = source.text, source.text[len(HF_PREFIX):]
+    opts = replace(opts, model=model, forget_file=absolute(opts.forget_file),
+                   retain_file=absolute(opts.retain_file), test_file=absolute(opts.test_file))
+    return opts, re.sub(r"[^A-Za-z0-9._@+-]+", "_", label).lstrip("._") or "hf-model"
+
+
+def base_config(preset: str, hf_options: dict[str, Any]) -> dict[str, Any]:
+    """The base-model part of a trial config (`tinymem.trial.run_trial`): a TinyMem preset, or an `hf:` model
+    (the sweep's `preset` slot holds its source) with its options."""
+    return {"model": preset, **hf_options} if is_hf_source(preset) else {"preset": preset}
 
 
 def _check_experiment_name(name: str) -> None:
@@ -299,6 +385,53 @@ def check_trial_fits(o: SweepOptions, say: Callable[[str], None]) -> None:
     say(f"warning: {msg}; trials wait until the cluster grows")
 
 
+def _gpu_memory_gib() -> float:
+    """Ray task body: total memory (GiB) of the GPU Ray gave this task."""
+    import torch
+
+    return torch.cuda.get_device_properties(0).total_memory / 2**30
+
+
+def cluster_gpu_memory_gib() -> float | None:
+    """Memory of one of the cluster's GPUs, reported by a one-GPU Ray task; None when the cluster has no GPU."""
+    import ray
+
+    if not ray.cluster_resources().get("GPU", 0):
+        return None
+    ref = ray.remote(_gpu_memory_gib).options(num_cpus=0, num_gpus=1, name="tinymem-gpu-probe").remote()
+    try:
+        return float(ray.get(ref, timeout=GPU_PROBE_TIMEOUT_S))
+    except ray.exceptions.GetTimeoutError:
+        ray.cancel(ref, force=True)
+        raise SweepError(f"--gpus-per-trial auto: no GPU of the cluster was free for {GPU_PROBE_TIMEOUT_S:.0f} s to "
+                         "report its memory; give --gpus-per-trial N") from None
+
+
+def auto_gpus_per_trial(opts: SweepOptions, gpu_mem_gib: float | None) -> float:
+    """`--gpus-per-trial auto` for a Hugging Face model: the largest `tinymem.hf.gpus_for_source` of the swept
+    methods on GPUs of `gpu_mem_gib`; 0 (CPU trials) when there is no GPU or --device cpu."""
+    from tinymem.hf import gpus_for_source
+    from tinymem.memfile import resolve_metric
+
+    if gpu_mem_gib is None or opts.device == "cpu":
+        return 0.0
+    seq_len = resolve_metric(opts.metric_preset, opts.prompt_len, opts.k, opts.seq_len).seq_len
+    try:
+        return max(gpus_for_source(str(opts.model), m, gpu_mem_gib, opts.dtype or "float32", seq_len)
+                   for m in _split(opts.method))
+    except TinyMemError as e:
+        raise SweepError(f"--gpus-per-trial auto: {e}") from None
+
+
+def resolve_auto_gpus(plan: SweepPlan, say: Callable[[str], None]) -> None:
+    """Replace `auto` in the plan's --gpus-per-trial by a number (what the sweep record then keeps)."""
+    o = plan.options
+    memory = cluster_gpu_memory_gib() if o.device != "cpu" else None
+    o.gpus_per_trial = auto_gpus_per_trial(o, memory)
+    where = f"GPUs of {memory:.0f} GiB" if memory is not None else "no GPU in the Ray cluster: trials run on CPU"
+    say(f"--gpus-per-trial auto: {o.gpus_per_trial:g} ({where})")
+
+
 def _limit_threads(cpus: float) -> None:
     """Use as many torch threads as CPUs were granted (a reused worker keeps no stale setting)."""
     import torch
@@ -308,12 +441,14 @@ def _limit_threads(cpus: float) -> None:
         torch.set_num_threads(n)
 
 
-def _build_base(preset: str, storage_root: str, device: str, cpus: float) -> dict[str, Any]:
-    """Ray task body: make (or find) the base model of `preset` and its cached base evaluation."""
+def _build_base(preset: str, storage_root: str, device: str, cpus: float,
+                hf_options: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Ray task body: make (or find) the base model of `preset` (or of an `hf:` model) and its cached base
+    evaluation."""
     from tinymem.trial import prepare_base
 
     _limit_threads(cpus)
-    prepared = prepare_base({"preset": preset, "storage": storage_root, "device": device})
+    prepared = prepare_base({**base_config(preset, hf_options or {}), "storage": storage_root, "device": device})
     return {"preset": preset, "key": prepared.key, "model_dir": prepared.model_dir, "created": prepared.created,
             "seconds": prepared.seconds, "metrics": prepared.evaluation.metrics}
 
@@ -329,11 +464,13 @@ def prepare_bases(plan: SweepPlan, say: Callable[[str], None]) -> dict[str, dict
     total = sum(node_cpus or [1])
     cpus = max(min(biggest, total / len(presets)), min(plan.options.cpus_per_trial, biggest), 1)
     cpus = float(int(cpus))
-    gpus = 1 if plan.options.gpus_per_trial > 0 else 0
+    # A model spread over several GPUs (--gpus-per-trial 2) needs them for its base evaluation too.
+    gpus = max(1, math.ceil(float(plan.options.gpus_per_trial))) if float(plan.options.gpus_per_trial) > 0 else 0
     task = ray.remote(_build_base).options(num_cpus=cpus, num_gpus=gpus, max_retries=1,
                                            name="tinymem-base-model")
     say(f"base model(s) {presets}: making sure they exist in {plan.storage} (trained once if missing) ...")
-    refs = {p: task.remote(p, plan.storage, plan.options.device, cpus) for p in presets}
+    hf_options = source_config(plan.options)
+    refs = {p: task.remote(p, plan.storage, plan.options.device, cpus, hf_options) for p in presets}
     out = {}
     for preset, ref in refs.items():
         try:
@@ -365,6 +502,7 @@ class TrialStatic:
     cpus: float
     kinds: dict[str, str]
     method_modules: tuple[str, ...] = ()
+    hf_options: tuple[tuple[str, Any], ...] = ()  # (key, value) of an hf: model's options (SOURCE_OPTIONS)
 
 
 def _method_modules(plan: SweepPlan) -> tuple[str, ...]:
@@ -406,8 +544,8 @@ def sweep_trainable(config: dict[str, Any], static: TrialStatic) -> None:
         last_epoch = int(metrics.get("epoch", last_epoch + 1))
         tune.report({**_numeric(metrics), "epoch": last_epoch, "final": 0, "ray_node_id": node_id})
 
-    trial_config = {"method": method, "params": params, "preset": preset, "storage": static.storage,
-                    "device": static.device, "seed": static.seed}
+    trial_config = {"method": method, "params": params, **base_config(preset, dict(static.hf_options)),
+                    "storage": static.storage, "device": static.device, "seed": static.seed}
     cpu0 = time.process_time()
     try:
         result = run_trial(trial_config, callback=on_epoch)
@@ -675,6 +813,8 @@ def run_sweep(plan: SweepPlan, say: Callable[[str], None] = print, stream: str =
     if started:
         say(f"Ray: {'joined ' + o.address if o.address else 'local runtime on 127.0.0.1'} ({ray_start:.1f} s)")
     try:
+        if o.gpus_per_trial == AUTO:
+            resolve_auto_gpus(plan, say)
         check_trial_fits(o, say)
         client = mlflow_client(plan.tracking_uri)
         if plan.resumed:
@@ -696,7 +836,8 @@ def run_sweep(plan: SweepPlan, say: Callable[[str], None] = print, stream: str =
 
         run_map_path = storage.join(plan.sweep_dir, "mlflow_runs.json")
         static = TrialStatic(space=plan.space, storage=plan.storage, device=o.device, seed=o.seed,
-                             cpus=o.cpus_per_trial, kinds=plan.kinds, method_modules=_method_modules(plan))
+                             cpus=o.cpus_per_trial, kinds=plan.kinds, method_modules=_method_modules(plan),
+                             hf_options=tuple(sorted(source_config(o).items())))
         resources = {"cpu": o.cpus_per_trial, "gpu": o.gpus_per_trial}
         trainable = tune.with_resources(tune.with_parameters(trainable_fn or sweep_trainable, static=static), resources)
 

@@ -27,30 +27,49 @@ from sweeps.errors import SweepError
 from tinymem.errors import TinyMemError
 
 
+def gpus_value(text: str) -> float | str:
+    """--gpus-per-trial: a number, or `auto`."""
+    from sweeps.engine import AUTO
+
+    if text.strip().lower() == AUTO:
+        return AUTO
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number or {AUTO!r}") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     from sweeps import engine
+    from tinymem.cli_hf import add_source_arguments
     from tinymem.presets import DEFAULT_PRESET
 
     p = argparse.ArgumentParser(
         prog="python sweeps/run.py",
         description="Sweep a memorization-mitigation method's hyperparameters with Ray Tune + Optuna, log every "
                     "trial to MLflow, and print the Pareto front of memorization vs utility loss.",
-        epilog="Example: python sweeps/run.py --method balanced_subnet   (then open MLflow as printed at the end)")
+        epilog="Example: python sweeps/run.py --method balanced_subnet   (then open MLflow as printed at the end); "
+               "a Hugging Face model: python sweeps/run.py --method balanced_subnet --model hf:./my-model "
+               "--forget-file memorized.jsonl --retain-file retain.jsonl")
     p.add_argument("--method", required=False, default=None,
                    help="registered method to sweep (`tinymem methods` lists them); a comma list runs a "
                         "cross-method sweep with the method as a search dimension (required)")
-    p.add_argument("--preset", default=DEFAULT_PRESET,
+    p.add_argument("--preset", default=None,
                    help="base model preset; a comma list makes the base model a search dimension (all base "
-                        "models are made up front, in parallel) (default: %(default)s)")
+                        f"models are made up front, in parallel) (default: {DEFAULT_PRESET}, unless --model)")
+    p.add_argument("--model", default=None, metavar="hf:NAME_OR_PATH[@REVISION]",
+                   help="a Hugging Face causal LM as the base model instead of --preset, with --forget-file and "
+                        "--retain-file (options below, as in `tinymem mitigate --model hf:...`) (default: off)")
     p.add_argument("--num-samples", type=int, default=None,
                    help=f"trials to run (default: {engine.DEFAULT_NUM_SAMPLES}; with --grid paper: the whole "
                         f"grid, or a seeded random subset of this size)")
     p.add_argument("--max-concurrent", type=int, default=None,
                    help="most trials at once (default: as many as the CPUs/GPUs allow)")
     p.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs reserved per trial; also its torch threads (default: %(default)s)")
-    p.add_argument("--gpus-per-trial", type=float, default=0.0,
-                   help="GPUs per trial; a fraction packs several trials on one GPU (logical, no memory isolation) "
-                        "(default: %(default)s)")
+    p.add_argument("--gpus-per-trial", type=gpus_value, default=None, metavar="N|auto",
+                   help="GPUs per trial; a fraction packs several trials on one GPU (logical, no memory isolation); "
+                        "auto (--model only) sizes it from the model, the methods and a GPU of the cluster "
+                        "(default: 0 for presets, auto for --model)")
     p.add_argument("--sampler", default="tpe", choices=engine.SAMPLERS,
                    help="Optuna multi-objective sampler: tpe (MO-TPE), nsga2 (NSGA-II) or random "
                         "(default: %(default)s)")
@@ -69,7 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tracking-uri", default=None,
                    help="MLflow tracking URI (default: sqlite:///<storage>/mlflow.db; http://HOST:PORT for a server)")
     p.add_argument("--experiment", default=None,
-                   help="experiment name in MLflow and under <storage>/sweeps (default: <methods>-<presets>)")
+                   help="experiment name in MLflow and under <storage>/sweeps (default: <methods>-<presets>, or "
+                        "<methods>-<model name> with --model)")
     p.add_argument("--resume", nargs="?", const="latest", default=None, metavar="SWEEP_ID",
                    help="resume an interrupted sweep of --experiment (the latest one, or SWEEP_ID): finished "
                         "trials are kept once, unfinished ones continue, MLflow runs are continued (default: off)")
@@ -82,13 +102,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="torch device inside trials: auto, cpu or cuda (default: %(default)s)")
     p.add_argument("--json", action="store_true",
                    help="print one JSON object on stdout; progress goes to stderr (default: off)")
+    add_source_arguments(p)  # --dtype, --forget-file, ... exactly as `tinymem mitigate --model hf:...` takes them
     return p
 
 
 def options_from_args(args: argparse.Namespace, argv: list[str]):
     from sweeps.engine import SweepOptions
+    from tinymem.cli_hf import source_config
 
-    return SweepOptions(method=args.method or "", preset=args.preset, num_samples=args.num_samples,
+    return SweepOptions(model=args.model, **source_config(args),
+                        method=args.method or "", preset=args.preset, num_samples=args.num_samples,
                         max_concurrent=args.max_concurrent, cpus_per_trial=args.cpus_per_trial,
                         gpus_per_trial=args.gpus_per_trial, sampler=args.sampler, grid=args.grid,
                         scheduler=args.scheduler, address=args.address, storage=args.storage,
