@@ -169,9 +169,11 @@ def _phase(seconds: dict[str, float], name: str):
         seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - t0
 
 
-def run_trial(config: dict[str, Any], callback: Callable[[dict[str, float]], None] | None = None) -> TrialResult:
+def run_trial(config: dict[str, Any], callback: Callable[[dict[str, float]], None] | None = None,
+              on_work_dir: Callable[[Path], None] | None = None) -> TrialResult:
     """Run one mitigation trial (see the module docstring). `callback` receives intermediate metrics
-    (with `epoch`) from iterative methods."""
+    (with `epoch`) from iterative methods. `on_work_dir(path)` is called with the method's work directory
+    just before the method runs (a sweep puts a retried trial's resume files back there)."""
     unknown = sorted(set(config) - set(TRIAL_KEYS))
     if unknown:
         raise ConfigError(f"unknown trial config key(s) {unknown}; allowed: {list(TRIAL_KEYS)}")
@@ -219,6 +221,8 @@ def run_trial(config: dict[str, Any], callback: Callable[[dict[str, float]], Non
         retain=bundle.retain, base_spec=spec, base_key=key, seed=seed, device=device, report=report,
         evaluate=lambda m: evaluate(m, bundle), work_dir=work_dir, store_root=storage,
         progress=bool(config.get("progress")))
+    if on_work_dir is not None:
+        on_work_dir(work_dir)
     torch.manual_seed(seed)
     with _phase(seconds, "mitigate"):
         out = method.apply(ctx)
