@@ -84,6 +84,7 @@ class ResumeFiles:
         checkpoint = tune.get_checkpoint()
         if checkpoint is None:
             return
+        self._sent = True  # the bucket holds a checkpoint of this trial: a later one must replace it
         with checkpoint.as_directory() as d:
             src = Path(d) / FILES
             for rel in sorted(_snapshot(src)):
@@ -116,8 +117,8 @@ class ResumeFiles:
         from ray import tune
 
         assert self.work_dir is not None
-        # Beside the work directory, so hard links work (no copy of large model checkpoints); hidden, so no
-        # snapshot ever counts it.
+        # Beside the work directory (outside it, so no snapshot counts it), so hard links work: no copy of
+        # large model checkpoints.
         self.work_dir.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix=".tune-checkpoint-", dir=self.work_dir.parent) as d:
             (Path(d) / FILES).mkdir()
