@@ -503,6 +503,9 @@ class TrialStatic:
     kinds: dict[str, str]
     method_modules: tuple[str, ...] = ()
     hf_options: tuple[tuple[str, Any], ...] = ()  # (key, value) of an hf: model's options (SOURCE_OPTIONS)
+    # The trial's work directory is node-local (object-store --storage): its resume files then travel in
+    # Tune checkpoints (sweeps.checkpoints). On local/NFS storage it is shared and nothing is copied.
+    checkpoint_work_dir: bool = False
 
 
 def _method_modules(plan: SweepPlan) -> tuple[str, ...]:
@@ -527,6 +530,7 @@ def sweep_trainable(config: dict[str, Any], static: TrialStatic) -> None:
     import ray
     from ray import tune
 
+    from sweeps.checkpoints import ResumeFiles
     from tinymem.trial import run_trial
 
     _limit_threads(static.cpus)
@@ -539,16 +543,25 @@ def sweep_trainable(config: dict[str, Any], static: TrialStatic) -> None:
     # Where the trial runs, in every result (Ray adds `hostname` and `node_ip`); the MLflow run is tagged with it.
     node_id = ray.get_runtime_context().get_node_id()
 
+    # A retry on another node finds nothing in a node-local work dir: carry the resume files in checkpoints.
+    resume = ResumeFiles() if static.checkpoint_work_dir else None
+
     def on_epoch(metrics: dict[str, float]) -> None:
         nonlocal last_epoch
         last_epoch = int(metrics.get("epoch", last_epoch + 1))
-        tune.report({**_numeric(metrics), "epoch": last_epoch, "final": 0, "ray_node_id": node_id})
+        row = {**_numeric(metrics), "epoch": last_epoch, "final": 0, "ray_node_id": node_id}
+        if resume is None:
+            tune.report(row)
+            return
+        # Methods write an epoch's checkpoint before reporting it, so this one holds the epoch just done.
+        with resume.checkpoint() as checkpoint:
+            tune.report(row, checkpoint=checkpoint)
 
     trial_config = {"method": method, "params": params, **base_config(preset, dict(static.hf_options)),
                     "storage": static.storage, "device": static.device, "seed": static.seed}
     cpu0 = time.process_time()
     try:
-        result = run_trial(trial_config, callback=on_epoch)
+        result = run_trial(trial_config, callback=on_epoch, on_work_dir=resume.restore if resume else None)
     except (TinyMemError, FloatingPointError) as e:
         # Deterministic failures (bad value, NaN): record and move on; a retry would fail the same way.
         tune.report({"final": 1, "failed": 1, "error": f"{type(e).__name__}: {e}", "epoch": last_epoch,
@@ -570,7 +583,12 @@ def sweep_trainable(config: dict[str, Any], static: TrialStatic) -> None:
     if bad:
         report.update({"failed": 1, "error": f"FloatingPointError: metrics {bad} are not finite (NaN/inf) "
                                              f"after {method}: the mitigated model is broken"})
-    tune.report(report)
+    if resume is None:
+        tune.report(report)
+        return
+    # Replaces the last epoch's checkpoint: a finished run's resume files need not stay in the bucket.
+    with resume.checkpoint() as checkpoint:
+        tune.report(report, checkpoint=checkpoint)
 
 
 # --- the searcher ----------------------------------------------------------------------------------------------
@@ -799,6 +817,7 @@ def run_sweep(plan: SweepPlan, say: Callable[[str], None] = print, stream: str =
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
+    from sweeps import checkpoints
     from sweeps import report as reporting
 
     t_start = time.time()
@@ -837,7 +856,8 @@ def run_sweep(plan: SweepPlan, say: Callable[[str], None] = print, stream: str =
         run_map_path = storage.join(plan.sweep_dir, "mlflow_runs.json")
         static = TrialStatic(space=plan.space, storage=plan.storage, device=o.device, seed=o.seed,
                              cpus=o.cpus_per_trial, kinds=plan.kinds, method_modules=_method_modules(plan),
-                             hf_options=tuple(sorted(source_config(o).items())))
+                             hf_options=tuple(sorted(source_config(o).items())),
+                             checkpoint_work_dir=checkpoints.work_dir_is_node_local(plan.storage))
         resources = {"cpu": o.cpus_per_trial, "gpu": o.gpus_per_trial}
         trainable = tune.with_resources(tune.with_parameters(trainable_fn or sweep_trainable, static=static), resources)
 
