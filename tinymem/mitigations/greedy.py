@@ -15,7 +15,7 @@ from tinymem.train import sequence_losses
 
 @dataclass(frozen=True)
 class GreedyParams(Hyperparams):
-    ratio: float = hp(1e-3, "fraction of all model parameters to zero: iterations = ratio * num_params / "
+    ratio: float = hp(1e-4, "fraction of all model parameters to zero: iterations = ratio * num_params / "
                             "weights_per_step", low=0.0, high=1.0, log=True)
     max_iterations: int = hp(600, "cap on the iterations (0 = no cap) so a trial stays bounded",
                              low=0, high=10**9)
@@ -64,6 +64,10 @@ class Greedy(Mitigation):
     `weights_per_step` > 1 zeroes several weights per batch (faster, less greedy); (4) the retain set never
     contains forget rows.
 
+    Default ratio 1e-4 (41 weights on math-demo), measured there with `tinymem mitigate --json` (base mem_pct
+    66.7, test_acc 95.91): 2.5e-5 -> mem 8.3 at -3.1 points, 5e-5 -> 5.0 at -5.2, 1e-4 -> 0.0 at -8.0,
+    2.5e-4 -> 0.0 at -19.5, 1e-3 -> 0.0 at -60.5. Zeroing whole LayerNorm gains or embedding entries by a
+    first-order estimate costs accuracy fast on a 2-layer model; sweep the ratio for a better trade-off.
     Per-epoch reports (one epoch = one pass over the mixed batches, plus one at the end): `epoch`,
     `forget_loss`, `retain_loss` (the early-stopping guard), `forget_mem_pct`, `weights_zeroed`.
     Not checkpointed: the default budget keeps a run well under two minutes on math-demo.
