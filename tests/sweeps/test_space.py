@@ -9,7 +9,7 @@ import pytest
 
 from sweeps.errors import SweepError
 from sweeps.space import SEARCH_SPACE_DIR, SweepSpace, load_search_space
-from tinymem.mitigations import method_names
+from tinymem.mitigations import get_method, method_names
 
 GOOD = """
 method: balanced_subnet
@@ -109,8 +109,9 @@ def test_sweep_space_single_method(tmp_path):
     assert set(trial.params) == {"ratio", "epochs", "loss_weighting"}
     method, preset, params = space.decode(trial.params)
     assert method == "balanced_subnet" and preset == "math-tiny" and params["lr"] == 0.1
-    # The method's defaults (ratio 0.3, epochs 10, w 0.9) lie inside the space: a warm start.
-    assert space.warm_start_points() == [{"ratio": 0.3, "epochs": 10, "loss_weighting": 0.9}]
+    # The method's defaults lie inside the space: they are the warm start, restricted to the swept names.
+    d = get_method("balanced_subnet").Params().to_dict()
+    assert space.warm_start_points() == [{k: d[k] for k in ("ratio", "epochs", "loss_weighting")}]
     assert space.max_epochs() == 20
     assert len(space.grid_points()) == 18
     sub = space.grid_points(limit=5, seed=1)
