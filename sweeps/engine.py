@@ -62,7 +62,7 @@ GRIDS = ("paper",)
 DEFAULT_STORAGE = "./tinymem-runs"
 # Sized so that `python sweeps/run.py --method balanced_subnet` finishes within 15 minutes on a 2-core CPU,
 # including the first training of math-demo (see README / the report of issue 6 for the measurement).
-DEFAULT_NUM_SAMPLES = 24
+DEFAULT_NUM_SAMPLES = 12
 ASHA_GUARD = "retain_loss"  # what iterative methods report per epoch and rises when an edit breaks the model
 SWEEP_RECORD = "sweep.json"
 AUTO = "auto"  # --gpus-per-trial auto: sized from a Hugging Face model (tinymem.hf.gpus_for_source)
