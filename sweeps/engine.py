@@ -28,11 +28,11 @@ import importlib
 import logging
 import math
 import os
+import re
 import json
 import socket
 import sys
 import time
-import re
 import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -234,7 +234,7 @@ def _check_gpus(opts: SweepOptions) -> float | str:
     gpus = opts.gpus_per_trial
     if gpus is None:
         return AUTO if opts.model else 0.0
-    if gpus == AUTO:
+    if isinstance(gpus, str) and gpus.strip().lower() == AUTO:
         if not opts.model:
             raise SweepError("--gpus-per-trial auto sizes trials from a Hugging Face model's size (--model hf:...); "
                              "for presets give a number >= 0 (default 0)")
@@ -546,16 +546,19 @@ def sweep_trainable(config: dict[str, Any], static: TrialStatic) -> None:
     # A retry on another node finds nothing in a node-local work dir: carry the resume files in checkpoints.
     resume = ResumeFiles() if static.checkpoint_work_dir else None
 
-    def on_epoch(metrics: dict[str, float]) -> None:
-        nonlocal last_epoch
-        last_epoch = int(metrics.get("epoch", last_epoch + 1))
-        row = {**_numeric(metrics), "epoch": last_epoch, "final": 0, "ray_node_id": node_id}
+    def report(row: dict[str, Any]) -> None:
         if resume is None:
             tune.report(row)
             return
-        # Methods write an epoch's checkpoint before reporting it, so this one holds the epoch just done.
+        # Methods write an epoch's checkpoint before reporting it, so this one holds the epoch just done; the
+        # final report's (empty once the run removed its files) replaces it, so nothing stays in the bucket.
         with resume.checkpoint() as checkpoint:
             tune.report(row, checkpoint=checkpoint)
+
+    def on_epoch(metrics: dict[str, float]) -> None:
+        nonlocal last_epoch
+        last_epoch = int(metrics.get("epoch", last_epoch + 1))
+        report({**_numeric(metrics), "epoch": last_epoch, "final": 0, "ray_node_id": node_id})
 
     trial_config = {"method": method, "params": params, **base_config(preset, dict(static.hf_options)),
                     "storage": static.storage, "device": static.device, "seed": static.seed}
@@ -569,26 +572,21 @@ def sweep_trainable(config: dict[str, Any], static: TrialStatic) -> None:
         return
     after = _numeric(result.after)
     loss = utility_loss(after, result.before, kind)
-    report: dict[str, Any] = {**after, loss_name: loss}
-    report.update({f"seconds_{k}": float(v) for k, v in result.seconds.items()})
+    final: dict[str, Any] = {**after, loss_name: loss}
+    final.update({f"seconds_{k}": float(v) for k, v in result.seconds.items()})
     # CPU time of the trial's process (all its threads): on a shared machine wall time says little about cost.
-    report["seconds_cpu"] = time.process_time() - cpu0
-    report.update({f"info_{k}": v for k, v in _numeric(result.info).items()})
-    report.update({"epoch": last_epoch, "final": 1, "failed": 0, "ray_node_id": node_id})
+    final["seconds_cpu"] = time.process_time() - cpu0
+    final.update({f"info_{k}": v for k, v in _numeric(result.info).items()})
+    final.update({"epoch": last_epoch, "final": 1, "failed": 0, "ray_node_id": node_id})
     # NaN or inf in an objective or a core utility metric means a broken model (e.g. NaN weights give NaN
     # logits, whose perplexity overflows to inf): a failed trial, not a point for the front.
     bad = [k for k in (MEM, loss_name, "test_acc", "test_ppl")
-           if k in report or k in (MEM, loss_name)
-           if not math.isfinite(report.get(k, math.nan))]
+           if k in final or k in (MEM, loss_name)
+           if not math.isfinite(final.get(k, math.nan))]
     if bad:
-        report.update({"failed": 1, "error": f"FloatingPointError: metrics {bad} are not finite (NaN/inf) "
+        final.update({"failed": 1, "error": f"FloatingPointError: metrics {bad} are not finite (NaN/inf) "
                                              f"after {method}: the mitigated model is broken"})
-    if resume is None:
-        tune.report(report)
-        return
-    # Replaces the last epoch's checkpoint: a finished run's resume files need not stay in the bucket.
-    with resume.checkpoint() as checkpoint:
-        tune.report(report, checkpoint=checkpoint)
+    report(final)
 
 
 # --- the searcher ----------------------------------------------------------------------------------------------

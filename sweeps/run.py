@@ -27,18 +27,6 @@ from sweeps.errors import SweepError
 from tinymem.errors import TinyMemError
 
 
-def gpus_value(text: str) -> float | str:
-    """--gpus-per-trial: a number, or `auto`."""
-    from sweeps.engine import AUTO
-
-    if text.strip().lower() == AUTO:
-        return AUTO
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number or {AUTO!r}") from None
-
-
 def build_parser() -> argparse.ArgumentParser:
     from sweeps import engine
     from tinymem.cli_hf import add_source_arguments
@@ -66,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-concurrent", type=int, default=None,
                    help="most trials at once (default: as many as the CPUs/GPUs allow)")
     p.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs reserved per trial; also its torch threads (default: %(default)s)")
-    p.add_argument("--gpus-per-trial", type=gpus_value, default=None, metavar="N|auto",
+    p.add_argument("--gpus-per-trial", default=None, metavar="N|auto",  # checked by the engine's plan
                    help="GPUs per trial; a fraction packs several trials on one GPU (logical, no memory isolation); "
                         "auto (--model only) sizes it from the model, the methods and a GPU of the cluster "
                         "(default: 0 for presets, auto for --model)")
