@@ -8,7 +8,7 @@ working directory is an empty folder, so anything it wrote outside `--storage` w
 
 1. `durable` trials on `math-tiny`, two at a time on two 1-CPU nodes: the MLflow child runs carry both
    nodes' `ray_node_id` / `node_ip`; the base model, the Ray experiment and the reports are under `--storage`.
-2. `balanced_subnet` (12 epochs, checkpointed every epoch under the storage root): the second node is
+2. `balanced_subnet` (20 epochs, checkpointed every epoch under the storage root): the second node is
    SIGKILLed while a trial runs on it; every trial still finishes, the lost one retried on the head from its
    checkpoint, with exactly `num_samples` finished child runs in MLflow (none lost, none duplicated).
 
@@ -17,7 +17,6 @@ If `ray start` cannot bring a node up in this sandbox, the module is skipped wit
 
 from __future__ import annotations
 
-import glob
 import json
 import os
 import shutil
@@ -42,7 +41,7 @@ params:
   ratio: {type: float, low: 1.0e-3, high: 0.1, log: true}
 fixed: {}
 """
-# 12 epochs of ~0.3-1 s each on math-tiny: long enough to lose a node in the middle of a trial.
+# 20 epochs of ~0.4-1 s each on math-tiny: long enough to lose a node in the middle of a trial.
 BALANCED = """
 method: balanced_subnet
 description: multi-node test (checkpointed every epoch)
@@ -50,9 +49,9 @@ params:
   ratio: {type: float, low: 0.05, high: 0.5, log: true}
   loss_weighting: {type: float, low: 0.5, high: 0.9}
 fixed:
-  epochs: 12
+  epochs: 20
 """
-EPOCHS = 12
+EPOCHS = 20
 
 
 @pytest.fixture(scope="module")
@@ -157,22 +156,29 @@ def test_trials_run_on_both_nodes(cluster, storage, tmp_path):
           f"{ {ip: sum(t['node_ip'] == ip for t in tags) for ip in sorted(ips)} }")
 
 
-def _results(storage: Path, experiment: str) -> dict[str, list[dict]]:
-    """trial id -> results so far, from the Ray experiment under --storage (read-only; the driver writes)."""
-    out: dict[str, list[dict]] = {}
-    for path in glob.glob(str(storage / "ray" / experiment / "*" / "sweep_trainable_*" / "result.json")):
-        lines = []
-        try:
-            text = Path(path).read_text()
-        except OSError:
+def _live_trials(client, experiment: str) -> dict[str, dict]:
+    """trial id -> {epoch, node_ip} of each running trial's latest per-epoch result, as the driver logs it to MLflow.
+
+    The driver logs every result to the trial's child run as it arrives (and tags where the trial runs), so
+    this is live. (Ray's result.json under --storage is not: the driver syncs it only every ~10 s.)"""
+    try:
+        exp = client.get_experiment_by_name(experiment)
+        if exp is None:
+            return {}
+        runs = client.search_runs([exp.experiment_id], filter_string="tags.state = 'running'", max_results=100)
+    except Exception:  # the driver is writing (SQLite busy) or creating the experiment: ask again
+        return {}
+    out = {}
+    for r in runs:
+        tid = r.data.tags.get("tinymem.trial_id")
+        if not tid or not r.data.metrics:
             continue
-        for line in text.splitlines():
-            try:
-                lines.append(json.loads(line))
-            except ValueError:
-                pass  # a line being written
-        if lines:
-            out[lines[0]["trial_id"]] = lines
+        # Per-epoch metrics are logged with step = epoch; a running trial has only those.
+        try:
+            history = client.get_metric_history(r.info.run_id, sorted(r.data.metrics)[0])
+        except Exception:
+            continue
+        out[tid] = {"epoch": max(m.step for m in history), "node_ip": r.data.tags.get("node_ip")}
     return out
 
 
@@ -187,16 +193,21 @@ def test_sweep_survives_losing_a_node(cluster, storage, tmp_path):
     victims: dict[str, int] = {}
     try:
         # Wait until a trial on the second node is past its second epoch (so its checkpoint of epoch >= 1 is
-        # on the shared storage) and not finished, then lose the node.
+        # on the shared storage) and not finished, then lose the node. MLflow is read only once the driver has
+        # set it up (it says so), so this test never races it creating the database.
         deadline = time.time() + 240
+        while time.time() < deadline and proc.poll() is None and f"sweep {exp}/" not in err.read_text():
+            time.sleep(0.2)
+        from mlflow import MlflowClient
+
+        client = MlflowClient(f"sqlite:///{storage / 'mlflow.db'}")
         while time.time() < deadline and proc.poll() is None:
-            for tid, rs in _results(storage, exp).items():
-                last = rs[-1]
-                if last.get("node_ip") == WORKER_IP and not last.get("final") and 2 <= last.get("epoch", 0) <= EPOCHS - 3:
+            for tid, last in _live_trials(client, exp).items():
+                if last["node_ip"] == WORKER_IP and 2 <= last["epoch"] <= EPOCHS - 4:
                     victims[tid] = int(last["epoch"])
             if victims:
                 break
-            time.sleep(0.5)
+            time.sleep(0.2)
         assert victims, (f"no trial was seen mid-run on {WORKER_IP}; driver stderr:\n"
                          f"{err.read_text()[-3000:]}")
         t_kill = time.time()
