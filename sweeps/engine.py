@@ -161,6 +161,7 @@ def _check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
 def plan_sweep(opts: SweepOptions) -> SweepPlan:
     """Validate everything that can be checked without starting Ray; raise SweepError on bad input."""
     storage_root = storage.normalize_root(opts.storage or DEFAULT_STORAGE)
+    storage.check_root(storage_root)
     if opts.resume:
         return _plan_resume(opts, storage_root)
     methods = _split(opts.method)

@@ -72,9 +72,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "else a fresh local runtime on 127.0.0.1)")
     p.add_argument("--storage", default=engine.DEFAULT_STORAGE,
                    help="root for base models, Ray results and reports: a path, or a URI such as s3://bucket/x "
-                        "(shared storage on a cluster) (default: %(default)s)")
+                        "(shared storage on a cluster; needs the [s3] or [gcs] extra) (default: %(default)s)")
     p.add_argument("--tracking-uri", default=None,
-                   help="MLflow tracking URI (default: sqlite:///<storage>/mlflow.db; http://HOST:PORT for a server)")
+                   help="MLflow tracking URI (default: sqlite:///<storage>/mlflow.db, or ./tinymem-runs/mlflow.db "
+                        "when --storage is an object store; http://HOST:PORT for a server)")
     p.add_argument("--experiment", default=None,
                    help="experiment name in MLflow and under <storage>/sweeps (default: <methods>-<presets>, or "
                         "<methods>-<model name> with --model)")

@@ -15,7 +15,11 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from sweeps.errors import SweepError
 from tinymem.store import is_uri
+
+# The fsspec backend each object-store scheme needs, and the extra of this project that installs it.
+BACKENDS = {"s3": ("s3fs", "s3"), "s3a": ("s3fs", "s3"), "gs": ("gcsfs", "gcs"), "gcs": ("gcsfs", "gcs")}
 
 
 def is_remote(root: str) -> bool:
@@ -28,6 +32,26 @@ def normalize_root(root: str) -> str:
     if root.startswith("file://"):
         root = root[len("file://"):]
     return root if is_remote(root) else str(Path(root).expanduser().resolve())
+
+
+def check_root(root: str) -> None:
+    """Fail fast, before any trial, if an object-store root cannot be used from here: its fsspec backend is not
+    installed, or its bucket cannot be listed (missing, no credentials, endpoint unreachable)."""
+    if not is_remote(root):
+        return
+    scheme = root.split("://", 1)[0].lower()
+    try:
+        fs, path = _fs(root)
+    except (ImportError, ValueError) as e:  # backend not installed / protocol unknown to fsspec
+        pkg, extra = BACKENDS.get(scheme, (None, None))
+        hint = f"pip install 'tinymem-sweeps[{extra}]' (or {pkg})" if pkg else "install its fsspec backend"
+        raise SweepError(f"--storage {root!r}: no filesystem for {scheme}:// here ({e}); {hint}") from None
+    bucket = path.lstrip("/").split("/", 1)[0]
+    try:
+        fs.ls(bucket, detail=False)
+    except Exception as e:  # any backend's "no such bucket", "access denied", connection error
+        raise SweepError(f"--storage {root!r}: cannot list bucket {bucket!r} "
+                         f"({type(e).__name__}: {str(e)[:300]})") from None
 
 
 def join(root: str, *parts: str) -> str:

@@ -199,12 +199,15 @@ def test_pinned_ray_version_matches_installed_ray(launcher, ray_version):
 
 
 def test_setup_installs_cuda_torch_and_this_project(launcher):
-    _, config = launcher
+    cloud, config = launcher
     setup = "\n".join(config["setup_commands"])
     assert "pip install" in setup and "torch" in setup
     assert "torch.version.cuda" in setup, "setup should refuse a CPU-only torch build"
     assert config["file_mounts"]["~/tinymem"] == ".", "the repository (ray up runs from its root)"
-    assert re.search(r"pip install [^\n]*~/tinymem\b", setup), "install the project from the mount"
+    # From the mount, with the fsspec backend of the cloud's object store (--storage s3:// or gs://).
+    extra = {"aws": "s3", "gcp": "gcs"}[cloud]
+    assert re.search(rf'pip install [^\n]*"\$HOME/tinymem\[{extra}\]"', setup), \
+        f"install the project from the mount with its [{extra}] extra"
     assert ".gitignore" in config["rsync_filter"], "virtualenvs and run folders must not be synced"
     workers = "\n".join(config["worker_setup_commands"])
     assert "torch.cuda.is_available()" in workers, "a worker without a visible GPU must fail setup"

@@ -130,6 +130,8 @@ def test_cross_method_sweep(ray_runtime, sweep_args, tracking_uri, capsys):
     (["--method", "durable", "--tracking-uri", "http://127.0.0.1:1"], "tracking server http://127.0.0.1:1 is unreachable"),
     (["--method", "durable", "--tracking-uri", "file:///tmp/mlruns"], "file store, which MLflow 3 refuses"),
     (["--resume", "--experiment", "never-ran"], "nothing to resume"),
+    (["--method", "durable", "--storage", "memory://no-such-bucket/runs"], "cannot list bucket 'no-such-bucket'"),
+    (["--method", "durable", "--storage", "nosuch://b/runs"], "no filesystem for nosuch://"),
 ])
 def test_bad_input_fails_fast_with_one_line(extra, needle, sweep_root, spaces_dir, capsys):
     import time
