@@ -19,7 +19,7 @@ from tinymem.metrics import forget_extraction, memorization
 from tinymem.mitigations import get_method
 from tinymem.mitigations._batches import (MixedBatches, epoch_probe, memorization_probe_rows,
                                           teacher_forced_memorized)
-from tinymem.mitigations._subnet import ScoreMask
+from tinymem.mitigations._subnet import ScoreMask, lowest_k_mask, select_mask, sort_mask
 from tinymem.mitigations._weights import zero_top
 from tinymem.mitigations.balanced_subnet import balanced_loss
 from tinymem.mitigations.base import MitigationContext
@@ -270,6 +270,22 @@ def test_zero_top_global_and_tensor():
     assert int((a == 0).sum()) == 0 and int((b == 0).sum()) == 4 and (b[6:] == 0).all()
     zero_top([a, b], [torch.arange(10.0), torch.zeros(10)], 0.1, "tensor")
     assert a[9] == 0 and int((a == 0).sum()) == 1
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_selection_mask_is_the_stable_sorts(dtype):
+    gen = torch.Generator().manual_seed(0)
+    cases = [torch.rand(37, 53, generator=gen),  # distinct values
+             torch.randint(0, 4, (40, 25), generator=gen).float(),  # heavy ties at every cut-off
+             torch.zeros(6, 7)]  # all tied: the lowest indices go first
+    for m in cases:
+        m = m.to(dtype)
+        for k in (0, 1, 2, 5, m.numel() // 3, m.numel() // 2 + 1, m.numel() - 1, m.numel()):
+            got = select_mask(m, k)
+            assert got.dtype == dtype and got.shape == m.shape
+            assert int((got == 0).sum()) == k
+            assert torch.equal(got, sort_mask(m, k)), (m.shape, k)
+            assert torch.equal(lowest_k_mask(m, k), got)
 
 
 def test_score_mask_straight_through_gradient():

@@ -37,17 +37,50 @@ from tinymem.specs import spec_hash
 SCORE_INITS = ("kaiming", "magnitude")
 
 
+def select_mask(magnitudes: torch.Tensor, k: int) -> torch.Tensor:
+    """1/0 mask (dtype and shape of `magnitudes`) with 0 at its k smallest entries; ties at the cut-off go by
+    position, lowest index first, exactly as the first k of a stable argsort would (`sort_mask`).
+
+    `kthvalue` finds the cut-off in linear time; then everything below it and the first ties at it are dropped.
+    """
+    flat = magnitudes.flatten()
+    if k <= 0:
+        return torch.ones_like(magnitudes)
+    if k >= flat.numel():
+        return torch.zeros_like(magnitudes)
+    cut = torch.kthvalue(flat, k).values
+    below = flat < cut
+    tie = flat == cut
+    # Ties at the cut-off make up the rest of the k; a stable sort would take them in index order.
+    drop = below | (tie & (torch.cumsum(tie, 0) <= k - below.sum()))
+    return (~drop).to(magnitudes.dtype).view_as(magnitudes)
+
+
+def sort_mask(magnitudes: torch.Tensor, k: int) -> torch.Tensor:
+    """The same mask from the first k entries of a stable argsort (ties resolve the same way on every run)."""
+    mask = torch.ones_like(magnitudes)
+    if k > 0:
+        mask.view(-1)[torch.argsort(magnitudes.flatten(), stable=True)[:k]] = 0.0
+    return mask
+
+
+def lowest_k_mask(magnitudes: torch.Tensor, k: int) -> torch.Tensor:
+    """The mask of the k smallest entries, by whichever way is faster on the tensor's device.
+
+    It is recomputed on every forward pass of every masked matrix (bench/subnet_mask.py, identical masks):
+    on CPU selection is 3.5-5.8x faster than the sort at every size from math-demo's to Pythia's; on an H200
+    the sort is 2.4x faster at math-demo's size and ~110x at Pythia's (1.7 ms against 190 ms for a 2.8B MLP
+    matrix), so CUDA keeps it.
+    """
+    return sort_mask(magnitudes, k) if magnitudes.is_cuda else select_mask(magnitudes, k)
+
+
 class _PruneLowest(torch.autograd.Function):
     """Hard mask zeroing the k smallest entries of `magnitudes`; straight-through gradient."""
 
     @staticmethod
     def forward(ctx, magnitudes: torch.Tensor, k: int) -> torch.Tensor:  # type: ignore[override]
-        mask = torch.ones_like(magnitudes)
-        if k > 0:
-            # A stable sort makes ties (e.g. equal scores) resolve the same way on every run.
-            drop = torch.argsort(magnitudes.flatten(), stable=True)[:k]
-            mask.view(-1)[drop] = 0.0
-        return mask
+        return lowest_k_mask(magnitudes, k)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
