@@ -19,7 +19,8 @@ from tinymem.metrics import forget_extraction, memorization
 from tinymem.mitigations import get_method
 from tinymem.mitigations._batches import (MixedBatches, epoch_probe, memorization_probe_rows,
                                           teacher_forced_memorized)
-from tinymem.mitigations._subnet import ScoreMask, lowest_k_mask, select_mask, sort_mask
+from tinymem.mitigations._subnet import (ScoreMask, init_scores, lowest_k_mask, score_generators, select_mask,
+                                         sort_mask)
 from tinymem.mitigations._weights import zero_top
 from tinymem.mitigations.balanced_subnet import balanced_loss
 from tinymem.mitigations.base import MitigationContext
@@ -286,6 +287,19 @@ def test_selection_mask_is_the_stable_sorts(dtype):
             assert int((got == 0).sum()) == k
             assert torch.equal(got, sort_mask(m, k)), (m.shape, k)
             assert torch.equal(lowest_k_mask(m, k), got)
+
+
+def test_cpu_scores_come_from_one_seeded_stream_in_module_order():
+    """On the CPU the kaiming scores are one stream per seed (CPU results stay reproducible across versions)."""
+    mods = [torch.nn.Linear(8, 4), torch.nn.Linear(16, 8)]
+    gens = score_generators(mods, seed=3)
+    assert gens[0] is gens[1]
+    got = [init_scores(m, "kaiming", g) for m, g in zip(mods, gens)]
+    ref = torch.Generator().manual_seed(3)
+    for m, scores in zip(mods, got):
+        fan_in = m.weight.shape[1]
+        expected = (torch.rand(m.weight.shape, generator=ref) * 2.0 - 1.0) * (1.0 / math.sqrt(fan_in))
+        assert torch.equal(scores, expected)
 
 
 def test_score_mask_straight_through_gradient():

@@ -103,7 +103,7 @@ class ScoreMask(nn.Module):
 
 
 def init_scores(module: nn.Module, how: str, generator: torch.Generator) -> torch.Tensor:
-    """Initial scores in the weight's own layout.
+    """Initial scores in the weight's own layout, drawn from `generator` (on the CPU or on the weight's device).
 
     `kaiming`: the paper's `kaiming_uniform_(a=sqrt(5))`, i.e. U(-1/sqrt(fan_in), 1/sqrt(fan_in)) with fan_in
     the layer's input features (read from the [out, in] view, so Conv1D and Linear get the same bound); the
@@ -113,11 +113,28 @@ def init_scores(module: nn.Module, how: str, generator: torch.Generator) -> torc
     w = module.weight
     if how == "kaiming":
         bound = 1.0 / math.sqrt(weight_out_in(module).shape[1])
-        u = torch.rand(w.shape, generator=generator, dtype=torch.float32)
+        u = torch.rand(w.shape, generator=generator, dtype=torch.float32, device=generator.device)
         return ((u * 2.0 - 1.0) * bound).to(device=w.device, dtype=w.dtype)
     if how == "magnitude":
         return w.detach().abs().clone()
     raise ConfigError(f"score_init={how!r} is not allowed; choose from {list(SCORE_INITS)}")
+
+
+def score_generators(modules: list[nn.Module], seed: int) -> list[torch.Generator]:
+    """The generator each module's scores are drawn from.
+
+    On the CPU: one stream seeded with `seed`, in module order. On an accelerator: each matrix gets its own
+    generator on its own device (a model may span several GPUs), seeded by (seed, module index), so no
+    model-sized tensor is drawn on the host and copied over (at Pythia 2.8B that took longer than 20 steps).
+    Masks are reproducible per seed on a given device type, not across CPU and GPU.
+    """
+    cpu = torch.Generator().manual_seed(int(seed))
+    gens = []
+    for i, mod in enumerate(modules):
+        device = mod.weight.device
+        gens.append(cpu if device.type == "cpu"
+                    else torch.Generator(device=device).manual_seed(int(seed) * 1_000_003 + i))
+    return gens
 
 
 class ScoreSubnetwork:
@@ -132,9 +149,8 @@ class ScoreSubnetwork:
         self._requires_grad = {id(p): p.requires_grad for p in model.parameters()}
         for p in model.parameters():
             p.requires_grad_(False)
-        gen = torch.Generator().manual_seed(int(seed))
         self.masks: list[ScoreMask] = []
-        for mod in self.modules:
+        for mod, gen in zip(self.modules, score_generators(self.modules, seed)):
             sm = ScoreMask(init_scores(mod, score_init, gen), ratio)
             parametrize.register_parametrization(mod, "weight", sm)
             self.masks.append(sm)
