@@ -26,6 +26,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.cluster.ray_nodes import free_port
+
 pytestmark = pytest.mark.slow
 
 REPO = Path(__file__).resolve().parents[2]
@@ -45,16 +47,10 @@ DRIVER = ("import sys; sys.path.insert(0, {repo!r}); import tests.sweeps.probe_m
           "from sweeps.run import main; sys.exit(main(sys.argv[1:]))")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def s3_env(tmp_path_factory):
     """A moto S3 server on 127.0.0.1 with an empty bucket; the environment that points clients at it."""
-    port = _free_port()
+    port = free_port("127.0.0.1")
     log = tmp_path_factory.mktemp("moto") / "server.log"
     with open(log, "wb") as f:
         proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
