@@ -225,7 +225,7 @@ def build_and_save(cfg, dtype: torch.dtype, device: str, model_dir: Path, seed: 
 def write_data(model_dir: Path, data_dir: Path, args, vocab: int, dtype_name: str) -> dict[str, Any]:
     """Random retain/test rows; forget rows = random prompts + the loaded model's own greedy continuation."""
     from tinymem.decoding import greedy_continue
-    from tinymem.hf import load_hf_model
+    from tinymem.hf.models import load_hf_model
     from tinymem.memfile import write_token_rows
 
     g = torch.Generator().manual_seed(args.seed + 1)
@@ -255,7 +255,7 @@ def write_data(model_dir: Path, data_dir: Path, args, vocab: int, dtype_name: st
 
 
 def run(args, report: dict[str, Any]) -> None:
-    from tinymem.hf import Architecture, estimate_method_gb
+    from tinymem.hf.memory import Architecture, estimate_method_gb
     from tinymem.memfile import resolve_metric
 
     shapes = list(SHAPES) if args.shape == "all" else [args.shape]
@@ -381,7 +381,7 @@ def print_table(r: dict[str, Any]) -> None:
         ("peak GPU mem: load+base eval", f"{gib(m.get('peak_load_and_base_eval_allocated'))} allocated, "
                                          f"{gib(m.get('peak_load_and_base_eval_reserved'))} reserved"),
         ("tinymem estimate", f"{shape['tinymem_estimate_gib_balanced_subnet']:.1f} GiB "
-                             "(tinymem.hf.estimate_method_gb)"),
+                             "(tinymem.hf.memory.estimate_method_gb)"),
         ("build / save model", f"{r['build']['build_s']:.2f} s / {r['build']['save_s']:.2f} s"),
         ("load (run_trial)", f"{s['load']:.2f} s"),
         ("base eval", f"{s['base_eval']:.2f} s"),

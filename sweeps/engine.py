@@ -52,7 +52,8 @@ from sweeps.tracking import (RunIdMap, TrialLogger, check_tracking_uri, default_
                              log_metrics, log_params, mlflow_client, set_tags)
 from tinymem.cli_hf import reject_source_options, source_config
 from tinymem.errors import ConfigError, TinyMemError
-from tinymem.hf import HF_PREFIX, data_options, is_hf_source, parse_dtype, parse_source
+from tinymem.hf.models import parse_dtype, parse_source
+from tinymem.hf.options import HF_PREFIX, HFSourceOptions, is_hf_source
 from tinymem.mitigations import get_method, method_names
 from tinymem.presets import DEFAULT_PRESET, all_presets, get_preset
 
@@ -65,7 +66,7 @@ DEFAULT_STORAGE = "./tinymem-runs"
 DEFAULT_NUM_SAMPLES = 12
 ASHA_GUARD = "retain_loss"  # what iterative methods report per epoch and rises when an edit breaks the model
 SWEEP_RECORD = "sweep.json"
-AUTO = "auto"  # --gpus-per-trial auto: sized from a Hugging Face model (tinymem.hf.gpus_for_source)
+AUTO = "auto"  # --gpus-per-trial auto: sized from a Hugging Face model (tinymem.hf.memory.gpus_for_source)
 GPU_PROBE_TIMEOUT_S = 300.0  # how long `--gpus-per-trial auto` waits for a cluster GPU to report its memory
 
 log = logging.getLogger("sweeps")
@@ -265,7 +266,7 @@ def _plan_model(opts: SweepOptions, methods: list[str]) -> tuple[SweepOptions, s
     try:
         source = parse_source(str(opts.model))
         parse_dtype(opts.dtype)
-        check_data_options(**data_options(asdict(opts)))
+        check_data_options(**HFSourceOptions.from_object(opts).data_options())
     except ConfigError as e:
         raise SweepError(str(e)) from None
 
@@ -409,9 +410,9 @@ def cluster_gpu_memory_gib() -> float | None:
 
 
 def auto_gpus_per_trial(opts: SweepOptions, gpu_mem_gib: float | None) -> float:
-    """`--gpus-per-trial auto` for a Hugging Face model: the largest `tinymem.hf.gpus_for_source` of the swept
+    """`--gpus-per-trial auto` for a Hugging Face model: the largest `tinymem.hf.memory.gpus_for_source` of the swept
     methods on GPUs of `gpu_mem_gib`; 0 (CPU trials) when there is no GPU or --device cpu."""
-    from tinymem.hf import gpus_for_source
+    from tinymem.hf.memory import gpus_for_source
     from tinymem.memfile import resolve_metric
 
     if gpu_mem_gib is None or opts.device == "cpu":

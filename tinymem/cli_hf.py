@@ -66,7 +66,7 @@ def reject_source_options(args: argparse.Namespace, model: str | None) -> None:
 
 def cmd_eval_hf(args: argparse.Namespace) -> int:
     """`tinymem eval --model hf:...`: memorization on --forget-file and perplexity on the retain/test data."""
-    from tinymem.hf import load_trial_base
+    from tinymem.hf.models import load_trial_base
     from tinymem.metrics import evaluate
 
     config = {"model": args.model, **source_config(args)}
@@ -88,7 +88,7 @@ def cmd_eval_hf(args: argparse.Namespace) -> int:
 
 
 def cmd_find_memorized(args: argparse.Namespace) -> int:
-    from tinymem.hf import is_hf_source, load_hf_model
+    from tinymem.hf.models import is_hf_source, load_hf_model
     from tinymem.memfile import (cut_forget, find_memorized, load_token_rows, pad_rows, percent, resolve_metric,
                                  sha256_file, special_ids, write_token_rows)
 

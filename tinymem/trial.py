@@ -8,7 +8,7 @@ Config keys (only `method` is required):
 - `method`, `params`: the registered method and its hyperparameters (validated).
 - `preset` (default `math-demo`) and `set` ({key: value} spec overrides), or `model_dir`: an existing model
   directory (with its data bundle) instead of a preset.
-- Or a Hugging Face causal LM (`tinymem.hf`): `model` (`hf:NAME_OR_PATH[@REVISION]`), `dtype`
+- Or a Hugging Face causal LM (`tinymem.hf.models`): `model` (`hf:NAME_OR_PATH[@REVISION]`), `dtype`
   (float32 | bfloat16 | float16), `forget_file` (memorized sequences), `retain_file` / `test_file` (clean data
   for retain and perplexity), `metric_preset` (default `pythia`), `prompt_len`, `k`, `seq_len`
   (`tinymem.memfile`). Its base key covers the model source, revision and dtype and the files' sha256.
@@ -38,7 +38,8 @@ from safetensors.torch import load_file, save_file
 from tinymem.build import ensure_base_model, load_model_dir
 from tinymem.data.bundle import DataBundle
 from tinymem.errors import ConfigError
-from tinymem.hf import HF_TRIAL_KEYS, load_trial_base
+from tinymem.hf.models import load_trial_base
+from tinymem.hf.options import HFSourceOptions
 from tinymem.metrics import deltas, evaluate, forget_extraction
 from tinymem.mitigations import get_method
 from tinymem.mitigations.base import MitigationContext
@@ -48,7 +49,7 @@ from tinymem.specs import BaseSpec, spec_hash
 from tinymem.store import ModelStore, write_manifest
 
 TRIAL_KEYS = ("method", "params", "preset", "set", "model_dir", "storage", "device", "seed", "out_dir",
-              "progress", "work_dir") + HF_TRIAL_KEYS
+              "progress", "work_dir") + HFSourceOptions.keys()
 
 
 @dataclass

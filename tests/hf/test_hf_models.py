@@ -14,7 +14,8 @@ import torch.nn.functional as F
 from tests.hf.conftest import K, METRIC, N_MEM, PROMPT, SEQ
 from tinymem.cli import main
 from tinymem.errors import ConfigError
-from tinymem.hf import gpus_for_source, load_hf_model, load_trial_base
+from tinymem.hf.memory import gpus_for_source
+from tinymem.hf.models import load_hf_model, load_trial_base
 from tinymem.memfile import load_token_rows
 from tinymem.metrics import evaluate
 from tinymem.trial import run_trial

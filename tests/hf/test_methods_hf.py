@@ -13,7 +13,7 @@ import torch
 
 from tests.hf.conftest import K, PROMPT
 from tinymem.errors import ConfigError
-from tinymem.hf import load_trial_base
+from tinymem.hf.models import load_trial_base
 from tinymem.mitigations import get_method, method_names
 from tinymem.mitigations.base import MitigationContext
 from tinymem.trial import base_evaluation, run_trial

@@ -9,8 +9,9 @@ import pytest
 
 from tinymem.cli import main
 from tinymem.errors import ConfigError
-from tinymem.hf import (Architecture, estimate_gpus, estimate_method_gb, is_hf_source, parse_device, parse_dtype,
-                        parse_source, plan_placement)
+from tinymem.hf.memory import Architecture, estimate_gpus, estimate_method_gb
+from tinymem.hf.models import parse_device, parse_dtype, parse_source, plan_placement
+from tinymem.hf.options import is_hf_source
 
 GB = 2**30
 PYTHIA_28B = 2_775_208_960  # EleutherAI/pythia-2.8b-deduped, counted from its config on the meta device
