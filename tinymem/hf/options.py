@@ -75,3 +75,31 @@ class HFSourceOptions:
             flags = ", ".join("--" + k.replace("_", "-") for k in given)
             raise ConfigError(f"{flags} apply to Hugging Face models only (--model hf:NAME_OR_PATH); "
                               f"got {'--model ' + where if where else 'a preset'}")
+
+
+# Written out (a test checks it against tinymem.memfile.METRIC_PRESETS) so that building a parser does not
+# import torch: `--help` stays fast.
+METRIC_HELP = ("memorization metric, as prompt + tokens that must match exactly of the row length: pythia "
+               "(32 + 40 of 80; the paper's), biderman (32 + 32 of 64), carlini (50 + 50 of 100) (default pythia)")
+
+
+def add_metric_arguments(p: Any) -> None:
+    """`--metric-preset`, `--prompt-len`, `--k`, `--seq-len` on an argparse parser or group."""
+    p.add_argument("--metric-preset", default=None, help=METRIC_HELP)
+    p.add_argument("--prompt-len", type=int, default=None, help="prompt tokens (overrides the preset)")
+    p.add_argument("--k", type=int, default=None, help="continuation tokens that must match exactly (overrides)")
+    p.add_argument("--seq-len", type=int, default=None, help="rows are cut to this many tokens (overrides)")
+
+
+def add_source_arguments(p: Any) -> None:
+    """Every option of `HFSourceOptions` but `model` as flags, in one argument group of parser `p` (the
+    command adds its own `--model`, whose meaning differs between commands)."""
+    g = p.add_argument_group("Hugging Face models (--model hf:NAME_OR_PATH[@REVISION])")
+    g.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 (default float32)")
+    g.add_argument("--forget-file", default=None,
+                   help="memorized sequences (.jsonl ids/text, .parquet, .safetensors); see find-memorized")
+    g.add_argument("--retain-file", default=None,
+                   help="clean data for retain (and perplexity, split in halves without --test-file): "
+                        ".jsonl, .parquet, .safetensors or .txt")
+    g.add_argument("--test-file", default=None, help="clean data for perplexity (test_ppl)")
+    add_metric_arguments(g)
