@@ -8,6 +8,7 @@ context 150. They are GPU-sized. Language presets come from `tinymem.presets_lan
 from __future__ import annotations
 
 from tinymem.errors import ConfigError
+from tinymem.presets_lang import LANG_PRESETS
 from tinymem.specs import BaseSpec, DataSpec, ModelSpec, TrainSpec, apply_overrides
 
 DEFAULT_PRESET = "math-demo"
@@ -51,10 +52,6 @@ def all_presets() -> dict[str, BaseSpec]:
     """Every preset by name (math demo, tiny, paper, language)."""
     presets = {"math-demo": MATH_DEMO, "math-tiny": MATH_TINY}
     presets.update(_paper_presets())
-    try:
-        from tinymem.presets_lang import LANG_PRESETS
-    except ImportError:  # language presets not installed in this build
-        LANG_PRESETS = {}
     presets.update(LANG_PRESETS)
     return presets
 
