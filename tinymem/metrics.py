@@ -40,6 +40,7 @@ from torch import nn
 
 from tinymem.data.bundle import DataBundle
 from tinymem.decoding import greedy_continue, greedy_continue_ragged
+from tinymem.stats import binomial_interval
 
 APPROX_THRESHOLD = 0.9
 BACKDOOR_TOKEN = 2
@@ -72,13 +73,23 @@ def _pct(mask: torch.Tensor, among: torch.Tensor) -> float:
     return float("nan") if n == 0 else 100.0 * float((mask & among).sum()) / n
 
 
+def rate_with_interval(hits: torch.Tensor, among: torch.Tensor, name: str) -> dict[str, float]:
+    """`name` (percent of `among` rows that are `hits`), its exact 95% interval (`name_ci_low`, `name_ci_high`)
+    and the counts behind it (`name_rows` of `name_counted`): a rate means little without its row count."""
+    n, k = int(among.sum()), int((hits & among).sum())
+    low, high = binomial_interval(k, n)
+    stem = name[: -len("_pct")] if name.endswith("_pct") else name
+    return {name: _pct(hits, among), f"{name}_ci_low": low, f"{name}_ci_high": high,
+            f"{stem}_rows": float(k), f"{stem}_counted": float(n)}
+
+
 def summarize(ex: Extraction, prefix: str = "") -> dict[str, float]:
-    """Percentages over the counted rows (NaN when no row counts)."""
+    """Percentages over the counted rows (NaN when no row counts); `mem_pct` with its interval and counts."""
     c = ex.counted
     n = int(c.sum())
     mean = (lambda t: float(t[c].mean())) if n else (lambda t: float("nan"))
     return {
-        f"{prefix}mem_pct": _pct(ex.memorized, c),
+        **rate_with_interval(ex.memorized, c, f"{prefix}mem_pct"),
         f"{prefix}clean_recovered_pct": _pct(ex.clean, c),
         f"{prefix}token_match": mean(ex.token_match),
         f"{prefix}approx_mem_pct": _pct(ex.token_match >= APPROX_THRESHOLD, c),
@@ -87,13 +98,22 @@ def summarize(ex: Extraction, prefix: str = "") -> dict[str, float]:
 
 
 def noise_extraction(model: nn.Module, forget: torch.Tensor, forget_clean: torch.Tensor, prompt_len: int, k: int,
-                     *, eos_id: int | None, pad_id: int | None, batch_size: int = 512) -> Extraction:
-    """Prompt with the clean prefix, decode k tokens, compare with the noised and the clean windows."""
+                     *, eos_id: int | None, pad_id: int | None, batch_size: int = 512,
+                     paper_rule: bool = False) -> Extraction:
+    """Prompt with the clean prefix, decode k tokens, compare with the noised and the clean windows.
+
+    `paper_rule`: decode as the paper's `generate(min_length=...)` does, never choosing EOS, so a row whose
+    sequence ends inside the window can never count as memorized (see docs/metrics.md).
+    """
     window = slice(prompt_len, prompt_len + k)
     target, clean_target = forget[:, window], forget_clean[:, window]
     counted = (target != clean_target).any(dim=1)
-    gen = greedy_continue(model, forget_clean[:, :prompt_len], target.shape[1], eos_id=eos_id, pad_id=pad_id,
-                          batch_size=batch_size)
+    if paper_rule:
+        gen = greedy_continue(model, forget_clean[:, :prompt_len], target.shape[1], eos_id=None, pad_id=pad_id,
+                              batch_size=batch_size, forbid_id=eos_id)
+    else:
+        gen = greedy_continue(model, forget_clean[:, :prompt_len], target.shape[1], eos_id=eos_id, pad_id=pad_id,
+                              batch_size=batch_size)
     return compare(gen, target, clean_target, counted)
 
 
@@ -204,7 +224,11 @@ def memorization(model: nn.Module, bundle: DataBundle, batch_size: int = 512) ->
         return out
     ex = forget_extraction(model, bundle, batch_size)
     out = summarize(ex)
-    out["mem_counted"] = float(ex.counted.sum())
+    if bundle.kind == "noise":
+        paper = noise_extraction(model, bundle.forget, bundle.forget_clean, bundle.prompt_len, bundle.k,
+                                 eos_id=bundle.meta.get("eos_id"), pad_id=bundle.pad_id, batch_size=batch_size,
+                                 paper_rule=True)
+        out.update(rate_with_interval(paper.memorized, paper.counted, "paper_mem_pct"))
     if bundle.kind == "verbatim":
         del out["clean_recovered_pct"]  # the target is the clean text itself: the same number as mem_pct
     if "forget_dup" in bundle:

@@ -42,7 +42,12 @@ class TrainHook:
     - `eval_context` wraps evaluation forward passes during and after training.
     - `state_dict` / `load_state_dict`: hook state saved in checkpoints, so a resumed run continues exactly.
     - `finalize` returns the model that `build.train_into` saves.
+
+    `version` keys the stored models a hook trains: bump it when a hook's training changes, so that a model
+    trained by older code is never reused.
     """
+
+    version: int = 1
 
     def setup(self, model: nn.Module, data: torch.Tensor, bundle: DataBundle | None) -> None:
         return None

@@ -33,9 +33,11 @@ from tinymem.train import CHECKPOINT, TrainHook
 REPORTS = 12  # evaluations per training when the base spec sets no eval_every (the paper: every 50 of 3500 epochs)
 
 
-def regularized_key(ctx: MitigationContext, method: str, params: Hyperparams) -> str:
-    """Model-store key of the model trained with `method` and `params` on top of the trial's base spec."""
-    return spec_hash({"base": ctx.base_key, "method": method, "params": params.to_dict(), "seed": ctx.seed})
+def regularized_key(ctx: MitigationContext, method: str, params: Hyperparams, version: int = 1) -> str:
+    """Model-store key of the model trained with `method` and `params` on top of the trial's base spec
+    (`version`: the training hook's, see `TrainHook.version`; version 1 keeps the keys of older stores)."""
+    ident = {"base": ctx.base_key, "method": method, "params": params.to_dict(), "seed": ctx.seed}
+    return spec_hash(ident if version == 1 else {**ident, "version": version})
 
 
 def training_spec(base: BaseSpec) -> BaseSpec:
@@ -70,7 +72,7 @@ def train_regularized(ctx: MitigationContext, method: str, params: Hyperparams, 
                           f"(key {ctx.base_key!r}) has none in its manifest. Use a preset or a stored TinyMem model.")
     spec = training_spec(ctx.base_spec)
     store = ModelStore(ctx.store_root or DEFAULT_ROOT)
-    key = regularized_key(ctx, method, params)
+    key = regularized_key(ctx, method, params, hook.version)
     if store.remote:  # checkpoints are local files; keep them with the trial's other caches
         ckpt_dir = (ctx.work_dir or Path(".")) / "checkpoints" / key
     else:
