@@ -175,25 +175,31 @@ def _safe_exp(x: float) -> float:
     return math.exp(x) if x < 700 else float("inf")
 
 
+SPLITS = ("val", "test")
+
+
 def utility(model: nn.Module, bundle: DataBundle, batch_size: int = 256) -> dict[str, float]:
-    """test_acc / test_ppl per test distribution and overall, plus the paper's variants."""
+    """Accuracy and perplexity on both held-out splits (`val_*`: selection, `test_*`: report), per test
+    distribution and overall, plus the paper's variants on `test`."""
     out: dict[str, float] = {}
-    tot_nll = tot_count = 0.0
-    accs, paper_accs = [], []
-    for i, name in enumerate(bundle.test_names):
-        s = token_stats(model, bundle.test(name), bundle.pad_id, batch_size)
-        acc = 100.0 * s["correct"] / max(s["count"], 1)
-        out[f"test_acc_{name}"] = acc
-        out[f"test_ppl_{name}"] = _safe_exp(s["nll_sum"] / max(s["count"], 1))
-        accs.append(acc)
-        paper_accs.append(100.0 * s["paper_correct"] / max(s["paper_count"], 1))
-        tot_nll += s["nll_sum"]
-        tot_count += s["count"]
-        if i == 0:
-            out["paper_ppl"] = s["paper_ppl"]
-    out["test_acc"] = sum(accs) / len(accs)
-    out["test_ppl"] = _safe_exp(tot_nll / max(tot_count, 1))
-    out["paper_acc"] = sum(paper_accs) / len(paper_accs)
+    for split in SPLITS:
+        tot_nll = tot_count = 0.0
+        accs, paper_accs = [], []
+        for i, name in enumerate(bundle.test_names):
+            s = token_stats(model, bundle.test(name, split), bundle.pad_id, batch_size)
+            acc = 100.0 * s["correct"] / max(s["count"], 1)
+            out[f"{split}_acc_{name}"] = acc
+            out[f"{split}_ppl_{name}"] = _safe_exp(s["nll_sum"] / max(s["count"], 1))
+            accs.append(acc)
+            paper_accs.append(100.0 * s["paper_correct"] / max(s["paper_count"], 1))
+            tot_nll += s["nll_sum"]
+            tot_count += s["count"]
+            if i == 0 and split == "test":
+                out["paper_ppl"] = s["paper_ppl"]
+        out[f"{split}_acc"] = sum(accs) / len(accs)
+        out[f"{split}_ppl"] = _safe_exp(tot_nll / max(tot_count, 1))
+        if split == "test":
+            out["paper_acc"] = sum(paper_accs) / len(paper_accs)
     return out
 
 

@@ -55,10 +55,13 @@ class FixedLogits(nn.Module):
 def test_utility_masks_padding_and_weights_tokens():
     pad = 9
     # row 0: 0 1 2 3 pad pad -> 3 real targets, all "correct"; row 1: 0 1 5 pad pad pad -> targets 1 (ok), 5 (wrong)
-    test = torch.tensor([[0, 1, 2, 3, pad, pad], [0, 1, 5, pad, pad, pad]])
-    bundle = DataBundle(tensors={"test/main": test}, meta={"test_names": ["main"], "pad_id": pad})
+    rows = torch.tensor([[0, 1, 2, 3, pad, pad], [0, 1, 5, pad, pad, pad]])
+    wrong = torch.tensor([[0, 5, 5, 5, 5, 5]] * 2)  # every target wrong
+    # first half `val`, second half `test`: the two splits see different rows
+    bundle = DataBundle(tensors={"test/main": torch.cat([wrong, rows])}, meta={"test_names": ["main"], "pad_id": pad})
     m = FixedLogits(10, 0.5)
     u = utility(m, bundle, batch_size=8)
+    assert u["val_acc"] == 0.0 and u["val_acc_main"] == 0.0 and u["test_acc_main"] == pytest.approx(80.0)
     # real targets: 1,2,3 | 1,5 -> 4 of 5 correct
     assert u["test_acc"] == pytest.approx(80.0)
     rest = 0.5 / 9
