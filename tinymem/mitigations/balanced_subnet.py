@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -61,6 +62,13 @@ class BalancedSubnet(Subnet):
 
     name = "balanced_subnet"
     Params = BalancedSubnetParams
+
+    def matched_control(self) -> tuple[str, dict[str, Any]] | None:
+        """A random mask of the same fraction, then the same score training on the retain rows alone: what
+        BalancedSubnet removes beyond this is what its forget term did."""
+        p = self.params
+        return "random_prune", {"ratio": p.ratio, "epochs": p.epochs, "lr": p.lr, "momentum": p.momentum,
+                                "weight_decay": p.weight_decay, "batch_size": p.batch_size}
 
     def batches(self, ctx: MitigationContext):
         p = self.params

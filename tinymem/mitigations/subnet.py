@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -58,6 +59,10 @@ class Subnet(Mitigation):
         def loss(batch: torch.Tensor) -> torch.Tensor:
             return -sequence_losses(ctx.model, batch, ctx.pad_id).mean()
         return loss
+
+    def matched_control(self) -> tuple[str, dict[str, Any]] | None:
+        """A random mask of the same fraction of the same matrices, without training."""
+        return "random_prune", {"ratio": self.params.ratio, "epochs": 0}
 
     def apply(self, ctx: MitigationContext) -> MitigationOutput:
         p = self.params
