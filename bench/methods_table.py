@@ -1,12 +1,12 @@
-"""Every method at its defaults through `tinymem mitigate`, one fresh process each: the table of issues 4 and 5.
+"""Every method at its defaults through `tinymem mitigate`, one fresh process each (see docs/defaults.md).
 
 Each method runs as a new user would run it (`tinymem mitigate --preset P --method M --json`, one process per
 method, so the wall time includes start-up and loading the stored base model); the script prints
 `mem_pct` and `test_acc` before and after, the drop in accuracy, the method's own seconds (`mitigate_total`,
 which includes cached work such as neuron attributions) and the process wall time.
 
-    python bench/methods_table.py --family unlearn          # the 11 unlearning methods (issue 4)
-    python bench/methods_table.py --family train            # 3 regularizers + 3 fine-tuning variants (issue 5)
+    python bench/methods_table.py --family unlearn          # the 11 unlearning methods
+    python bench/methods_table.py --family train            # 3 regularizers + 3 fine-tuning variants
     python bench/methods_table.py --methods greedy,subnet --set greedy:max_iterations=300
 """
 
