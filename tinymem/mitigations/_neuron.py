@@ -214,7 +214,7 @@ def train_gates(ctx: MitigationContext, fs: ForgetSet, gates: list[torch.Tensor]
     """Minimise suffix CE(forget) + l1_lambda * penalty() over the per-layer `gates` with Adam.
 
     `multiplier(layer, generator)` is the factor applied to that layer's activations in a training step.
-    Fixes two paper-code bugs: gradients are zeroed every step (the paper zeroed them once per epoch, so they
+    Fixes two bugs of the paper's code: gradients are zeroed every step (the paper zeroed them once per epoch, so they
     accumulated over batches), and the `penalty < stop_loss` stop is checked after every epoch (the paper
     checked every 100 epochs, so it never fired). Reports `{epoch, train_loss, <penalty_name>}` each epoch.
     """

@@ -178,7 +178,7 @@ def fold_eval_masks(model: nn.Module, scale: torch.Tensor) -> nn.Module:
 class ExampleTiedDropout(Mitigation):
     """Example-tied dropout: train from scratch with per-example channel masks, then drop memorization channels.
 
-    Masks hidden channels (not positions, the paper code's bug) of the residual stream where LayerNorms read
+    Masks hidden channels (not positions, the bug in the paper's code) of the residual stream where LayerNorms read
     it; masks are a seeded function of the example index (no cache); the evaluation-mode drop is folded
     into an ordinary GPT-2 model. See the module docstring.
     """
