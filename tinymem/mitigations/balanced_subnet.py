@@ -38,7 +38,7 @@ class BalancedSubnetParams(SubnetParams):
 
 @register
 class BalancedSubnet(Subnet):
-    """BalancedSubnet (the paper code's `random_greedy`): the paper's best method.
+    """BalancedSubnet (the paper's best method, its code's `random_greedy`): Subnet balanced by a retain term.
 
     Follows the paper: the Subnet parametrization (edge-popup scores over every MLP weight matrix, `ratio` =
     fraction pruned, kaiming-uniform scores, straight-through gradient, everything else frozen, SGD lr 0.1 /

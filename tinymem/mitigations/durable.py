@@ -20,7 +20,7 @@ class DurableParams(Hyperparams):
 
 @register
 class Durable(Mitigation):
-    """Durable (Neurotoxin used in reverse; the paper code's `durable`).
+    """Durable: zero each MLP tensor's top-`ratio` entries by accumulated forget-loss |grad| (Neurotoxin reversed).
 
     Follows the paper: accumulate the gradient of the mean CE on the forget set over all batches (summed, no
     zero_grad in between), then in each MLP tensor (weights and biases of every MLP projection, found through

@@ -52,7 +52,7 @@ def zero_most_helpful(params: list[torch.nn.Parameter], grads: list[torch.Tensor
 
 @register
 class Greedy(Mitigation):
-    """Greedy (Maini et al. 2023, as adapted by the paper's code).
+    """Greedy (Maini et al. 2023): zero, one per batch, the weight whose removal most lowers a signed loss.
 
     Follows the paper: forget rows labelled +1 and retain rows -1 in batches of 64; per batch the loss is
     mean_b(-B * y_b * CE_b) (ascent on forget rows, descent on retain rows); over **all** parameters

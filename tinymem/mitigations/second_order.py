@@ -133,7 +133,7 @@ class BlockFisher:
 
 @register
 class SecondOrder(Mitigation):
-    """Second-Order Unlearning (the paper code's `obs`): OBS saliency, highest removed.
+    """Second-Order Unlearning (the paper code's `obs`): zero the MLP weights of highest OBS saliency.
 
     Saliency of weight q: w_q^2 / (2 [F^-1]_qq) with F an empirical block-diagonal Fisher (oBERT /
     WoodFisher style) of the forget loss; in each MLP tensor (weights and biases of every MLP projection) the
