@@ -2,20 +2,20 @@
 same thing everywhere. Metric names are stable (they are MLflow metric keys); percentages are 0-100.
 
 Memorization (noise data), over forget rows whose k-token window [prompt_len, prompt_len+k) actually holds
-noise (the paper's noise-aware denominator, paper-code.md §5.1):
+noise (the paper's noise-aware denominator). Full definitions: docs/metrics.md.
 
 - `mem_pct`: greedy decoding from the clean `prompt_len` prefix reproduces the noised next k tokens exactly.
 - `clean_recovered_pct`: ... reproduces the clean continuation instead.
 - `token_match`: mean fraction (0-1) of the k tokens equal to the noised continuation.
 - `approx_mem_pct`: rows with at least 90% of the k tokens equal to the noised ones (approximate
-  memorization beyond the paper; verbatim metrics alone undercount, see unlearning-landscape.md §2.1).
+  memorization beyond the paper: exact-match metrics alone undercount near-copies).
 - `prefix_match`: mean length of the longest matching prefix of the continuation.
 - `mem_pct_dup<N>`: `mem_pct` restricted to forget rows repeated N times in training.
 
 Backdoor data: `backdoor_asr_pct` is the attack success rate on held-out triggered prompts (every token of the
 continuation after the trigger equals the backdoor token), and `mem_pct` is that same number.
 
-Verbatim data (memorized-sequence files of a production model, `tinymem.memfile`; paper-code.md §5.4): every
+Verbatim data (memorized-sequence files of a production model, `tinymem.memfile`): every
 forget row counts; the prompt is the row's own first `prompt_len` tokens and the target its own next k tokens
 (`forget_clean` is `forget`, so `clean_recovered_pct` would repeat `mem_pct` and is left out).
 
@@ -26,7 +26,8 @@ counted, mean over distributions) and `paper_ppl` (mean over batches of exp(batc
 main distribution).
 
 Decoding follows `model.generate(do_sample=False)` exactly, including EOS handling (tokens after EOS are PAD),
-which matches how sequences end in the data; the paper forces decoding past EOS with `min_length`.
+which matches how sequences end in the data; the paper forces decoding past EOS with `min_length`
+(docs/departures.md).
 """
 
 from __future__ import annotations

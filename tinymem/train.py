@@ -2,8 +2,9 @@
 resumable checkpoints, a progress bar, and a hook through which a regularizer changes the loss or the
 forward pass.
 
-Paper set-up (paper-code.md §4.2): AdamW(lr 1e-3, weight decay 0.1, betas 0.9/0.98), batch 128, shuffled,
-constant learning rate. The paper's loss counts PAD positions; `TrainSpec.mask_padding=False` reproduces it.
+Paper set-up: AdamW(lr 1e-3, weight decay 0.1, betas 0.9/0.98), batch 128, shuffled,
+constant learning rate. The paper's loss counts PAD positions; `TrainSpec.mask_padding=False` reproduces it
+(docs/departures.md).
 
 Determinism: the order of epoch e is a permutation drawn from a generator seeded by (seed, e), so a run
 resumed from a checkpoint continues with exactly the batches it would have seen.

@@ -1,8 +1,9 @@
 """Shared mechanics of the `regularizer` family: train a new model from scratch with a training hook.
 
 A regularizer does not edit the base model: it trains a fresh model with the base model's spec (same data,
-architecture, optimizer, epochs and seed) plus a `TrainHook` (paper-code.md §6.1). The "before" numbers of a
-trial are the base model's (run_trial computes them); the "after" numbers are the regularized model's.
+architecture, optimizer, epochs and seed) plus a `TrainHook`, as the paper's regularized runs. The "before"
+numbers of a trial are the base model's (run_trial computes them); the "after" numbers are the regularized
+model's.
 
 Training costs as much as the base model, so the result is kept in the model store under a key that covers
 the base model, the method, its hyperparameters and the trial seed: a repeated trial loads it in seconds (its

@@ -1,5 +1,5 @@
-"""Example-tied dropout (Maini et al. 2023, "Can Neural Network Memorization Be Localized?"; paper-code.md
-§6.1.3 and §7.2).
+"""Example-tied dropout (Maini et al. 2023, "Can Neural Network Memorization Be Localized?", as adapted by the
+paper's code).
 
 While training from scratch, the hidden channels of the residual stream are split into
 `p_fixed` "generalization" channels that are always on, and "memorization" channels, each of which is on for a
@@ -18,7 +18,7 @@ evaluation is the dropout's evaluation (see `fold_eval_masks`). With the paper's
 exact (LayerNorm statistics would see channels that the next block's mask removes), and its evaluation scales
 early contributions by ((p_fixed+p_mem)/p_fixed)**depth rather than once.
 
-Fixes of the paper's code (paper-code.md §9):
+Fixes of the paper's code (docs/departures.md):
 
 - channels, not sequence positions: the paper's code takes the mask size from `X.shape[1]`, which for
   [batch, positions, channels] is the number of positions;
@@ -190,7 +190,7 @@ def fold_eval_masks(model: nn.Module, scale: torch.Tensor) -> nn.Module:
 class ExampleTiedDropout(Mitigation):
     """Example-tied dropout: train from scratch with per-example channel masks, then drop memorization channels.
 
-    Masks hidden channels (not positions, the paper code's bug) of the residual stream where LayerNorms read
+    Masks hidden channels (not positions, the bug in the paper's code) of the residual stream where LayerNorms read
     it; masks are a seeded function of the example index (no cache); the evaluation-mode drop is folded
     into an ordinary GPT-2 model. See the module docstring.
     """
