@@ -47,7 +47,8 @@ from ray.tune.search.optuna import OptunaSearch
 from sweeps import storage
 from sweeps.errors import SweepError
 from sweeps.pareto import MEM, task_kind, utility_loss, utility_loss_name
-from sweeps.space import SearchSpace, SweepSpace, default_space_path, load_search_space, parse_search_space
+from sweeps.space import SearchSpace, SweepSpace
+from sweeps.space_file import default_space_path, load_search_space, parse_search_space
 from sweeps.tracking import (RunIdMap, TrialLogger, check_tracking_uri, default_tracking_uri, ensure_experiment,
                              log_metrics, log_params, mlflow_client, set_tags)
 from tinymem.cli_hf import reject_source_options, source_config
