@@ -722,7 +722,7 @@ class SweepOutcome:
     experiment_id: str
     parent_run_id: str
     bases: dict[str, dict[str, Any]]
-    report: Any  # sweeps.report.Report
+    report: Any  # sweeps.results.Report
     interrupted: bool
     wall_seconds: float
     ray_start_seconds: float
@@ -819,7 +819,7 @@ def run_sweep(plan: SweepPlan, say: Callable[[str], None] = print, stream: str =
     from ray.tune.schedulers import ASHAScheduler
 
     from sweeps import checkpoints
-    from sweeps import report as reporting
+    from sweeps.readback import build_from_mlflow
 
     t_start = time.time()
     o = plan.options
@@ -899,8 +899,8 @@ def run_sweep(plan: SweepPlan, say: Callable[[str], None] = print, stream: str =
             f"{plan.space.presets}, {'paper grid' if o.grid else o.sampler}, objectives {plan.objectives}")
         tuner.fit()  # on Ctrl-C, Tune saves its state and returns: the report below covers what finished
 
-        rep = reporting.build_from_mlflow(client, parent_run_id, out_dir=plan.sweep_dir,
-                                          tracking_uri=plan.tracking_uri, experiment_id=experiment_id)
+        rep = build_from_mlflow(client, parent_run_id, out_dir=plan.sweep_dir,
+                                tracking_uri=plan.tracking_uri, experiment_id=experiment_id)
         rep.publish(client, parent_run_id)
         c = rep.counts
         interrupted = c["completed"] + c["failed"] + c["early_stopped"] < total
