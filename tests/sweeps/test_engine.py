@@ -194,7 +194,9 @@ def test_help_explains_every_flag_with_its_default(monkeypatch):
 
 def test_multi_objective_study_is_not_downgraded(sweep_root, spaces_dir):
     """The searcher holds both objectives and Tune's TuneConfig gets no metric/mode (sweep-stack.md §2.2)."""
-    from sweeps.engine import SweepOptions, make_searcher, plan_sweep
+    from sweeps.options import SweepOptions
+    from sweeps.plan import plan_sweep
+    from sweeps.searchers import make_searcher
 
     plan = plan_sweep(SweepOptions(method="durable", preset="math-tiny", storage=sweep_root,
                                    search_space=str(spaces_dir / "durable.yaml"),
@@ -209,3 +211,21 @@ def test_a_trial_no_node_can_hold_is_an_error_before_any_trial(ray_runtime, swee
     code, out, err = run_cli(sweep_args("durable", "t-fit", flag, value), capsys)
     assert code == 2
     assert "error: no Ray node can hold one trial" in err and flag in err
+
+
+def test_names_pickled_by_earlier_sweeps_still_resolve():
+    """Tune pickles the searcher, the callbacks and the space into an experiment by module path; sweeps started
+    before these classes had their own modules must still unpickle on --resume."""
+    import pickle
+
+    from sweeps import searchers, space
+    from sweeps.progress import ProgressLines
+
+    for module, name, cls in (("sweeps.engine", "ParetoOptunaSearch", searchers.ParetoOptunaSearch),
+                              ("sweeps.engine", "GridSearcher", searchers.GridSearcher),
+                              ("sweeps.engine", "ProgressLines", ProgressLines),
+                              ("sweeps.space", "SweepSpace", space.SweepSpace),
+                              ("sweeps.space", "SearchSpace", space.SearchSpace),
+                              ("sweeps.space", "Distribution", space.Distribution)):
+        # protocol 0 by hand: the global `module name`, as an old pickle holds it
+        assert pickle.loads(f"c{module}\n{name}\n.".encode()) is cls, (module, name)
