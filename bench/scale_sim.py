@@ -50,7 +50,7 @@ WORK_S = 0.05  # set from --work-ms before the sweep; cloudpickle ships the valu
 
 
 def synthetic_trainable(config, static) -> None:
-    """Stands in for `sweeps.engine.sweep_trainable`: same config decoding and final report shape."""
+    """Stands in for `sweeps.trainable.sweep_trainable`: same config decoding and final report shape."""
     import ray
     from ray import tune
 
@@ -94,7 +94,9 @@ def trial_phase(storage: str, experiment: str, sweep_id: str) -> tuple[float, fl
 
 def run_variant(name: str, args, cluster, storage: str) -> dict:
     from sweeps import engine
-    from sweeps.engine import SweepOptions, plan_sweep, run_sweep
+    from sweeps.engine import run_sweep
+    from sweeps.options import SweepOptions
+    from sweeps.plan import plan_sweep
 
     space = Path(storage) / "scale_sim.yaml"
     space.write_text(SPACE)

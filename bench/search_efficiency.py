@@ -95,7 +95,9 @@ def is_hit(r: dict) -> bool:
 
 def one_seed(args, seed: int, common: dict, stamp: str, say) -> dict:
     """Both arms at one seed: the sampler (seeded), and the grid (a random subset drawn with that seed)."""
-    from sweeps.engine import SweepOptions, plan_sweep, run_sweep
+    from sweeps.engine import run_sweep
+    from sweeps.options import SweepOptions
+    from sweeps.plan import plan_sweep
 
     t0 = time.time()
     sampler_plan = plan_sweep(SweepOptions(sampler=args.sampler, num_samples=args.budget, warm_start=args.warm_start,
@@ -160,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--seeds is empty; give at least one integer")
     os.environ.pop("RAY_ADDRESS", None)
 
-    from sweeps.engine import connect_ray
+    from sweeps.ray_runtime import connect_ray
     from sweeps.storage import normalize_root
 
     storage = normalize_root(args.storage)

@@ -43,7 +43,10 @@ def main(argv: list[str] | None = None) -> int:
 
     import yaml
 
-    from sweeps.engine import SweepOptions, connect_ray, plan_sweep, run_sweep
+    from sweeps.engine import run_sweep
+    from sweeps.options import SweepOptions
+    from sweeps.plan import plan_sweep
+    from sweeps.ray_runtime import connect_ray
     from sweeps.storage import normalize_root
     from tinymem.trial import prepare_base, run_trial
 

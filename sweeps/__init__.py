@@ -1,13 +1,16 @@
 """Sweeps: Ray Tune + Optuna + MLflow + pandas around `tinymem.trial.run_trial`.
 
-`python sweeps/run.py --method NAME` is the entry point. The modules, in the order data flows through them:
+`python sweeps/run.py --method NAME` is the entry point. One idea per module, in the order data flows:
 
-- `space`: search-space YAML files (`search_spaces/<method>.yaml`) -> validated distributions and grids.
-- `engine`: the Ray Tune experiment (base models made once as Ray tasks, the trainable, OptunaSearch with
-  several objectives or the paper's grid, ASHA, retries, resume).
-- `tracking`: MLflow parent run per sweep, child run per trial, run ids kept on disk for resume.
-- `pareto`: the non-dominated set and the paper's scalar selection rule (pandas).
-- `report`: table, CSV and PNG, from a finished sweep or from MLflow alone.
+- `options`: `SweepOptions`, the flags and their allowed values (no Ray, Optuna or MLflow: `--help` is fast).
+- `space_file`, `space`: search-space YAML files -> validated distributions and grids; a sweep's joint space.
+- `plan`: every input check, before Ray starts; `--resume` rebuilds the plan from the sweep record.
+- `ray_runtime`, `bases`: the Ray runtime (and `--gpus-per-trial auto`); base models made once as Ray tasks.
+- `trainable`, `searchers`, `progress`: one trial; Optuna with two objectives or the paper's grid; trial lines.
+- `engine`: `run_sweep`, the Ray Tune experiment and the MLflow parent run.
+- `tracking`: MLflow child run per trial, run ids kept on disk for resume.
+- `pareto`, `results`, `readback`, `report`: the front and the paper's rule; table, CSV and PNG from MLflow.
+- `storage`, `checkpoints`: files under the storage root (a path or an object store); resume files of trials.
 
 This package may import tinymem; tinymem never imports it.
 """

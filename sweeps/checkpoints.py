@@ -20,12 +20,12 @@ import contextlib
 import os
 import shutil
 import tempfile
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from sweeps import storage
+from tinymem.util import atomic_path
 
 FILES = "work_dir"  # sub-directory of a Tune checkpoint that holds the work-directory files (relative paths)
 
@@ -78,8 +78,7 @@ class ResumeFiles:
         from ray import tune
 
         self.work_dir = Path(work_dir)
-        # Snapshot first: restored files then count as the trial's own, so they travel with its next
-        # checkpoint even when the method does not rewrite them before its next report.
+        # Snapshot first, so restored files count as the trial's own and travel with its next checkpoint.
         self._start = _snapshot(self.work_dir)
         checkpoint = tune.get_checkpoint()
         if checkpoint is None:
@@ -88,13 +87,9 @@ class ResumeFiles:
         with checkpoint.as_directory() as d:
             src = Path(d) / FILES
             for rel in sorted(_snapshot(src)):
-                target = self.work_dir / rel
-                target.parent.mkdir(parents=True, exist_ok=True)
-                # Copy (never move: a local checkpoint directory is the persisted checkpoint itself), then
-                # rename, so a crash mid-copy leaves no half file that the method would trust.
-                tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.restore")
-                shutil.copyfile(src / rel, tmp)
-                os.replace(tmp, target)
+                # Copy, never move (a local checkpoint directory is the checkpoint itself); atomic: no half file.
+                with atomic_path(self.work_dir / rel) as tmp:
+                    shutil.copyfile(src / rel, tmp)
                 self.restored.append(rel)
 
     def changed(self) -> list[str]:
@@ -117,8 +112,7 @@ class ResumeFiles:
         from ray import tune
 
         assert self.work_dir is not None
-        # Beside the work directory (outside it, so no snapshot counts it), so hard links work: no copy of
-        # large model checkpoints.
+        # Beside the work directory: no snapshot counts it, and hard links work (large files are not copied).
         self.work_dir.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix=".tune-checkpoint-", dir=self.work_dir.parent) as d:
             (Path(d) / FILES).mkdir()

@@ -10,9 +10,9 @@ Only trials in state `completed` with finite objectives are eligible: failed tri
 trials that ASHA stopped early (`early_stopped`) carry truncated metrics (an under-trained edit can look
 spuriously good), so they never enter the front.
 
-The paper's rule (paper-code.md §8.1): relative changes against the base, `score = mem_diff - mean(acc_diff)`
-for math (mean over the test distributions) or `mem_diff + ppl_diff` for language, `+100` when memorization
-did not move at all; the minimum score wins. It has no accuracy constraint, so it can pick a run that costs a
+The paper's rule: relative changes against the base, `score = mem_diff - mean(acc_diff)` for math (mean over
+the test distributions) or `mem_diff + ppl_diff` for language, `+100` when memorization did not move at all;
+the minimum score wins. It has no accuracy constraint, so it can pick a run that costs a
 lot of utility; we report it beside the front, not instead of it.
 """
 

@@ -1,8 +1,8 @@
 """`python sweeps/run.py --method NAME`: a memorization-mitigation sweep (Ray Tune + Optuna + MLflow).
 
-A thin command line over `sweeps.engine`: parse flags, plan (every input check, in seconds, before any
-trial), run, print the Pareto table (or one JSON object with --json). Bad input prints one line naming the
-problem and the allowed values, and exits with status 2.
+A thin command line over `sweeps.plan` and `sweeps.engine`: parse flags, plan (every input check, in seconds,
+before any trial), run, print the Pareto table (or one JSON object with --json). Bad input prints one line
+naming the problem and the allowed values, and exits with status 2. `--help` imports no Ray, Optuna or MLflow.
 """
 
 from __future__ import annotations
@@ -12,8 +12,7 @@ import sys
 from pathlib import Path
 
 if __package__ in (None, ""):
-    # Run as a script: the script's own directory (sweeps/) must not shadow top-level modules (its files are
-    # called report, storage, errors, ...); the repository root goes there instead.
+    # As a script, sweeps/ (report, storage, errors, ...) must not shadow top-level modules: the repo root instead.
     _here = str(Path(__file__).resolve().parent)
     sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _here]
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -23,15 +22,16 @@ import contextlib
 import json
 import shlex
 
+from sweeps import options
 from sweeps.errors import SweepError
 from tinymem.errors import TinyMemError
+from tinymem.hf.options import HFSourceOptions, add_source_arguments
+from tinymem.presets import DEFAULT_PRESET
+from tinymem.store import DEFAULT_ROOT
+from tinymem.util import json_safe
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from sweeps import engine
-    from tinymem.cli_hf import add_source_arguments
-    from tinymem.presets import DEFAULT_PRESET
-
     p = argparse.ArgumentParser(
         prog="python sweeps/run.py",
         description="Sweep a memorization-mitigation method's hyperparameters with Ray Tune + Optuna, log every "
@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a Hugging Face causal LM as the base model instead of --preset, with --forget-file and "
                         "--retain-file (options below, as in `tinymem mitigate --model hf:...`) (default: off)")
     p.add_argument("--num-samples", type=int, default=None,
-                   help=f"trials to run (default: {engine.DEFAULT_NUM_SAMPLES}; with --grid paper: the whole "
+                   help=f"trials to run (default: {options.DEFAULT_NUM_SAMPLES}; with --grid paper: the whole "
                         f"grid, or a seeded random subset of this size)")
     p.add_argument("--max-concurrent", type=int, default=None,
                    help="most trials at once (default: as many as the CPUs/GPUs allow)")
@@ -58,23 +58,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="GPUs per trial; a fraction packs several trials on one GPU (logical, no memory isolation); "
                         "auto (--model only) sizes it from the model, the methods and a GPU of the cluster "
                         "(default: 0 for presets, auto for --model)")
-    p.add_argument("--sampler", default="tpe", choices=engine.SAMPLERS,
+    p.add_argument("--sampler", default="tpe", choices=options.SAMPLERS,
                    help="Optuna multi-objective sampler: tpe (MO-TPE), nsga2 (NSGA-II) or random "
                         "(default: %(default)s)")
-    p.add_argument("--grid", default=None, choices=engine.GRIDS,
+    p.add_argument("--grid", default=None, choices=options.GRIDS,
                    help="run the paper's grid from the search space file instead of a sampler "
                         "(default: off, sample with --sampler)")
-    p.add_argument("--scheduler", default="none", choices=engine.SCHEDULERS,
-                   help=f"asha: stop iterative trials early on the per-epoch guard metric `{engine.ASHA_GUARD}`; "
+    p.add_argument("--scheduler", default="none", choices=options.SCHEDULERS,
+                   help=f"asha: stop iterative trials early on the per-epoch guard metric `{options.ASHA_GUARD}`; "
                         f"early-stopped trials are tagged and never enter the front (default: %(default)s)")
     p.add_argument("--address", default=os.environ.get("RAY_ADDRESS") or None,
                    help="an existing Ray cluster (HOST:PORT, ray://HOST:PORT or auto; default: $RAY_ADDRESS, "
                         "else a fresh local runtime on 127.0.0.1)")
-    p.add_argument("--storage", default=engine.DEFAULT_STORAGE,
+    p.add_argument("--storage", default=DEFAULT_ROOT,
                    help="root for base models, Ray results and reports: a path, or a URI such as s3://bucket/x "
                         "(shared storage on a cluster; needs the [s3] or [gcs] extra) (default: %(default)s)")
     p.add_argument("--tracking-uri", default=None,
-                   help="MLflow tracking URI (default: sqlite:///<storage>/mlflow.db, or ./tinymem-runs/mlflow.db "
+                   help=f"MLflow tracking URI (default: sqlite:///<storage>/mlflow.db, or {DEFAULT_ROOT}/mlflow.db "
                         "when --storage is an object store; http://HOST:PORT for a server)")
     p.add_argument("--experiment", default=None,
                    help="experiment name in MLflow and under <storage>/sweeps (default: <methods>-<presets>, or "
@@ -95,25 +95,21 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def options_from_args(args: argparse.Namespace, argv: list[str]):
-    from sweeps.engine import SweepOptions
-    from tinymem.cli_hf import source_config
-
-    return SweepOptions(model=args.model, **source_config(args),
-                        method=args.method or "", preset=args.preset, num_samples=args.num_samples,
-                        max_concurrent=args.max_concurrent, cpus_per_trial=args.cpus_per_trial,
-                        gpus_per_trial=args.gpus_per_trial, sampler=args.sampler, grid=args.grid,
-                        scheduler=args.scheduler, address=args.address, storage=args.storage,
-                        tracking_uri=args.tracking_uri, experiment=args.experiment, resume=args.resume,
-                        seed=args.seed, search_space=args.search_space, max_failures=args.max_failures,
-                        device=args.device,
-                        command=shlex.join(["python", "sweeps/run.py", *argv]))
+def options_from_args(args: argparse.Namespace, argv: list[str]) -> options.SweepOptions:
+    return options.SweepOptions(
+        source=HFSourceOptions.from_object(args), method=args.method or "", preset=args.preset,
+        num_samples=args.num_samples, max_concurrent=args.max_concurrent, cpus_per_trial=args.cpus_per_trial,
+        gpus_per_trial=args.gpus_per_trial, sampler=args.sampler, grid=args.grid, scheduler=args.scheduler,
+        address=args.address, storage=args.storage, tracking_uri=args.tracking_uri, experiment=args.experiment,
+        resume=args.resume, seed=args.seed, search_space=args.search_space, max_failures=args.max_failures,
+        device=args.device, command=shlex.join(["python", "sweeps/run.py", *argv]))
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
-    from sweeps.engine import plan_sweep, run_sweep
+    from sweeps.engine import run_sweep
+    from sweeps.plan import plan_sweep
 
     def say(line: str) -> None:
         print(line, file=sys.stderr if args.json else sys.stdout, flush=True)
@@ -124,8 +120,7 @@ def main(argv: list[str] | None = None) -> int:
 
             raise SweepError(f"--method is required; allowed: {method_names()}")
         plan = plan_sweep(options_from_args(args, argv))
-        # Ray prints cluster events (e.g. "node ... has been marked dead") on stdout from a background thread;
-        # with --json, stdout holds the one JSON object and nothing else.
+        # Ray prints cluster events on stdout from a background thread; with --json, stdout holds only the JSON.
         with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
             outcome = run_sweep(plan, say=say, stream="stderr" if args.json else "stdout")
     except (SweepError, TinyMemError) as e:
@@ -133,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.json:
         # JSON has no NaN: a missing value is null, so every consumer can parse the object.
-        print(json.dumps(_nan_to_none(outcome.to_json()), indent=1, default=str))
+        print(json.dumps(json_safe(outcome.to_json()), indent=1, default=str))
     else:
         print()
         print(outcome.report.summary())
@@ -144,18 +139,6 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 130
     return 0
-
-
-def _nan_to_none(x):
-    import math
-
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    if isinstance(x, dict):
-        return {k: _nan_to_none(v) for k, v in x.items()}
-    if isinstance(x, list):
-        return [_nan_to_none(v) for v in x]
-    return x
 
 
 if __name__ == "__main__":

@@ -1,26 +1,9 @@
-"""Search spaces: `search_spaces/<method>.yaml` -> validated Optuna distributions, fixed values and grids.
+"""Search spaces as values: one method's distributions, fixed values and grid, and a sweep's joint space over them.
 
-The file format (one file per method, written next to the method)::
-
-    method: balanced_subnet
-    description: one line
-    params:            # Optuna distributions
-      ratio: {type: float, low: 1.0e-5, high: 0.8, log: true}
-      epochs: {type: int, low: 1, high: 20}       # int: optional log, step
-      lr: {type: categorical, choices: [0.01, 0.1]}
-    fixed: {}          # held at a value
-    paper_grid:        # lists per hyperparameter; cross product
-      ratio: [1.0e-5, 1.0e-4]
-      epochs: [1, 10, 20]
-
-Everything is checked against the method's typed `Params` before any trial starts: every key must be a
-hyperparameter of the method, every bound, choice, fixed and grid value must pass the method's own range
-checks. Errors name the file, the key and what is allowed, on one line.
-
-`SweepSpace` joins one or more methods and base-model presets into what the engine needs: a define-by-run
-function for Optuna (conditional on the method in a cross-method sweep), the paper's grid as explicit
-points, the method defaults as warm-start points, and `decode` from a trial config back to
-(method, preset, params).
+`SearchSpace` is one method's validated space (`sweeps.space_file` reads it from YAML); `SweepSpace` joins
+one or more methods and base-model presets into what the engine needs: a define-by-run function for Optuna
+(conditional on the method in a cross-method sweep), the paper's grid as explicit points, the method
+defaults as warm-start points, and `decode` from a trial config back to (method, preset, params).
 """
 
 from __future__ import annotations
@@ -30,27 +13,10 @@ import math
 import random
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-import yaml
-
 from sweeps.errors import SweepError
-from tinymem.errors import ConfigError
 from tinymem.mitigations import get_method
-
-REPO_ROOT = Path(__file__).resolve().parent.parent
-SEARCH_SPACE_DIR = REPO_ROOT / "search_spaces"
-
-PARAM_TYPES = ("float", "int", "categorical")
-TOP_LEVEL_KEYS = ("method", "description", "params", "fixed", "paper_grid")
-_DIST_KEYS = {"float": {"type", "low", "high", "log", "step"}, "int": {"type", "low", "high", "log", "step"},
-              "categorical": {"type", "choices"}}
-
-
-def default_space_path(method: str) -> Path:
-    """`search_spaces/<method>.yaml` in the repository (independent of the working directory)."""
-    return SEARCH_SPACE_DIR / f"{method}.yaml"
 
 
 @dataclass(frozen=True)
@@ -139,179 +105,6 @@ class SearchSpace:
                 "params": {k: d.to_dict() for k, d in self.params.items()}, "fixed": dict(self.fixed),
                 "paper_grid": {k: list(v) for k, v in self.paper_grid.items()}}
 
-
-# --- loading and validation ----------------------------------------------------------------------------
-
-def _one_line(text: str) -> str:
-    return " ".join(str(text).split())
-
-
-def _number(value: Any, where: str) -> float:
-    """YAML 1.1 reads `1e-5` (no dot) as a string; accept it as the number it obviously is."""
-    if isinstance(value, bool):
-        raise SweepError(f"{where}: expected a number, got {value!r}")
-    if isinstance(value, (int, float)):
-        return value
-    if isinstance(value, str):
-        try:
-            f = float(value)
-        except ValueError:
-            pass
-        else:
-            return int(f) if f.is_integer() and "." not in value and "e" not in value.lower() else f
-    raise SweepError(f"{where}: expected a number, got {value!r}")
-
-
-def _check_value(cls: Any, method: str, name: str, value: Any, where: str) -> Any:
-    """Validate one value through the method's own Params (type coercion + range); return it typed."""
-    try:
-        return cls.Params.from_dict({name: value}, method).to_dict()[name]
-    except ConfigError as e:
-        raise SweepError(f"{where}: {e}") from None
-
-
-def _parse_distribution(cls: Any, method: str, name: str, raw: Any, where: str, hp_types: dict[str, str]
-                        ) -> Distribution:
-    if not isinstance(raw, dict):
-        raise SweepError(f"{where}: expected a mapping like {{type: float, low: 0.1, high: 1.0}}, got {raw!r}")
-    kind = raw.get("type")
-    if kind not in PARAM_TYPES:
-        raise SweepError(f"{where}: unknown type {kind!r}; allowed: {list(PARAM_TYPES)}")
-    extra = sorted(set(raw) - _DIST_KEYS[kind])
-    if extra:
-        raise SweepError(f"{where}: unknown key(s) {extra} for type {kind}; allowed: {sorted(_DIST_KEYS[kind])}")
-    hp_type = hp_types[name]
-    if kind == "categorical":
-        choices = raw.get("choices")
-        if not isinstance(choices, list) or not choices:
-            raise SweepError(f"{where}: categorical needs a non-empty list 'choices'")
-        typed = tuple(_check_value(cls, method, name, c, f"{where} choice {c!r}") for c in choices)
-        if len(set(map(repr, typed))) != len(typed):
-            raise SweepError(f"{where}: choices {choices} repeat a value")
-        return Distribution(type="categorical", choices=typed)
-    if hp_type not in ("int", "float"):
-        raise SweepError(f"{where}: {name} is a {hp_type} hyperparameter of {method}; "
-                         f"use type: categorical with choices")
-    if kind == "float" and hp_type == "int":
-        raise SweepError(f"{where}: {name} is an int hyperparameter of {method}; use type: int")
-    for key in ("low", "high"):
-        if key not in raw:
-            raise SweepError(f"{where}: type {kind} needs '{key}'")
-    low = _number(raw["low"], f"{where} low")
-    high = _number(raw["high"], f"{where} high")
-    if kind == "int":
-        if float(low) != int(low) or float(high) != int(high):
-            raise SweepError(f"{where}: type int needs integer bounds, got low={low}, high={high}")
-        low, high = int(low), int(high)
-    else:
-        low, high = float(low), float(high)
-    if not low <= high:
-        raise SweepError(f"{where}: low={low} must be <= high={high}")
-    log = raw.get("log", False)
-    if not isinstance(log, bool):
-        raise SweepError(f"{where}: log must be true or false, got {log!r}")
-    if log and low <= 0:
-        raise SweepError(f"{where}: log: true needs low > 0, got low={low}")
-    step = raw.get("step")
-    if step is not None:
-        step = _number(step, f"{where} step")
-        if step <= 0:
-            raise SweepError(f"{where}: step must be > 0, got {step}")
-        if log:
-            raise SweepError(f"{where}: step and log: true cannot be combined (Optuna forbids it)")
-        if kind == "int":
-            if float(step) != int(step):
-                raise SweepError(f"{where}: type int needs an integer step, got {step}")
-            step = int(step)
-        else:
-            step = float(step)
-    # Both bounds must be values the method itself accepts.
-    _check_value(cls, method, name, low, f"{where} low")
-    _check_value(cls, method, name, high, f"{where} high")
-    return Distribution(type=kind, low=low, high=high, log=log, step=step)
-
-
-def load_search_space(path: str | Path, method: str | None = None) -> SearchSpace:
-    """Read and validate a search-space file; `method` (if given) must match the file's `method`.
-
-    Raises SweepError (one line, naming the file and the problem) for a missing or malformed file, an
-    unknown top-level key, a key that is not a hyperparameter of the method, or a value out of range.
-    """
-    path = Path(path)
-    if not path.is_file():
-        hint = f" (expected {default_space_path(method)} or pass --search-space FILE)" if method else ""
-        raise SweepError(f"search space file {path} does not exist{hint}")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        problem = getattr(e, "problem", None) or str(e)
-        raise SweepError(f"malformed YAML in {path}{at}: {_one_line(problem)}") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise SweepError(f"cannot read search space file {path}: {_one_line(e)}") from None
-    return parse_search_space(raw, str(path), method)
-
-
-def parse_search_space(raw: Any, path: str, method: str | None = None) -> SearchSpace:
-    """Validate an already-parsed search space (a YAML document, or a saved `SearchSpace.to_dict()`);
-    `path` names it in error messages."""
-    if not isinstance(raw, dict):
-        raise SweepError(f"malformed search space {path}: expected a mapping with keys {list(TOP_LEVEL_KEYS)}, "
-                         f"got {type(raw).__name__}")
-    unknown = sorted(set(raw) - set(TOP_LEVEL_KEYS))
-    if unknown:
-        raise SweepError(f"search space {path}: unknown top-level key(s) {unknown}; allowed: {list(TOP_LEVEL_KEYS)}")
-    file_method = raw.get("method")
-    if method is None:
-        if not file_method:
-            raise SweepError(f"search space {path}: 'method' is missing")
-        method = str(file_method)
-    elif file_method is not None and str(file_method) != method:
-        raise SweepError(f"search space {path} is for method {file_method!r}, not {method!r}")
-    try:
-        cls = get_method(method)
-    except ConfigError as e:
-        raise SweepError(str(e)) from None
-    names = cls.Params.names()
-    hp_types = {s["name"]: s["type"] for s in cls.Params.spec()}
-
-    def section(key: str) -> dict[str, Any]:
-        value = raw.get(key) or {}
-        if not isinstance(value, dict):
-            raise SweepError(f"search space {path}: '{key}' must be a mapping, got {type(value).__name__}")
-        bad = [k for k in value if k not in names]
-        if bad:
-            raise SweepError(f"search space {path}: {key}.{bad[0]} is not a hyperparameter of {method}; "
-                             f"allowed: {names}")
-        return value
-
-    params_raw, fixed_raw, grid_raw = section("params"), section("fixed"), section("paper_grid")
-    params = {name: _parse_distribution(cls, method, name, d, f"search space {path}: params.{name}", hp_types)
-              for name, d in params_raw.items()}
-    both = sorted(set(params) & set(fixed_raw))
-    if both:
-        raise SweepError(f"search space {path}: {both} are both searched (params) and fixed; pick one")
-    fixed = {name: _check_value(cls, method, name, v, f"search space {path}: fixed.{name}")
-             for name, v in fixed_raw.items()}
-    clash = sorted(set(grid_raw) & set(fixed))
-    if clash:
-        raise SweepError(f"search space {path}: {clash} are both fixed and in paper_grid; pick one")
-    grid: dict[str, tuple[Any, ...]] = {}
-    for name, values in grid_raw.items():
-        if not isinstance(values, list) or not values:
-            raise SweepError(f"search space {path}: paper_grid.{name} must be a non-empty list")
-        grid[name] = tuple(_check_value(cls, method, name, v, f"search space {path}: paper_grid.{name} value {v!r}")
-                           for v in values)
-    try:  # fixed values must also be valid together (cross-field checks live in Params.validate)
-        cls.Params.from_dict(fixed, method)
-    except ConfigError as e:
-        raise SweepError(f"search space {path}: fixed: {e}") from None
-    return SearchSpace(method=method, description=_one_line(raw.get("description") or ""), params=params,
-                       fixed=fixed, paper_grid=grid, source=str(path))
-
-
-# --- a sweep's joint space over methods and presets ------------------------------------------------------
 
 class SweepSpace:
     """The joint space of a sweep: one or more methods (a `method` dimension when several) and one or more

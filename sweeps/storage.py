@@ -11,12 +11,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import uuid
+import shutil
 from pathlib import Path
 from typing import Any
 
 from sweeps.errors import SweepError
 from tinymem.store import is_uri
+from tinymem.util import atomic_path, atomic_write_text
 
 # The fsspec backend each object-store scheme needs, and the extra of this project that installs it.
 BACKENDS = {"s3": ("s3fs", "s3"), "s3a": ("s3fs", "s3"), "gs": ("gcsfs", "gcs"), "gcs": ("gcsfs", "gcs")}
@@ -73,11 +74,7 @@ def write_text(target: str, text: str) -> None:
         with fs.open(path, "w") as f:
             f.write(text)
         return
-    p = Path(target)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f".{p.name}.{os.getpid()}.{uuid.uuid4().hex[:6]}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, p)
+    atomic_write_text(target, text)
 
 
 def read_text(target: str) -> str | None:
@@ -118,10 +115,8 @@ def upload(local: str | Path, target: str) -> str:
         fs.put_file(str(local), path)
         return target
     if Path(local).resolve() != Path(target).resolve():
-        Path(target).parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(target).with_name(f".{Path(target).name}.{uuid.uuid4().hex[:6]}.tmp")
-        tmp.write_bytes(Path(local).read_bytes())
-        os.replace(tmp, target)
+        with atomic_path(target) as tmp:
+            shutil.copyfile(local, tmp)
     return target
 
 

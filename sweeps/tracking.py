@@ -2,8 +2,8 @@
 
 Why the driver: the default backend is a SQLite file, which wants a single writer, and a Ray worker on
 another node may not even see that file. Ray's own `MLflowLoggerCallback` makes flat runs, logs every
-numeric field, and keeps run ids only in memory, so a restored experiment starts new runs (see
-sweep-stack.md §2.6). `TrialLogger` instead:
+numeric field, and keeps run ids only in memory, so a restored experiment starts new runs. `TrialLogger`
+instead:
 
 - creates a child run (tag `mlflow.parentRunId`) when a trial starts, params = the trial's method, preset
   and every hyperparameter;
@@ -36,6 +36,7 @@ from ray.tune.result import AUTO_RESULT_KEYS
 
 from sweeps import storage
 from sweeps.errors import SweepError
+from tinymem.store import DEFAULT_ROOT
 
 RUN_MAP = "mlflow_runs.json"
 STATES = ("running", "completed", "failed", "early_stopped")
@@ -48,9 +49,9 @@ TRACKING_SCHEMES = ("sqlite", "http", "https", "postgresql", "mysql", "mssql", "
 
 
 def default_tracking_uri(storage_root: str) -> str:
-    """A SQLite file under the storage root, or under ./tinymem-runs when the root is an object store
-    (SQLite needs a local file; the driver is its only writer)."""
-    base = storage_root if not storage.is_remote(storage_root) else storage.normalize_root("./tinymem-runs")
+    """A SQLite file under the storage root, or under the default local root (`DEFAULT_ROOT`) when the root is
+    an object store (SQLite needs a local file; the driver is its only writer)."""
+    base = storage_root if not storage.is_remote(storage_root) else storage.normalize_root(DEFAULT_ROOT)
     return f"sqlite:///{Path(base, 'mlflow.db')}"
 
 

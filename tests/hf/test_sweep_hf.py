@@ -12,9 +12,14 @@ from pathlib import Path
 
 import pytest
 
-from sweeps import engine, storage
-from sweeps.engine import SweepOptions, plan_sweep
+from sweeps import storage
+from sweeps.bases import base_config
+from sweeps.engine import sweep_record
 from sweeps.errors import SweepError
+from sweeps.options import SWEEP_RECORD, SweepOptions
+from sweeps.plan import plan_sweep
+from sweeps.ray_runtime import auto_gpus_per_trial
+from tinymem.hf.options import HFSourceOptions
 from tests.hf.conftest import METRIC, build_model
 from tests.sweeps.conftest import ray_runtime, run_cli  # noqa: F401  (ray_runtime: the shared Ray fixture)
 
@@ -94,17 +99,18 @@ def test_plan_of_an_hf_sweep(hf_args, untrained_dir, hf_data_dir, monkeypatch):
     plan = plan_sweep(options(hf_args("--model", f"hf:{os.path.relpath(untrained_dir)}", "--retain-file",
                                       "retain.jsonl")))
     o = plan.options
+    s = o.source
     # paths absolute (trials run in other working directories), the base model in the `preset` slot
-    assert o.model == f"hf:{untrained_dir.resolve()}" and plan.space.presets == [o.model]
-    assert Path(o.forget_file).is_absolute() and Path(o.retain_file).is_absolute()
-    assert (o.prompt_len, o.k, o.preset, o.gpus_per_trial) == (8, 12, None, "auto")
+    assert s.model == f"hf:{untrained_dir.resolve()}" and plan.space.presets == [s.model]
+    assert Path(s.forget_file).is_absolute() and Path(s.retain_file).is_absolute()
+    assert (s.prompt_len, s.k, o.preset, o.gpus_per_trial) == (8, 12, None, "auto")
     # perplexity is the utility of a Hugging Face base: test_ppl_increase_pct
-    assert plan.kinds == {o.model: "language"} and plan.objectives == ["mem_pct", "test_ppl_increase_pct"]
+    assert plan.kinds == {s.model: "language"} and plan.objectives == ["mem_pct", "test_ppl_increase_pct"]
     # the default experiment name is one directory name
     assert plan.experiment == f"balanced_subnet-{untrained_dir.name}"
-    assert engine.base_config(o.model, engine.source_config(o)) == {
-        "model": o.model, "forget_file": o.forget_file, "retain_file": o.retain_file, "prompt_len": 8, "k": 12}
-    assert engine.base_config("math-tiny", {"dtype": "float16"}) == {"preset": "math-tiny"}
+    assert base_config(s.model, s) == {
+        "model": s.model, "forget_file": s.forget_file, "retain_file": s.retain_file, "prompt_len": 8, "k": 12}
+    assert base_config("math-tiny", HFSourceOptions(dtype="float16")) == {"preset": "math-tiny"}
 
 
 @pytest.mark.parametrize("source, name", [
@@ -113,34 +119,48 @@ def test_plan_of_an_hf_sweep(hf_args, untrained_dir, hf_data_dir, monkeypatch):
 ])
 def test_default_experiment_name_of_a_hub_model_has_no_slash(hf_args, source, name):
     plan = plan_sweep(options(hf_args("--model", source)))
-    assert plan.experiment == name and plan.options.model == source
+    assert plan.experiment == name and plan.options.source.model == source
 
 
 def test_hf_options_survive_resume(hf_args):
     plan = plan_sweep(options(hf_args("--dtype", "bfloat16", "--seq-len", "24", "--experiment", "hf-resume")))
-    plan.options.gpus_per_trial = engine.auto_gpus_per_trial(plan.options, None)  # what run_sweep does first
-    storage.write_json(storage.join(plan.sweep_dir, engine.SWEEP_RECORD), engine._record(plan, "0", "run", {}))
+    plan.options.gpus_per_trial = auto_gpus_per_trial(plan.options, None)  # what run_sweep does first
+    record = sweep_record(plan, "0", "run", {})
+    assert record["options"]["source"]["dtype"] == "bfloat16"  # the source options nested, as one value
+    storage.write_json(storage.join(plan.sweep_dir, SWEEP_RECORD), record)
     resumed = plan_sweep(SweepOptions(experiment="hf-resume", resume="latest", storage=plan.storage))
     assert resumed.resumed and resumed.sweep_id == plan.sweep_id
-    for key in ("model", "dtype", "forget_file", "retain_file", "test_file", "metric_preset", "prompt_len", "k",
-                "seq_len", "gpus_per_trial", "preset"):
+    assert isinstance(resumed.options.source, HFSourceOptions) and resumed.options.source == plan.options.source
+    for key in ("gpus_per_trial", "preset", "method", "seed"):
         assert getattr(resumed.options, key) == getattr(plan.options, key), key
-    assert resumed.options.gpus_per_trial == 0.0 and resumed.options.dtype == "bfloat16"
+    assert resumed.options.gpus_per_trial == 0.0 and resumed.options.source.dtype == "bfloat16"
     assert resumed.kinds == plan.kinds and resumed.space.presets == plan.space.presets
+
+
+def test_a_flat_record_of_an_earlier_sweep_still_resumes(hf_args):
+    """Sweeps recorded before the source options were nested keep them flat, beside the other options."""
+    plan = plan_sweep(options(hf_args("--dtype", "bfloat16", "--seq-len", "24", "--experiment", "hf-flat")))
+    plan.options.gpus_per_trial = 0.0
+    record = sweep_record(plan, "0", "run", {})
+    record["options"].update(record["options"].pop("source"))  # the layout before: model, dtype, ... top level
+    assert "source" not in record["options"] and record["options"]["dtype"] == "bfloat16"
+    storage.write_json(storage.join(plan.sweep_dir, SWEEP_RECORD), record)
+    resumed = plan_sweep(SweepOptions(experiment="hf-flat", resume=plan.sweep_id, storage=plan.storage))
+    assert resumed.options.source == plan.options.source
+    assert resumed.options.gpus_per_trial == 0.0 and resumed.options.method == "balanced_subnet"
 
 
 def test_gpus_per_trial_auto(hf_args):
     o = plan_sweep(options(hf_args())).options
-    assert engine.auto_gpus_per_trial(o, None) == 0.0  # no GPU: CPU trials
-    assert engine.auto_gpus_per_trial(o, 80.0) == 1 / 8  # a 30k-parameter model: eight trials per GPU
+    assert auto_gpus_per_trial(o, None) == 0.0  # no GPU: CPU trials
+    assert auto_gpus_per_trial(o, 80.0) == 1 / 8  # a 30k-parameter model: eight trials per GPU
     o.device = "cpu"
-    assert engine.auto_gpus_per_trial(o, 80.0) == 0.0
+    assert auto_gpus_per_trial(o, 80.0) == 0.0
     explicit = plan_sweep(options(hf_args("--gpus-per-trial", "0.5"))).options
     assert explicit.gpus_per_trial == 0.5  # an explicit value wins
     assert plan_sweep(options(["--method", "durable", "--preset", "math-tiny"])).options.gpus_per_trial == 0.0
     with pytest.raises(SweepError, match="bad --gpus-per-trial 'lots'; allowed: a number >= 0 or 'auto'"):
-        plan_sweep(SweepOptions(method="balanced_subnet", model=explicit.model, forget_file=explicit.forget_file,
-                                retain_file=explicit.retain_file, gpus_per_trial="lots"))
+        plan_sweep(SweepOptions(method="balanced_subnet", source=explicit.source, gpus_per_trial="lots"))
 
 
 @pytest.mark.slow

@@ -11,7 +11,7 @@ the epochs) goes into `ctx.work_dir` before each epoch's report, and a retried r
 (what a retry on another node sees of a node-local directory); the `marker` file records that it crashed.
 
 Ray workers import this module by name (`tests.sweeps.probe_method`, found under the driver's working
-directory, the repository root) before running a trial of it; see `sweeps.engine._method_modules`.
+directory, the repository root) before running a trial of it; see `sweeps.trainable.extra_method_modules`.
 """
 
 from __future__ import annotations

@@ -192,9 +192,50 @@ def test_help_explains_every_flag_with_its_default(monkeypatch):
     assert "default: math-demo" in text and "default: tpe" in text and "default: ./tinymem-runs" in text
 
 
+# Runs sweeps/run.py as `python sweeps/run.py --help` does (runpy, as __main__), then says what got imported.
+HELP_PROBE = """
+import contextlib, io, json, runpy, sys
+sys.argv = [{script!r}, "--help"]
+out = io.StringIO()
+with contextlib.redirect_stdout(out):
+    try:
+        runpy.run_path({script!r}, run_name="__main__")
+    except SystemExit as e:
+        code = e.code
+print(json.dumps({{"code": code, "help": out.getvalue(),
+                  "imported": [m for m in ("ray", "optuna", "mlflow") if m in sys.modules]}}))
+"""
+
+
+def test_help_imports_no_ray_optuna_or_mlflow(monkeypatch):
+    """`--help` is answered from the flags alone: the heavy libraries load only when a sweep runs."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from sweeps.run import build_parser
+
+    repo = Path(__file__).resolve().parents[2]
+    env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, "COLUMNS": "1000"}
+    p = subprocess.run([sys.executable, "-c", HELP_PROBE.format(script=str(repo / "sweeps" / "run.py"))],
+                       capture_output=True, text=True, timeout=120, cwd=repo, env=env)
+    assert p.returncode == 0, p.stderr
+    probe = json.loads(p.stdout)
+    assert probe["code"] == 0 and probe["imported"] == [], probe["imported"]
+    # the help is whole: the same text as the parser's, every flag there, the Hugging Face group included
+    monkeypatch.setenv("COLUMNS", "1000")
+    assert probe["help"] == build_parser().format_help()
+    for flag in ("--method", "--model", "--json", "--dtype", "--forget-file", "--retain-file", "--test-file",
+                 "--metric-preset", "--prompt-len", "--k", "--seq-len"):
+        assert f" {flag} " in probe["help"] or f" {flag}\n" in probe["help"], flag
+
+
 def test_multi_objective_study_is_not_downgraded(sweep_root, spaces_dir):
     """The searcher holds both objectives and Tune's TuneConfig gets no metric/mode (sweep-stack.md §2.2)."""
-    from sweeps.engine import SweepOptions, make_searcher, plan_sweep
+    from sweeps.options import SweepOptions
+    from sweeps.plan import plan_sweep
+    from sweeps.searchers import make_searcher
 
     plan = plan_sweep(SweepOptions(method="durable", preset="math-tiny", storage=sweep_root,
                                    search_space=str(spaces_dir / "durable.yaml"),
@@ -209,3 +250,21 @@ def test_a_trial_no_node_can_hold_is_an_error_before_any_trial(ray_runtime, swee
     code, out, err = run_cli(sweep_args("durable", "t-fit", flag, value), capsys)
     assert code == 2
     assert "error: no Ray node can hold one trial" in err and flag in err
+
+
+def test_names_pickled_by_earlier_sweeps_still_resolve():
+    """Tune pickles the searcher, the callbacks and the space into an experiment by module path; sweeps started
+    before these classes had their own modules must still unpickle on --resume."""
+    import pickle
+
+    from sweeps import searchers, space
+    from sweeps.progress import ProgressLines
+
+    for module, name, cls in (("sweeps.engine", "ParetoOptunaSearch", searchers.ParetoOptunaSearch),
+                              ("sweeps.engine", "GridSearcher", searchers.GridSearcher),
+                              ("sweeps.engine", "ProgressLines", ProgressLines),
+                              ("sweeps.space", "SweepSpace", space.SweepSpace),
+                              ("sweeps.space", "SearchSpace", space.SearchSpace),
+                              ("sweeps.space", "Distribution", space.Distribution)):
+        # protocol 0 by hand: the global `module name`, as an old pickle holds it
+        assert pickle.loads(f"c{module}\n{name}\n.".encode()) is cls, (module, name)

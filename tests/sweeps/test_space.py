@@ -8,7 +8,8 @@ import optuna
 import pytest
 
 from sweeps.errors import SweepError
-from sweeps.space import SEARCH_SPACE_DIR, SweepSpace, load_search_space
+from sweeps.space import SweepSpace
+from sweeps.space_file import SEARCH_SPACE_DIR, load_search_space
 from tinymem.mitigations import get_method, method_names
 
 GOOD = """

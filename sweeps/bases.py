@@ -1,0 +1,80 @@
+"""Base models made once per sweep, as Ray tasks, before any trial: trials then only load them from the store.
+
+On a cluster the tasks run on workers, and several presets train in parallel. A Hugging Face model is never
+trained or stored: it is loaded and its base evaluation cached.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+from sweeps.errors import SweepError
+from sweeps.pareto import MEM
+from sweeps.plan import SweepPlan
+from tinymem.errors import TinyMemError
+from tinymem.hf.options import HFSourceOptions, is_hf_source
+
+
+def base_config(preset: str, source: HFSourceOptions) -> dict[str, Any]:
+    """The base-model part of a trial config (`tinymem.trial.run_trial`): a TinyMem preset, or an `hf:` model
+    (the sweep's `preset` slot holds its source) with the options that were given."""
+    return {"model": preset, **source.given()} if is_hf_source(preset) else {"preset": preset}
+
+
+def limit_threads(cpus: float) -> None:
+    """Use as many torch threads as CPUs were granted (a reused worker keeps no stale setting)."""
+    import torch
+
+    n = max(1, int(cpus))
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+
+
+def _build_base(preset: str, storage_root: str, device: str, cpus: float,
+                source: HFSourceOptions | None = None) -> dict[str, Any]:
+    """Ray task body: make (or find) the base model of `preset` (or of an `hf:` model) and its cached base
+    evaluation."""
+    from tinymem.trial import prepare_base
+
+    limit_threads(cpus)
+    prepared = prepare_base({**base_config(preset, source or HFSourceOptions()), "storage": storage_root,
+                             "device": device})
+    return {"preset": preset, "key": prepared.key, "model_dir": prepared.model_dir, "created": prepared.created,
+            "seconds": prepared.seconds, "metrics": prepared.evaluation.metrics}
+
+
+def prepare_bases(plan: SweepPlan, say: Callable[[str], None]) -> dict[str, dict[str, Any]]:
+    """Make every base model up front, in parallel, as Ray tasks; returns preset -> info with base metrics."""
+    import ray
+
+    presets = plan.space.presets
+    # Give each training task a fair share of one node (more threads train faster), never more than a node has.
+    node_cpus = [n["Resources"].get("CPU", 0) for n in ray.nodes() if n.get("Alive")]
+    biggest = max(node_cpus or [1])
+    total = sum(node_cpus or [1])
+    cpus = max(min(biggest, total / len(presets)), min(plan.options.cpus_per_trial, biggest), 1)
+    cpus = float(int(cpus))
+    # A model spread over several GPUs (--gpus-per-trial 2) needs them for its base evaluation too.
+    gpus = max(1, math.ceil(float(plan.options.gpus_per_trial))) if float(plan.options.gpus_per_trial) > 0 else 0
+    task = ray.remote(_build_base).options(num_cpus=cpus, num_gpus=gpus, max_retries=1,
+                                           name="tinymem-base-model")
+    say(f"base model(s) {presets}: making sure they exist in {plan.storage} (trained once if missing) ...")
+    refs = {p: task.remote(p, plan.storage, plan.options.device, cpus, plan.options.source) for p in presets}
+    out = {}
+    for preset, ref in refs.items():
+        try:
+            info = ray.get(ref)
+        except ray.exceptions.RayTaskError as e:
+            cause = e.cause if getattr(e, "cause", None) is not None else e
+            if isinstance(cause, TinyMemError):
+                raise SweepError(f"base model {preset!r}: {cause}") from None
+            raise
+        verb = "trained" if info["created"] else "loaded"
+        say(f"base model {preset} ({info['key']}): {verb} in {info['seconds']:.1f} s; "
+            f"mem_pct {info['metrics'].get(MEM, math.nan):.2f}, "
+            + (f"test_acc {info['metrics'].get('test_acc', math.nan):.2f}" if plan.kinds[preset] == "math"
+               else f"test_ppl {info['metrics'].get('test_ppl', math.nan):.2f}"))
+        out[preset] = info
+    return out

@@ -1,0 +1,66 @@
+"""What a sweep is asked to do: `SweepOptions` (the flags of `sweeps/run.py`) and the allowed values of its flags.
+
+Importable without Ray, Optuna or MLflow, so that `sweeps/run.py --help` and planning stay fast.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from tinymem.hf.options import HFSourceOptions
+from tinymem.store import DEFAULT_ROOT
+
+SAMPLERS = ("tpe", "nsga2", "random")
+SCHEDULERS = ("none", "asha")
+GRIDS = ("paper",)
+# Sized so that the default sweep (`--method balanced_subnet` on math-demo) fits 15 minutes of a 2-core CPU.
+DEFAULT_NUM_SAMPLES = 12
+ASHA_GUARD = "retain_loss"  # what iterative methods report per epoch and rises when an edit breaks the model
+SWEEP_RECORD = "sweep.json"
+AUTO = "auto"  # --gpus-per-trial auto: sized from a Hugging Face model (tinymem.hf.memory.gpus_for_source)
+
+
+def split_list(value: str | None) -> list[str]:
+    """The items of a comma-list flag (`--method a,b`), blanks dropped."""
+    return [v.strip() for v in (value or "").split(",") if v.strip()]
+
+
+@dataclass
+class SweepOptions:
+    """Everything `sweeps/run.py` accepts; defaults are the CLI's."""
+
+    method: str = ""
+    preset: str | None = None  # None: DEFAULT_PRESET, unless `source.model` names the base model
+    num_samples: int | None = None  # None: DEFAULT_NUM_SAMPLES, or the whole grid with --grid
+    max_concurrent: int | None = None  # None: as many as the resources allow
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float | str | None = None  # None: "auto" with a model, else 0; run_sweep resolves "auto"
+    sampler: str = "tpe"
+    grid: str | None = None
+    scheduler: str = "none"
+    address: str | None = None
+    storage: str = DEFAULT_ROOT
+    tracking_uri: str | None = None
+    experiment: str | None = None
+    resume: str | None = None  # "latest" or a sweep id
+    seed: int = 0
+    search_space: str | None = None
+    max_failures: int = 1
+    device: str = "auto"
+    command: str = ""
+    warm_start: bool = True  # evaluate each method's default hyperparameters first (Optuna samplers only)
+    # A Hugging Face base model (`--model hf:...`) instead of a preset, with its memorized-sequence options.
+    source: HFSourceOptions = field(default_factory=HFSourceOptions)
+
+    @classmethod
+    def from_record(cls, options: dict[str, Any]) -> "SweepOptions":
+        """The options saved in a sweep record (`asdict` of them), `source` rebuilt as `HFSourceOptions`.
+
+        A record written before `source` existed holds its fields flat, beside the others; those are read too.
+        Unknown keys are ignored.
+        """
+        names = {f.name for f in fields(cls)} - {"source"}
+        nested = options.get("source")
+        source = HFSourceOptions.from_object(nested if isinstance(nested, dict) else options)
+        return cls(source=source, **{k: v for k, v in options.items() if k in names})

@@ -1,0 +1,239 @@
+"""A sweep's plan: every flag, search space, base model, tracking URI and cluster address checked before Ray starts.
+
+`plan_sweep` turns `SweepOptions` into a `SweepPlan` (a new sweep, or one rebuilt from its sweep record for
+`--resume`), or raises `SweepError` naming the problem; bad input thus fails in seconds, before any trial.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from sweeps import storage
+from sweeps.errors import SweepError
+from sweeps.options import AUTO, GRIDS, SAMPLERS, SCHEDULERS, SWEEP_RECORD, SweepOptions, split_list
+from sweeps.pareto import MEM, task_kind, utility_loss_name
+from sweeps.ray_runtime import check_ray_address
+from sweeps.space import SweepSpace
+from sweeps.space_file import default_space_path, load_search_space, parse_search_space
+from sweeps.tracking import check_tracking_uri, default_tracking_uri
+from tinymem.errors import ConfigError
+from tinymem.hf.models import parse_dtype, parse_source
+from tinymem.hf.options import HF_PREFIX
+from tinymem.mitigations import get_method, method_names
+from tinymem.presets import DEFAULT_PRESET, all_presets, get_preset
+from tinymem.store import DEFAULT_ROOT
+
+
+@dataclass
+class SweepPlan:
+    """A validated sweep, ready to run (new or resumed)."""
+
+    options: SweepOptions
+    space: SweepSpace
+    experiment: str
+    sweep_id: str
+    storage: str
+    tracking_uri: str
+    kinds: dict[str, str]
+    resumed: bool = False
+    record: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def kind(self) -> str:
+        return next(iter(self.kinds.values()))
+
+    @property
+    def loss_name(self) -> str:
+        return utility_loss_name(self.kind)
+
+    @property
+    def objectives(self) -> list[str]:
+        return [MEM, self.loss_name]
+
+    @property
+    def sweep_dir(self) -> str:
+        return storage.join(self.storage, "sweeps", self.experiment, self.sweep_id)
+
+    @property
+    def ray_parent(self) -> str:
+        return storage.join(self.storage, "ray", self.experiment)
+
+    @property
+    def ray_path(self) -> str:
+        return storage.join(self.ray_parent, self.sweep_id)
+
+
+def _check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise SweepError(f"unknown {name} {value!r}; allowed: {list(allowed)}")
+
+
+def plan_sweep(opts: SweepOptions) -> SweepPlan:
+    """Validate everything that can be checked without starting Ray; raise SweepError on bad input."""
+    storage_root = storage.normalize_root(opts.storage or DEFAULT_ROOT)
+    storage.check_root(storage_root)
+    if opts.resume:
+        return _plan_resume(opts, storage_root)
+    methods = split_list(opts.method)
+    if not methods:
+        raise SweepError(f"--method is required; allowed: {method_names()}")
+    for m in methods:
+        if m not in method_names():
+            raise SweepError(f"unknown method {m!r}; allowed: {method_names()}")
+    if len(set(methods)) != len(methods):
+        raise SweepError(f"--method lists a method twice: {methods}")
+    if opts.source.model:
+        opts, label = _plan_model(opts, methods)
+        presets = [str(opts.source.model)]  # the base model is the sweep's one "preset" (MLflow param `preset`)
+        kinds = {presets[0]: task_kind("verbatim")}
+    else:
+        try:
+            opts.source.reject(None)  # hf-only options given without --model
+        except ConfigError as e:
+            raise SweepError(str(e)) from None
+        presets = split_list(opts.preset) or [DEFAULT_PRESET]
+        label = "+".join(presets)
+        known = all_presets()
+        for p in presets:
+            if p not in known:
+                raise SweepError(f"unknown preset {p!r}; allowed: {sorted(known)}")
+        kinds = {p: task_kind(get_preset(p).data.task) for p in presets}
+    if len(set(kinds.values())) > 1:
+        raise SweepError(f"presets {presets} mix math and language data; their utility losses "
+                         f"(accuracy drop vs perplexity increase) cannot share one Pareto front")
+    _check_choice("--sampler", opts.sampler, SAMPLERS)
+    _check_choice("--scheduler", opts.scheduler, SCHEDULERS)
+    if opts.grid is not None:
+        _check_choice("--grid", opts.grid, GRIDS)
+    if opts.num_samples is not None and opts.num_samples < 1:
+        raise SweepError(f"--num-samples must be >= 1, got {opts.num_samples}")
+    if opts.max_concurrent is not None and opts.max_concurrent < 1:
+        raise SweepError(f"--max-concurrent must be >= 1, got {opts.max_concurrent}")
+    if not opts.cpus_per_trial > 0:
+        raise SweepError(f"--cpus-per-trial must be > 0, got {opts.cpus_per_trial}")
+    opts = replace(opts, gpus_per_trial=_check_gpus(opts))
+    if opts.max_failures < 0:
+        raise SweepError(f"--max-failures must be >= 0, got {opts.max_failures}")
+    files = split_list(opts.search_space)
+    if files and len(files) != len(methods):
+        raise SweepError(f"--search-space names {len(files)} file(s) for {len(methods)} method(s); "
+                         f"give one per method, in the same order")
+    spaces = [load_search_space(files[i] if files else default_space_path(m), m) for i, m in enumerate(methods)]
+    space = SweepSpace(spaces, presets)
+    if opts.scheduler == "asha":
+        if not space.any_iterative():
+            raise SweepError(f"--scheduler asha stops trials between epochs, but {methods} report no epochs "
+                             f"(not iterative); iterative methods: "
+                             f"{[m for m in method_names() if get_method(m).iterative]}")
+        if opts.grid:
+            raise SweepError("--scheduler asha cannot be combined with --grid paper (a grid is run in full)")
+    if opts.grid:
+        space.grid_points()  # raises if a method has no paper_grid
+    experiment = opts.experiment or f"{'+'.join(methods)}-{label}"
+    _check_experiment_name(experiment)
+    tracking_uri = opts.tracking_uri or default_tracking_uri(storage_root)
+    check_tracking_uri(tracking_uri)
+    if opts.address:
+        check_ray_address(opts.address)
+    sweep_id = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:4]
+    return SweepPlan(options=opts, space=space, experiment=experiment, sweep_id=sweep_id, storage=storage_root,
+                     tracking_uri=tracking_uri, kinds=kinds)
+
+
+def _check_gpus(opts: SweepOptions) -> float | str:
+    """--gpus-per-trial: a number >= 0, or `auto` (the default with --model; resolved once Ray is up)."""
+    gpus = opts.gpus_per_trial
+    if gpus is None:
+        return AUTO if opts.source.model else 0.0
+    if isinstance(gpus, str) and gpus.strip().lower() == AUTO:
+        if not opts.source.model:
+            raise SweepError("--gpus-per-trial auto sizes trials from a Hugging Face model's size (--model hf:...); "
+                             "for presets give a number >= 0 (default 0)")
+        return AUTO
+    try:
+        value = float(gpus)
+    except (TypeError, ValueError):
+        raise SweepError(f"bad --gpus-per-trial {gpus!r}; allowed: a number >= 0 or {AUTO!r}") from None
+    if value < 0:
+        raise SweepError(f"--gpus-per-trial must be >= 0, got {gpus}")
+    return value
+
+
+def _plan_model(opts: SweepOptions, methods: list[str]) -> tuple[SweepOptions, str]:
+    """Check a Hugging Face base model and its options as `tinymem mitigate --model hf:...` does, before Ray
+    starts. Returns the options with local paths made absolute (trials run in other working directories) and
+    a directory-safe label of the model for the default experiment name."""
+    from tinymem.memfile import check_data_options
+
+    src = opts.source
+    if opts.preset:
+        raise SweepError(f"--model {src.model} and --preset {opts.preset} both name the base model; give one")
+    regularizers = [m for m in methods if get_method(m).family == "regularizer"]
+    if regularizers:
+        allowed = [m for m in method_names() if get_method(m).family != "regularizer"]
+        raise SweepError(f"{regularizers} train a TinyMem model from scratch and do not apply to --model "
+                         f"{src.model}; allowed: {allowed}")
+    try:
+        source = parse_source(str(src.model))
+        parse_dtype(src.dtype)
+        check_data_options(**src.data_options())
+    except ConfigError as e:
+        raise SweepError(str(e)) from None
+
+    def absolute(path: str | None) -> str | None:
+        return str(Path(path).expanduser().resolve()) if path else path
+
+    if source.local is not None:
+        model, label = HF_PREFIX + str(source.local), source.local.name
+    else:
+        model, label = source.text, source.text[len(HF_PREFIX):]
+    src = replace(src, model=model, forget_file=absolute(src.forget_file), retain_file=absolute(src.retain_file),
+                  test_file=absolute(src.test_file))
+    return replace(opts, source=src), re.sub(r"[^A-Za-z0-9._@+-]+", "_", label).lstrip("._") or "hf-model"
+
+
+def _check_experiment_name(name: str) -> None:
+    if not name or "/" in name or "\\" in name or name.startswith("."):
+        raise SweepError(f"bad --experiment {name!r}: it names directories, so no '/', '\\' or leading '.'")
+
+
+def _plan_resume(opts: SweepOptions, storage_root: str) -> SweepPlan:
+    """Rebuild the plan of an earlier sweep from its record (a restore is not an edit: flags that change
+    the experiment are ignored, as Ray ignores them)."""
+    if not opts.experiment:
+        parent = storage.join(storage_root, "sweeps")
+        raise SweepError(f"--resume needs --experiment NAME; experiments under {parent}: {storage.list_dirs(parent)}")
+    _check_experiment_name(opts.experiment)
+    exp_dir = storage.join(storage_root, "sweeps", opts.experiment)
+    sweeps = storage.list_dirs(exp_dir)
+    if not sweeps:
+        raise SweepError(f"nothing to resume: no sweep of experiment {opts.experiment!r} under {exp_dir}")
+    sweep_id = sweeps[-1] if opts.resume == "latest" else opts.resume
+    if sweep_id not in sweeps:
+        raise SweepError(f"no sweep {sweep_id!r} in experiment {opts.experiment!r}; allowed: {sweeps}")
+    record = storage.read_json(storage.join(exp_dir, sweep_id, SWEEP_RECORD))
+    if not record:
+        raise SweepError(f"sweep {sweep_id!r} of {opts.experiment!r} has no {SWEEP_RECORD}; it cannot be resumed")
+    spaces = [parse_search_space(d, f"{SWEEP_RECORD} of {sweep_id} ({m})", m)
+              for m, d in record["space"]["methods"].items()]
+    space = SweepSpace(spaces, record["space"]["presets"])
+    saved = SweepOptions.from_record(record["options"])
+    # What may differ on resume: where the cluster is now, and the command line that resumed it.
+    saved.address = opts.address
+    saved.resume = sweep_id
+    saved.command = opts.command
+    tracking_uri = record["tracking_uri"]
+    if opts.tracking_uri and opts.tracking_uri != tracking_uri:
+        raise SweepError(f"sweep {sweep_id!r} logs to {tracking_uri}; resume it without --tracking-uri "
+                         f"(or with that one)")
+    check_tracking_uri(tracking_uri)
+    if opts.address:
+        check_ray_address(opts.address)
+    return SweepPlan(options=saved, space=space, experiment=opts.experiment, sweep_id=sweep_id,
+                     storage=storage_root, tracking_uri=tracking_uri, kinds=record["kinds"], resumed=True,
+                     record=record)

@@ -1,0 +1,192 @@
+"""A sweep's results (`Report`): every trial annotated with `pareto` and `paper_score`, as table, CSV, PNG and tags.
+
+`sweeps.readback` builds a `Report` from MLflow alone; the files go under the sweep's directory on the
+storage root and are attached to the sweep's parent run.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from sweeps import storage
+from sweeps.pareto import MEM, utility_loss_name
+from sweeps.tracking import set_tags
+from tinymem.util import json_safe
+
+UTILITY_COLUMNS = {"math": ["test_acc"], "language": ["test_ppl"]}
+
+
+@dataclass
+class Report:
+    """An annotated sweep: every trial with `pareto` / `paper_score`, plus where the files went."""
+
+    trials: pd.DataFrame
+    param_names: list[str]
+    kind: str
+    bases: dict[str, dict[str, float]]
+    best_index: Any
+    searched: list[str] | None = None
+    experiment_id: str = ""
+    parent_run_id: str = ""
+    tracking_uri: str = ""
+    csv_path: str | None = None
+    png_path: str | None = None
+    trials_csv_path: str | None = None
+    local_files: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def loss_name(self) -> str:
+        return utility_loss_name(self.kind)
+
+    @property
+    def objectives(self) -> list[str]:
+        return [MEM, self.loss_name]
+
+    @property
+    def counts(self) -> dict[str, int]:
+        states = self.trials["state"].value_counts().to_dict() if not self.trials.empty else {}
+        return {"trials": int(len(self.trials)), "completed": int(states.get("completed", 0)),
+                "failed": int(states.get("failed", 0)), "early_stopped": int(states.get("early_stopped", 0)),
+                "running": int(states.get("running", 0))}
+
+    @property
+    def front(self) -> pd.DataFrame:
+        if self.trials.empty:
+            return self.trials
+        return self.trials[self.trials["pareto"]].sort_values([MEM, self.loss_name])
+
+    def _columns(self, all_params: bool = False) -> list[str]:
+        multi_method = self.trials["method"].nunique() > 1 if not self.trials.empty else False
+        multi_preset = self.trials["preset"].nunique() > 1 if not self.trials.empty else False
+        cols = ["trial_id"] + (["method"] if multi_method else []) + (["preset"] if multi_preset else [])
+        shown = [p for p in self.param_names if all_params or p in (self.searched or self.param_names)]
+        cols += [p for p in shown if p in self.trials.columns]
+        cols += [MEM, self.loss_name] + UTILITY_COLUMNS[self.kind] + ["seconds_mitigate", "paper_score", "run_id"]
+        return [c for c in dict.fromkeys(cols) if c in self.trials.columns]
+
+    def _record(self, row: pd.Series) -> dict[str, Any]:
+        def clean(v: Any) -> Any:  # numpy scalars to Python, NaN to None (JSON has no NaN)
+            return json_safe(v.item() if hasattr(v, "item") else v)
+
+        params = {p: clean(row[p]) for p in self.param_names if p in row.index and not _missing(row[p])}
+        rec = {"trial_id": row["trial_id"], "run_id": row["run_id"], "method": row["method"],
+               "preset": row["preset"], "params": params}
+        for c in [MEM, self.loss_name] + UTILITY_COLUMNS[self.kind] + ["seconds_mitigate", "paper_score"]:
+            if c in row.index:
+                rec[c] = clean(row[c])
+        return rec
+
+    def pareto_records(self) -> list[dict[str, Any]]:
+        return [self._record(r) for _, r in self.front.iterrows()]
+
+    def best_record(self) -> dict[str, Any] | None:
+        if self.best_index is None:
+            return None
+        return self._record(self.trials.loc[self.best_index])
+
+    def table(self, rows: pd.DataFrame | None = None) -> str:
+        """The front as a fixed-width text table (the paper rule's pick marked with *)."""
+        rows = self.front if rows is None else rows
+        if rows.empty:
+            return "(no completed trial: the Pareto front is empty)"
+        cols = self._columns()
+        shown = rows[cols].copy()
+        shown["run_id"] = shown["run_id"].str[:8]  # enough to find it in the UI; the CSV has the full id
+        shown.insert(0, " ", ["*" if i == self.best_index else "" for i in rows.index])
+        with pd.option_context("display.width", 250, "display.max_columns", 50, "display.max_colwidth", 40):
+            return shown.to_string(index=False, float_format=lambda v: f"{v:.4g}")
+
+    @property
+    def ui_hint(self) -> str:
+        path = f"#/experiments/{self.experiment_id}/runs/{self.parent_run_id}"
+        if self.tracking_uri.startswith(("http://", "https://")):
+            return f"open {self.tracking_uri.rstrip('/')}/{path}"
+        return (f"mlflow ui --backend-store-uri {self.tracking_uri} --host 127.0.0.1 --port 5000  "
+                f"# then open http://127.0.0.1:5000/{path}")
+
+    def summary(self) -> str:
+        c = self.counts
+        lines = [f"trials: {c['trials']} ({c['completed']} completed, {c['failed']} failed, "
+                 f"{c['early_stopped']} early-stopped)",
+                 f"Pareto front on ({MEM}, {self.loss_name}), both minimised; * = the paper's scalar rule (§8.1):",
+                 self.table()]
+        best = self.best_record()
+        if best is not None and (self.best_index not in self.front.index):
+            lines.append("the paper's rule picks a trial off the front:")
+            lines.append(self.table(self.trials.loc[[self.best_index]]))
+        if self.csv_path:
+            lines.append(f"CSV: {self.csv_path}   PNG: {self.png_path}   all trials: {self.trials_csv_path}")
+        lines.append(f"MLflow: {self.ui_hint}")
+        return "\n".join(lines)
+
+    # --- files and tags ---------------------------------------------------------------------------------
+
+    def write(self, out_dir: str) -> None:
+        """pareto.csv, trials.csv and pareto.png into `out_dir` (local path or URI)."""
+        local = storage.local_dir(out_dir)
+        cols = self._columns(all_params=True)
+        front_csv, all_csv, png = local / "pareto.csv", local / "trials.csv", local / "pareto.png"
+        self.front[cols].to_csv(front_csv, index=False)
+        extra = [c for c in ["state", "pareto", "error"] if c in self.trials.columns]
+        rest = [c for c in self.trials.columns if c not in cols + extra]
+        (self.trials[cols + extra + rest] if not self.trials.empty else self.trials).to_csv(all_csv, index=False)
+        self.plot(png)
+        self.local_files = {"pareto.csv": str(front_csv), "trials.csv": str(all_csv), "pareto.png": str(png)}
+        self.csv_path = storage.upload(front_csv, storage.join(out_dir, "pareto.csv"))
+        self.trials_csv_path = storage.upload(all_csv, storage.join(out_dir, "trials.csv"))
+        self.png_path = storage.upload(png, storage.join(out_dir, "pareto.png"))
+
+    def plot(self, path: Path) -> None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(6.4, 4.6), dpi=110)
+        df = self.trials
+        if not df.empty and MEM in df.columns and self.loss_name in df.columns:
+            done = df[df["state"] == "completed"]
+            ax.scatter(done[self.loss_name], done[MEM], s=22, c="0.65", label="completed trials")
+            early = df[df["state"] == "early_stopped"]
+            if len(early) and early[MEM].notna().any():
+                ax.scatter(early[self.loss_name], early[MEM], s=22, facecolors="none", edgecolors="0.5",
+                           label="early-stopped (excluded)")
+            front = self.front
+            if len(front):
+                f = front.sort_values(self.loss_name)
+                ax.step(f[self.loss_name], f[MEM], where="post", c="tab:red", lw=1.2)
+                ax.scatter(f[self.loss_name], f[MEM], s=36, c="tab:red", label="Pareto front", zorder=3)
+            if self.best_index is not None:
+                b = df.loc[self.best_index]
+                ax.scatter([b[self.loss_name]], [b[MEM]], marker="*", s=180, c="black", zorder=4,
+                           label="paper's scalar rule")
+        else:
+            ax.text(0.5, 0.5, "no completed trial", ha="center", va="center", transform=ax.transAxes)
+        unit = "points of test_acc" if self.kind == "math" else "% of test_ppl"
+        ax.set_xlabel(f"{self.loss_name} ({unit}; lower is better)")
+        ax.set_ylabel(f"{MEM} (lower is better)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="best")
+        ax.set_title("memorization vs utility loss", fontsize=10)
+        fig.tight_layout()
+        fig.savefig(path)
+        plt.close(fig)
+
+    def publish(self, client: Any, parent_run_id: str) -> None:
+        """Tag each child `pareto` true/false and attach the CSVs and the PNG to the parent run."""
+        for idx, row in self.trials.iterrows():
+            tags = {"pareto": "true" if bool(row.get("pareto")) else "false"}
+            if idx == self.best_index:
+                tags["paper_rule_best"] = "true"
+            set_tags(client, row["run_id"], tags)
+        for name, local in self.local_files.items():
+            client.log_artifact(parent_run_id, local)
+
+
+def _missing(v: Any) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v))

@@ -1,0 +1,115 @@
+"""The trainable of a sweep: one `run_trial` per trial, with per-epoch reports for ASHA and one final report.
+
+A trial that raises a `TinyMemError` or produces NaN objectives reports itself as failed with its reason and
+is not retried (it would fail the same way); any other exception reaches Tune, which retries it.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from sweeps.bases import base_config, limit_threads
+from sweeps.pareto import MEM, utility_loss, utility_loss_name
+from sweeps.space import SweepSpace
+from tinymem.errors import TinyMemError
+from tinymem.hf.options import HFSourceOptions
+from tinymem.mitigations import get_method
+
+
+@dataclass(frozen=True)
+class TrialStatic:
+    """What every trial needs besides its sampled config (passed once through Ray's object store)."""
+
+    space: SweepSpace
+    storage: str
+    device: str
+    seed: int
+    cpus: float
+    kinds: dict[str, str]
+    method_modules: tuple[str, ...] = ()
+    source: HFSourceOptions = field(default_factory=HFSourceOptions)  # an hf: base model's options
+    # True when the work directory is node-local (object-store --storage): resume files travel in checkpoints.
+    checkpoint_work_dir: bool = False
+
+
+def extra_method_modules(methods: list[str]) -> tuple[str, ...]:
+    """Modules of swept methods that live outside `tinymem.mitigations` (a notebook's or a test's own method):
+    workers import them before the trial so the registry knows the method. They must be importable there
+    (installed, or under the driver's working directory, which Ray puts on the workers' path)."""
+    mods = {get_method(m).__module__ for m in methods}
+    return tuple(sorted(m for m in mods if not m.startswith("tinymem.mitigations")))
+
+
+def _numeric(metrics: dict[str, Any]) -> dict[str, float]:
+    return {k: float(v) for k, v in metrics.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def sweep_trainable(config: dict[str, Any], static: TrialStatic) -> None:
+    """One trial: `run_trial` with the sampled hyperparameters; per-epoch reports, then one final report.
+
+    Final report keys: every metric of `tinymem.metrics` (after the edit), the utility loss
+    (`test_acc_drop` or `test_ppl_increase_pct`), `seconds_<phase>`, `info_<key>`, `final=1`, `failed`.
+    """
+    import ray
+    from ray import tune
+
+    from sweeps.checkpoints import ResumeFiles
+    from tinymem.trial import run_trial
+
+    limit_threads(static.cpus)
+    for module in static.method_modules:  # methods registered outside tinymem.mitigations
+        importlib.import_module(module)
+    method, preset, params = static.space.decode(config)
+    kind = static.kinds[preset]
+    loss_name = utility_loss_name(kind)
+    last_epoch = 0
+    # Where the trial runs, in every result (Ray adds `hostname` and `node_ip`); the MLflow run is tagged with it.
+    node_id = ray.get_runtime_context().get_node_id()
+
+    # A retry on another node finds nothing in a node-local work dir: carry the resume files in checkpoints.
+    resume = ResumeFiles() if static.checkpoint_work_dir else None
+
+    def report(row: dict[str, Any]) -> None:
+        if resume is None:
+            tune.report(row)
+            return
+        # Holds the epoch just written; the final report's (empty) one replaces it, so nothing stays in the bucket.
+        with resume.checkpoint() as checkpoint:
+            tune.report(row, checkpoint=checkpoint)
+
+    def on_epoch(metrics: dict[str, float]) -> None:
+        nonlocal last_epoch
+        last_epoch = int(metrics.get("epoch", last_epoch + 1))
+        report({**_numeric(metrics), "epoch": last_epoch, "final": 0, "ray_node_id": node_id})
+
+    trial_config = {"method": method, "params": params, **base_config(preset, static.source),
+                    "storage": static.storage, "device": static.device, "seed": static.seed}
+    cpu0 = time.process_time()
+    try:
+        result = run_trial(trial_config, callback=on_epoch, on_work_dir=resume.restore if resume else None)
+    except (TinyMemError, FloatingPointError) as e:
+        # Deterministic failures (bad value, NaN): record and move on; a retry would fail the same way.
+        tune.report({"final": 1, "failed": 1, "error": f"{type(e).__name__}: {e}", "epoch": last_epoch,
+                     MEM: math.nan, loss_name: math.nan, "ray_node_id": node_id})
+        return
+    after = _numeric(result.after)
+    loss = utility_loss(after, result.before, kind)
+    final: dict[str, Any] = {**after, loss_name: loss}
+    final.update({f"seconds_{k}": float(v) for k, v in result.seconds.items()})
+    # CPU time of the trial's process (all its threads): on a shared machine wall time says little about cost.
+    final["seconds_cpu"] = time.process_time() - cpu0
+    final.update({f"info_{k}": v for k, v in _numeric(result.info).items()})
+    final.update({"epoch": last_epoch, "final": 1, "failed": 0, "ray_node_id": node_id})
+    # NaN/inf in an objective or a core utility metric means a broken model: a failed trial, not a front point.
+    bad = [k for k in (MEM, loss_name, "test_acc", "test_ppl")
+           if k in final or k in (MEM, loss_name)
+           if not math.isfinite(final.get(k, math.nan))]
+    if bad:
+        final.update({"failed": 1, "error": f"FloatingPointError: metrics {bad} are not finite (NaN/inf) "
+                                             f"after {method}: the mitigated model is broken"})
+    report(final)
