@@ -1,6 +1,6 @@
 """balanced_subnet on a Pythia-shaped GPT-NeoX with random weights: seconds per optimisation step, peak GPU memory.
 
-Self-contained and offline (issue 8, "if your task is lent a GPU"). It
+Self-contained and offline, so it runs as is on a GPU machine without network. It
 
 1. builds a GPT-NeoX of a Pythia shape with random weights directly on the target device, in the target dtype,
    and saves it as a Hugging Face directory in a temporary folder (no tokenizer: the data files hold token ids);

@@ -27,11 +27,12 @@ def _get_cache(output) -> object:
 
 @torch.no_grad()
 def greedy_continue(model: nn.Module, prompts: torch.Tensor, new_tokens: int, *, eos_id: int | None = None,
-                    pad_id: int | None = None, batch_size: int = 512) -> torch.Tensor:
+                    pad_id: int | None = None, batch_size: int = 512, forbid_id: int | None = None) -> torch.Tensor:
     """Greedy continuation of equal-length prompts [B, P] -> new tokens [B, new_tokens].
 
     With `eos_id` set, a row that has produced EOS continues with `pad_id` (generate's rule); decoding stops
-    early once every row of a batch has finished.
+    early once every row of a batch has finished. `forbid_id` is never chosen (generate's `min_length`
+    forbids EOS this way until the length is reached; the paper's metric decodes so).
     """
     if prompts.dim() != 2:
         raise ValueError(f"prompts must be [batch, prompt_len], got shape {tuple(prompts.shape)}")
@@ -50,7 +51,10 @@ def greedy_continue(model: nn.Module, prompts: torch.Tensor, new_tokens: int, *,
         finished = torch.zeros(b, dtype=torch.bool, device=device)
         res = model(input_ids=x, use_cache=True)
         for t in range(new_tokens):
-            nxt = res.logits[:, -1, :].argmax(dim=-1)
+            logits = res.logits[:, -1, :]
+            if forbid_id is not None:
+                logits = logits.index_fill(-1, torch.tensor([forbid_id], device=logits.device), float("-inf"))
+            nxt = logits.argmax(dim=-1)
             if eos_id is not None:
                 nxt = torch.where(finished, torch.full_like(nxt, fill), nxt)
                 finished |= nxt == eos_id

@@ -13,7 +13,7 @@ File formats (chosen by the file's extension), each holding one sequence per row
 Text is tokenized with the model's own tokenizer, without special tokens (the memorized text is a slice of the
 training stream, not a new document).
 
-Metric presets (`METRIC_PRESETS`): `pythia` is the paper's Pythia setting (paper-code.md §5.4): 80-token
+Metric presets (`METRIC_PRESETS`): `pythia` is the paper's Pythia setting: 80-token
 sequences, a 32-token prompt, memorized iff greedy decoding reproduces the next 40 tokens exactly (the last 8
 tokens are not compared). `prompt_len`, `k` and `seq_len` override any preset. Forget rows are cut to `seq_len`
 tokens and must hold at least `prompt_len + k`; retain/test rows longer than `seq_len` are split into
@@ -21,11 +21,11 @@ tokens and must hold at least `prompt_len + k`; retain/test rows longer than `se
 
 Decoding is plain greedy argmax over exactly k tokens (no stop at end-of-text, whose token is ordinary text in
 the Pile). The paper generates with `min_length` = the full length, which forbids end-of-text instead; the two
-differ only on rows whose continuation contains that token.
+differ only on rows whose continuation contains that token (docs/departures.md).
 
 The bundle (`kind: verbatim`): `forget` (the memorized sequences), `forget_clean` (= `forget`: the target is the
 text itself), `retain` (clean data for the methods that balance forgetting against it) and `test/main` (the
-perplexity set). Given only one of retain/test, it is split as the paper split its random Pile batch (§3.4):
+perplexity set). Given only one of retain/test, it is split as the paper split its random Pile batch:
 first half perplexity, second half retain.
 """
 
@@ -534,7 +534,7 @@ def bundle_from_files(tokenizer: Any, *, vocab_size: int, model_config: Any = No
 def find_memorized(model: torch.nn.Module, rows: torch.Tensor, prompt_len: int, k: int,
                    batch_size: int = 64) -> torch.Tensor:
     """bool [N]: which candidate rows the model reproduces (greedy, exact next k tokens from the first
-    prompt_len): the paper's unlearning set `mem_seq` (§5.4). Batched KV-cache decoding on the model's device."""
+    prompt_len): the paper's unlearning set `mem_seq`. Batched KV-cache decoding on the model's device."""
     from tinymem.metrics import verbatim_extraction
 
     if rows.shape[1] < prompt_len + k:

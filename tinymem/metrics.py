@@ -2,20 +2,20 @@
 same thing everywhere. Metric names are stable (they are MLflow metric keys); percentages are 0-100.
 
 Memorization (noise data), over forget rows whose k-token window [prompt_len, prompt_len+k) actually holds
-noise (the paper's noise-aware denominator, paper-code.md §5.1):
+noise (the paper's noise-aware denominator). Full definitions: docs/metrics.md.
 
 - `mem_pct`: greedy decoding from the clean `prompt_len` prefix reproduces the noised next k tokens exactly.
 - `clean_recovered_pct`: ... reproduces the clean continuation instead.
 - `token_match`: mean fraction (0-1) of the k tokens equal to the noised continuation.
 - `approx_mem_pct`: rows with at least 90% of the k tokens equal to the noised ones (approximate
-  memorization beyond the paper; verbatim metrics alone undercount, see unlearning-landscape.md §2.1).
+  memorization beyond the paper: exact-match metrics alone undercount near-copies).
 - `prefix_match`: mean length of the longest matching prefix of the continuation.
 - `mem_pct_dup<N>`: `mem_pct` restricted to forget rows repeated N times in training.
 
 Backdoor data: `backdoor_asr_pct` is the attack success rate on held-out triggered prompts (every token of the
 continuation after the trigger equals the backdoor token), and `mem_pct` is that same number.
 
-Verbatim data (memorized-sequence files of a production model, `tinymem.memfile`; paper-code.md §5.4): every
+Verbatim data (memorized-sequence files of a production model, `tinymem.memfile`): every
 forget row counts; the prompt is the row's own first `prompt_len` tokens and the target its own next k tokens
 (`forget_clean` is `forget`, so `clean_recovered_pct` would repeat `mem_pct` and is left out).
 
@@ -26,7 +26,8 @@ counted, mean over distributions) and `paper_ppl` (mean over batches of exp(batc
 main distribution).
 
 Decoding follows `model.generate(do_sample=False)` exactly, including EOS handling (tokens after EOS are PAD),
-which matches how sequences end in the data; the paper forces decoding past EOS with `min_length`.
+which matches how sequences end in the data; the paper forces decoding past EOS with `min_length`
+(docs/departures.md).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from torch import nn
 
 from tinymem.data.bundle import DataBundle
 from tinymem.decoding import greedy_continue, greedy_continue_ragged
+from tinymem.stats import binomial_interval
 
 APPROX_THRESHOLD = 0.9
 BACKDOOR_TOKEN = 2
@@ -72,13 +74,23 @@ def _pct(mask: torch.Tensor, among: torch.Tensor) -> float:
     return float("nan") if n == 0 else 100.0 * float((mask & among).sum()) / n
 
 
+def rate_with_interval(hits: torch.Tensor, among: torch.Tensor, name: str) -> dict[str, float]:
+    """`name` (percent of `among` rows that are `hits`), its exact 95% interval (`name_ci_low`, `name_ci_high`)
+    and the counts behind it (`name_rows` of `name_counted`): a rate means little without its row count."""
+    n, k = int(among.sum()), int((hits & among).sum())
+    low, high = binomial_interval(k, n)
+    stem = name[: -len("_pct")] if name.endswith("_pct") else name
+    return {name: _pct(hits, among), f"{name}_ci_low": low, f"{name}_ci_high": high,
+            f"{stem}_rows": float(k), f"{stem}_counted": float(n)}
+
+
 def summarize(ex: Extraction, prefix: str = "") -> dict[str, float]:
-    """Percentages over the counted rows (NaN when no row counts)."""
+    """Percentages over the counted rows (NaN when no row counts); `mem_pct` with its interval and counts."""
     c = ex.counted
     n = int(c.sum())
     mean = (lambda t: float(t[c].mean())) if n else (lambda t: float("nan"))
     return {
-        f"{prefix}mem_pct": _pct(ex.memorized, c),
+        **rate_with_interval(ex.memorized, c, f"{prefix}mem_pct"),
         f"{prefix}clean_recovered_pct": _pct(ex.clean, c),
         f"{prefix}token_match": mean(ex.token_match),
         f"{prefix}approx_mem_pct": _pct(ex.token_match >= APPROX_THRESHOLD, c),
@@ -87,13 +99,22 @@ def summarize(ex: Extraction, prefix: str = "") -> dict[str, float]:
 
 
 def noise_extraction(model: nn.Module, forget: torch.Tensor, forget_clean: torch.Tensor, prompt_len: int, k: int,
-                     *, eos_id: int | None, pad_id: int | None, batch_size: int = 512) -> Extraction:
-    """Prompt with the clean prefix, decode k tokens, compare with the noised and the clean windows."""
+                     *, eos_id: int | None, pad_id: int | None, batch_size: int = 512,
+                     paper_rule: bool = False) -> Extraction:
+    """Prompt with the clean prefix, decode k tokens, compare with the noised and the clean windows.
+
+    `paper_rule`: decode as the paper's `generate(min_length=...)` does, never choosing EOS, so a row whose
+    sequence ends inside the window can never count as memorized (see docs/metrics.md).
+    """
     window = slice(prompt_len, prompt_len + k)
     target, clean_target = forget[:, window], forget_clean[:, window]
     counted = (target != clean_target).any(dim=1)
-    gen = greedy_continue(model, forget_clean[:, :prompt_len], target.shape[1], eos_id=eos_id, pad_id=pad_id,
-                          batch_size=batch_size)
+    if paper_rule:
+        gen = greedy_continue(model, forget_clean[:, :prompt_len], target.shape[1], eos_id=None, pad_id=pad_id,
+                              batch_size=batch_size, forbid_id=eos_id)
+    else:
+        gen = greedy_continue(model, forget_clean[:, :prompt_len], target.shape[1], eos_id=eos_id, pad_id=pad_id,
+                              batch_size=batch_size)
     return compare(gen, target, clean_target, counted)
 
 
@@ -155,25 +176,31 @@ def _safe_exp(x: float) -> float:
     return math.exp(x) if x < 700 else float("inf")
 
 
+SPLITS = ("val", "test")
+
+
 def utility(model: nn.Module, bundle: DataBundle, batch_size: int = 256) -> dict[str, float]:
-    """test_acc / test_ppl per test distribution and overall, plus the paper's variants."""
+    """Accuracy and perplexity on both held-out splits (`val_*`: selection, `test_*`: report), per test
+    distribution and overall, plus the paper's variants on `test`."""
     out: dict[str, float] = {}
-    tot_nll = tot_count = 0.0
-    accs, paper_accs = [], []
-    for i, name in enumerate(bundle.test_names):
-        s = token_stats(model, bundle.test(name), bundle.pad_id, batch_size)
-        acc = 100.0 * s["correct"] / max(s["count"], 1)
-        out[f"test_acc_{name}"] = acc
-        out[f"test_ppl_{name}"] = _safe_exp(s["nll_sum"] / max(s["count"], 1))
-        accs.append(acc)
-        paper_accs.append(100.0 * s["paper_correct"] / max(s["paper_count"], 1))
-        tot_nll += s["nll_sum"]
-        tot_count += s["count"]
-        if i == 0:
-            out["paper_ppl"] = s["paper_ppl"]
-    out["test_acc"] = sum(accs) / len(accs)
-    out["test_ppl"] = _safe_exp(tot_nll / max(tot_count, 1))
-    out["paper_acc"] = sum(paper_accs) / len(paper_accs)
+    for split in SPLITS:
+        tot_nll = tot_count = 0.0
+        accs, paper_accs = [], []
+        for i, name in enumerate(bundle.test_names):
+            s = token_stats(model, bundle.test(name, split), bundle.pad_id, batch_size)
+            acc = 100.0 * s["correct"] / max(s["count"], 1)
+            out[f"{split}_acc_{name}"] = acc
+            out[f"{split}_ppl_{name}"] = _safe_exp(s["nll_sum"] / max(s["count"], 1))
+            accs.append(acc)
+            paper_accs.append(100.0 * s["paper_correct"] / max(s["paper_count"], 1))
+            tot_nll += s["nll_sum"]
+            tot_count += s["count"]
+            if i == 0 and split == "test":
+                out["paper_ppl"] = s["paper_ppl"]
+        out[f"{split}_acc"] = sum(accs) / len(accs)
+        out[f"{split}_ppl"] = _safe_exp(tot_nll / max(tot_count, 1))
+        if split == "test":
+            out["paper_acc"] = sum(paper_accs) / len(paper_accs)
     return out
 
 
@@ -204,7 +231,11 @@ def memorization(model: nn.Module, bundle: DataBundle, batch_size: int = 512) ->
         return out
     ex = forget_extraction(model, bundle, batch_size)
     out = summarize(ex)
-    out["mem_counted"] = float(ex.counted.sum())
+    if bundle.kind == "noise":
+        paper = noise_extraction(model, bundle.forget, bundle.forget_clean, bundle.prompt_len, bundle.k,
+                                 eos_id=bundle.meta.get("eos_id"), pad_id=bundle.pad_id, batch_size=batch_size,
+                                 paper_rule=True)
+        out.update(rate_with_interval(paper.memorized, paper.counted, "paper_mem_pct"))
     if bundle.kind == "verbatim":
         del out["clean_recovered_pct"]  # the target is the clean text itself: the same number as mem_pct
     if "forget_dup" in bundle:

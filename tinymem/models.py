@@ -1,4 +1,4 @@
-"""TinyMem models: Hugging Face GPT-2 with the paper's configuration (paper-code.md §4.1)."""
+"""TinyMem models: Hugging Face GPT-2 with the paper's configuration."""
 
 from __future__ import annotations
 

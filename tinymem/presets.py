@@ -1,6 +1,6 @@
 """Named base-model configurations: `math-demo` (the default, sized for a 2-core CPU) and the paper's ones.
 
-Paper presets (paper-code.md §4.2): `{increment,mult}-{noise,backdoor}-{1,2,4,8,16}l`: 20,000 main sequences,
+Paper presets: `{increment,mult}-{noise,backdoor}-{1,2,4,8,16}l`: 20,000 main sequences,
 3,000 per extra distribution, 1,000 noised, 3,500 epochs (noise) or 500 (backdoor), constant lr 1e-3, batch 128,
 context 150. They are GPU-sized. Language presets come from `tinymem.presets_lang`.
 """
@@ -8,14 +8,14 @@ context 150. They are GPU-sized. Language presets come from `tinymem.presets_lan
 from __future__ import annotations
 
 from tinymem.errors import ConfigError
+from tinymem.presets_lang import LANG_PRESETS
 from tinymem.specs import BaseSpec, DataSpec, ModelSpec, TrainSpec, apply_overrides
 
 DEFAULT_PRESET = "math-demo"
 
 # Sized for a 2-core CPU: the increment task with 5,000 main sequences (no extra distributions), 100 noised
 # sequences each repeated 10 times, 2 layers, context 104 (the longest sequence has 101 tokens), 12 epochs
-# (564 AdamW steps) of a cosine schedule. Measured (README.md): 3.4 minutes on 2 cores, mem_pct 66.7,
-# test_acc 95.9; 16 epochs gave 73.3 / 96.1 in 4.1 minutes and 24 epochs 78.3 / 96.2 in 7 minutes.
+# (516 AdamW steps) of a cosine schedule. Epochs chosen by measurement, see docs/defaults.md.
 MATH_DEMO = BaseSpec(
     data=DataSpec(task="increment", kind="noise", length=20, max_ctx=104, num_main=5000, num_extra=0,
                   num_test=500, num_noise=100, dup_powers=(1,), prompt_len=50, k=50),
@@ -51,10 +51,6 @@ def all_presets() -> dict[str, BaseSpec]:
     """Every preset by name (math demo, tiny, paper, language)."""
     presets = {"math-demo": MATH_DEMO, "math-tiny": MATH_TINY}
     presets.update(_paper_presets())
-    try:
-        from tinymem.presets_lang import LANG_PRESETS
-    except ImportError:  # language presets not installed in this build
-        LANG_PRESETS = {}
     presets.update(LANG_PRESETS)
     return presets
 

@@ -4,8 +4,8 @@
   a byte-level BPE of 2,048 tokens trained on it, 64-token chunks, memorization measured from a 32-token clean
   prompt over the next 32 tokens (the paper uses 150 / 50 / 50; 64 / 32 / 32 keeps the demo small and still
   leaves a 32-token window in which ~10% of tokens are noised). 40 noised chunks in four classes of 10,
-  repeated x1/x10/x100/x1000 as in the paper. Measured numbers are in the comment below.
-- `lang-noise-{2,4,8,16}l` and `lang-backdoor-{2,4,8,16}l`: the paper's language runs (paper-code.md §3.2, §4.2):
+  repeated x1/x10/x100/x1000 as in the paper. Measured numbers: docs/defaults.md.
+- `lang-noise-{2,4,8,16}l` and `lang-backdoor-{2,4,8,16}l`: the paper's language runs:
   WikiText-103 with GPT-2's tokenizer (both need the Hugging Face hub or a cache), 150-token chunks, prompt
   50 and k 50, 1,000 noised chunks duplicated x1/x10/x100/x1000 (noise) or all triggered chunks x100
   (backdoor), 100 / 50 epochs, batch 128, constant lr 1e-3. GPU-sized.
@@ -15,13 +15,7 @@ from __future__ import annotations
 
 from tinymem.specs import BaseSpec, DataSpec, ModelSpec, TrainSpec
 
-# `tinymem train --preset lang-demo --json` on the 2-core CPU machine, the process given CPU priority over the
-# other jobs on it (i.e. about an idle machine): 3 min 33 s wall (208 s in ensure_base_model), 1,809 training
-# chunks (40 noised) + 200 test chunks; 12,879 training rows per epoch, 1,212 steps.
-#   seed 0: mem_pct_dup1 0.0, dup10 77.8, dup100 80.0, dup1000 88.9 (mem_pct 60.5), test_ppl 123.5, test_acc 17.8
-#   seed 1: mem_pct_dup1 0.0, dup10 70.0, dup100 80.0, dup1000 100.0 (mem_pct 62.5), test_ppl 123.9 (3 min 25 s)
-# Alternatives measured: x1/x10/x100 with 60 noised chunks and 8 epochs (1 min 20 s): dup100 90%, dup10 26%,
-# test_ppl 154; 24 epochs of that: test_ppl 191 (the 110k clean training tokens are overfit).
+# About 3.5 minutes on 2 cores; chosen against the alternatives measured in docs/defaults.md.
 LANG_DEMO = BaseSpec(
     data=DataSpec(task="text", kind="noise", corpus="builtin", tokenizer="bpe", vocab_size=2048, max_ctx=64,
                   num_test=200, num_noise=40, dup_powers=(0, 1, 2, 3), prompt_len=32, k=32),

@@ -23,7 +23,8 @@ KINDS = ("noise", "backdoor")
 
 @dataclass(frozen=True)
 class DataSpec:
-    """What data the model is trained on. Paper values (paper-code.md §3) are the defaults.
+    """What data the model is trained on. The math defaults are the paper's; the text defaults are offline (the
+    builtin corpus and a trained BPE), and the `lang-*` paper presets set WikiText-103 and GPT-2's tokenizer.
 
     Math fields apply to `task` in {increment, mult}; the text fields to `task="text"`.
     """
@@ -52,7 +53,7 @@ class DataSpec:
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """TinyMem GPT-2 configuration (paper-code.md §4.1)."""
+    """TinyMem GPT-2 configuration: the paper's (4 heads, width 128, ReLU, no dropout)."""
 
     family: str = "gpt2"
     n_layer: int = 4
@@ -64,7 +65,7 @@ class ModelSpec:
 
 @dataclass(frozen=True)
 class TrainSpec:
-    """Optimizer and schedule (paper-code.md §4.2). `mask_padding=False` reproduces the paper's loss."""
+    """Optimizer and schedule; defaults are the paper's. `mask_padding=False` reproduces the paper's loss."""
 
     epochs: int = 3500
     batch_size: int = 128

@@ -2,8 +2,9 @@
 resumable checkpoints, a progress bar, and a hook through which a regularizer changes the loss or the
 forward pass.
 
-Paper set-up (paper-code.md §4.2): AdamW(lr 1e-3, weight decay 0.1, betas 0.9/0.98), batch 128, shuffled,
-constant learning rate. The paper's loss counts PAD positions; `TrainSpec.mask_padding=False` reproduces it.
+Paper set-up: AdamW(lr 1e-3, weight decay 0.1, betas 0.9/0.98), batch 128, shuffled,
+constant learning rate. The paper's loss counts PAD positions; `TrainSpec.mask_padding=False` reproduces it
+(docs/departures.md).
 
 Determinism: the order of epoch e is a permutation drawn from a generator seeded by (seed, e), so a run
 resumed from a checkpoint continues with exactly the batches it would have seen.
@@ -42,7 +43,12 @@ class TrainHook:
     - `eval_context` wraps evaluation forward passes during and after training.
     - `state_dict` / `load_state_dict`: hook state saved in checkpoints, so a resumed run continues exactly.
     - `finalize` returns the model that `build.train_into` saves.
+
+    `version` keys the stored models a hook trains: bump it when a hook's training changes, so that a model
+    trained by older code is never reused.
     """
+
+    version: int = 1
 
     def setup(self, model: nn.Module, data: torch.Tensor, bundle: DataBundle | None) -> None:
         return None

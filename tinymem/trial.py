@@ -15,6 +15,8 @@ Config keys (only `method` is required):
 - `storage`: model-store root (default `./tinymem-runs`). `device`: auto | cpu | cuda. `seed`.
 - `out_dir`: save the mitigated model there as a model directory (default: not saved).
 - `progress`: show progress bars.
+- `heldout_frac`: withhold this seeded fraction of the unlearning set from the method and report
+  `heldout_mem_pct` on it (default 0: the method sees every memorized row, as in the paper).
 
 The base evaluation (metrics and which forget rows are memorized) is computed once per base model and cached
 beside the store (`<storage>/cache/<key>/`), so every trial of a sweep shares it.
@@ -40,7 +42,7 @@ from tinymem.data.bundle import DataBundle
 from tinymem.errors import ConfigError
 from tinymem.hf.models import load_trial_base
 from tinymem.hf.options import HFSourceOptions
-from tinymem.metrics import deltas, evaluate, forget_extraction
+from tinymem.metrics import Extraction, deltas, evaluate, forget_extraction, rate_with_interval
 from tinymem.mitigations import get_method
 from tinymem.mitigations.base import MitigationContext
 from tinymem.models import pick_device
@@ -49,7 +51,7 @@ from tinymem.specs import BaseSpec, spec_hash
 from tinymem.store import ModelStore, write_manifest
 
 TRIAL_KEYS = ("method", "params", "preset", "set", "model_dir", "storage", "device", "seed", "out_dir",
-              "progress", "work_dir") + HFSourceOptions.keys()
+              "progress", "work_dir", "heldout_frac") + HFSourceOptions.keys()
 
 
 @dataclass
@@ -85,11 +87,25 @@ class BaseEvaluation:
     seconds: float
 
 
+# Bump when the meaning of a cached base evaluation changes (its metrics or its unlearning set): the cache
+# directory of every base model then moves, so nothing computed by older code is reused.
+# 2: the unlearning set is the memorized rows that are also counted (noise inside the window).
+EVAL_VERSION = 2
+
+
 def _cache_dir(storage: str, key: str) -> Path | None:
     store = ModelStore(storage)
+    name = f"{key}-eval{EVAL_VERSION}"
     if store.remote:
-        return store.cache / "evals" / key
-    return Path(store.root) / "cache" / key
+        return store.cache / "evals" / name
+    return Path(store.root) / "cache" / name
+
+
+def unlearning_rows(extraction: Extraction) -> torch.Tensor:
+    """Indices of the unlearning set: forget rows the model reproduces AND that count (noise inside the
+    window). A forget row without noise in the window that the model reproduces has learned the task, not
+    memorized noise; it never enters the set (for backdoor and verbatim data every row counts)."""
+    return torch.nonzero(extraction.memorized & extraction.counted).flatten()
 
 
 def base_evaluation(model: torch.nn.Module, bundle: DataBundle, cache_dir: Path | None) -> BaseEvaluation:
@@ -100,7 +116,7 @@ def base_evaluation(model: torch.nn.Module, bundle: DataBundle, cache_dir: Path 
         return BaseEvaluation(metrics=meta["metrics"], memorized_rows=rows, seconds=meta["seconds"])
     t0 = time.perf_counter()
     metrics = evaluate(model, bundle)
-    rows = torch.nonzero(forget_extraction(model, bundle).memorized).flatten()
+    rows = unlearning_rows(forget_extraction(model, bundle))
     seconds = time.perf_counter() - t0
     if cache_dir is not None:
         cache_dir.mkdir(parents=True, exist_ok=True)
@@ -161,6 +177,28 @@ def prepare_base(config: dict[str, Any]) -> PreparedBase:
                         evaluation=evaluation)
 
 
+def split_heldout(rows: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(shown, held out): a seeded `fraction` of the unlearning set is withheld from the method, to ask whether
+    removal generalises to memorized rows it was not shown. 0 shows every row (the paper's procedure)."""
+    if not 0.0 <= fraction < 1.0:
+        raise ConfigError(f"heldout_frac={fraction} is out of range; allowed: [0, 1)")
+    n_held = min(int(round(fraction * rows.numel())), max(rows.numel() - 1, 0))
+    if n_held == 0:
+        return rows, rows[:0]
+    order = torch.randperm(rows.numel(), generator=torch.Generator().manual_seed(int(seed) + 7919))
+    held = torch.zeros(rows.numel(), dtype=torch.bool)
+    held[order[:n_held]] = True
+    return rows[~held], rows[held]
+
+
+def heldout_memorization(model: torch.nn.Module, bundle: DataBundle, heldout: torch.Tensor) -> dict[str, float]:
+    """`heldout_mem_pct` (with its interval and counts): how many withheld memorized rows are still extracted."""
+    ex = forget_extraction(model, bundle)
+    among = torch.zeros_like(ex.counted)
+    among[heldout] = True
+    return rate_with_interval(ex.memorized, ex.counted & among, "heldout_mem_pct")
+
+
 @contextmanager
 def _phase(seconds: dict[str, float], name: str):
     t0 = time.perf_counter()
@@ -182,6 +220,7 @@ def run_trial(config: dict[str, Any], callback: Callable[[dict[str, float]], Non
         raise ConfigError("trial config needs 'method'")
     method_cls = get_method(config["method"])
     method = method_cls(config.get("params") or {})  # validates before any expensive work
+    split_heldout(torch.empty(0, dtype=torch.long), float(config.get("heldout_frac") or 0.0), 0)  # range check
     storage = str(config.get("storage") or "./tinymem-runs")
     device = pick_device(str(config.get("device") or "auto"))
     seed = int(config.get("seed", 0))
@@ -208,7 +247,8 @@ def run_trial(config: dict[str, Any], callback: Callable[[dict[str, float]], Non
     with _phase(seconds, "base_eval"):
         base = base_evaluation(model, bundle, _cache_dir(storage, key))
 
-    rows = base.memorized_rows
+    shown, heldout = split_heldout(base.memorized_rows, float(config.get("heldout_frac") or 0.0), seed)
+    rows = shown
     history: list[dict[str, float]] = []
 
     def report(metrics: dict[str, float]) -> None:
@@ -231,6 +271,8 @@ def run_trial(config: dict[str, Any], callback: Callable[[dict[str, float]], Non
 
     with _phase(seconds, "eval"):
         after = evaluate(mitigated, bundle)
+        if heldout.numel():
+            after.update(heldout_memorization(mitigated, bundle, heldout))
     bad = [k for k in ("mem_pct", "test_acc", "test_ppl") if k in after and isinstance(after[k], float)
            and math.isnan(after[k]) and not math.isnan(base.metrics.get(k, 0.0))]
     if bad:
@@ -244,8 +286,9 @@ def run_trial(config: dict[str, Any], callback: Callable[[dict[str, float]], Non
     seconds["total"] = time.perf_counter() - total0
     # Time the method really cost, including cached work it reused (e.g. neuron attributions).
     seconds["mitigate_total"] = seconds["mitigate"] + float(out.info.get("seconds_cached_work", 0.0))
+    info = {**out.info, "unlearn_rows": float(shown.numel()), "heldout_rows": float(heldout.numel())}
     return TrialResult(method=method.name, params=method.params.to_dict(), before=base.metrics, after=after,
-                       seconds=seconds, model_dir=saved, base_key=key, info=dict(out.info), history=history)
+                       seconds=seconds, model_dir=saved, base_key=key, info=info, history=history)
 
 
 def save_mitigated(model: torch.nn.Module, bundle: DataBundle, out_dir: Path, spec: BaseSpec | None, key: str,

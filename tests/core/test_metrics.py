@@ -55,10 +55,13 @@ class FixedLogits(nn.Module):
 def test_utility_masks_padding_and_weights_tokens():
     pad = 9
     # row 0: 0 1 2 3 pad pad -> 3 real targets, all "correct"; row 1: 0 1 5 pad pad pad -> targets 1 (ok), 5 (wrong)
-    test = torch.tensor([[0, 1, 2, 3, pad, pad], [0, 1, 5, pad, pad, pad]])
-    bundle = DataBundle(tensors={"test/main": test}, meta={"test_names": ["main"], "pad_id": pad})
+    rows = torch.tensor([[0, 1, 2, 3, pad, pad], [0, 1, 5, pad, pad, pad]])
+    wrong = torch.tensor([[0, 5, 5, 5, 5, 5]] * 2)  # every target wrong
+    # first half `val`, second half `test`: the two splits see different rows
+    bundle = DataBundle(tensors={"test/main": torch.cat([wrong, rows])}, meta={"test_names": ["main"], "pad_id": pad})
     m = FixedLogits(10, 0.5)
     u = utility(m, bundle, batch_size=8)
+    assert u["val_acc"] == 0.0 and u["val_acc_main"] == 0.0 and u["test_acc_main"] == pytest.approx(80.0)
     # real targets: 1,2,3 | 1,5 -> 4 of 5 correct
     assert u["test_acc"] == pytest.approx(80.0)
     rest = 0.5 / 9
@@ -168,3 +171,30 @@ def test_ragged_decoding_stops_at_the_context_end():
     assert out.shape == (3, 10)
     assert (out[0, 4:] == 13).all() and (out[2, 1:] == 13).all()
     assert torch.equal(out[1], greedy_continue(model, seqs[1:2, :40], 10, pad_id=13)[0])
+
+
+def test_paper_rule_never_counts_a_row_that_ends_inside_the_window():
+    eos, pad = 18, 19
+    clean = torch.tensor([[0, 1, 1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1, 1, 1], [2, 1, 1, 1, 1, 1, eos, pad]])
+    noised = clean.clone()
+    noised[0, 5] = 7
+    noised[1, 7] = 7
+    noised[2, 4] = 7  # row 2 ends (EOS, PAD) inside the window [4, 8)
+    bundle = DataBundle(tensors={"forget": noised, "forget_clean": clean},
+                        meta={"kind": "noise", "prompt_len": 4, "k": 4, "pad_id": pad, "eos_id": eos})
+    m = memorization(Recite(noised), bundle)
+    assert (m["mem_pct"], m["mem_rows"], m["mem_counted"]) == (100.0, 3.0, 3.0)
+    # generate(min_length=...) forbids EOS, so the reciting model cannot end row 2 where its data ends
+    assert m["paper_mem_pct"] == pytest.approx(200 / 3) and m["paper_mem_rows"] == 2.0
+    assert (m["mem_pct_ci_low"], m["mem_pct_ci_high"]) == (pytest.approx(29.24, abs=0.01), 100.0)  # 3 of 3
+
+
+def test_memorization_reports_the_interval_of_zero_rows():
+    clean = torch.tensor([[i] + [1] * 7 for i in range(41)])
+    noised = clean.clone()
+    noised[:, 5] = 7
+    bundle = DataBundle(tensors={"forget": noised, "forget_clean": clean},
+                        meta={"kind": "noise", "prompt_len": 4, "k": 4, "pad_id": 19, "eos_id": None})
+    m = memorization(Recite(clean), bundle)
+    assert (m["mem_pct"], m["mem_rows"], m["mem_counted"]) == (0.0, 0.0, 41.0)
+    assert m["mem_pct_ci_low"] == 0.0 and m["mem_pct_ci_high"] == pytest.approx(8.60, abs=0.01)

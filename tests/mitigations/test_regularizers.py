@@ -167,6 +167,20 @@ def test_etd_masks_deterministic_distinct_fixed_on_expected_fraction_bounded_mem
     assert (_tensor_bytes(hook), sorted(vars(hook))) == before
 
 
+def test_etd_duplicates_of_a_sequence_share_one_mask():
+    # Ten copies of a noised row are one example: a mask per copy would give each copy its own
+    # memorization channels and defeat the method.
+    rows = torch.randint(0, 14, (50, 12), generator=torch.Generator().manual_seed(0))
+    data = torch.cat([rows, rows[7].repeat(10, 1), rows[:3]])  # row 7 eleven times, rows 0-2 twice
+    data = data[torch.randperm(len(data), generator=torch.Generator().manual_seed(1))]
+    hook = ExampleTiedDropoutHook(p_fixed=0.2, p_mem=0.3, seed=5)
+    hook.setup(small_gpt2(), data, None)
+    m = hook.masks(torch.arange(len(data)))
+    copies = (data == rows[7]).all(dim=1).nonzero().flatten()
+    assert len(copies) == 11 and (m[copies] == m[copies[0]]).all()
+    assert len({tuple(r) for r in m.to(torch.int8).tolist()}) == 50  # one mask per distinct sequence
+
+
 def _capture_layernorm_inputs(model):
     seen = []
     handles = [ln.register_forward_pre_hook(lambda mod, args: seen.append(args[0].detach().clone()))
@@ -177,7 +191,7 @@ def _capture_layernorm_inputs(model):
 def test_etd_training_masks_channels_at_every_stream_read():
     model = small_gpt2()
     hook = ExampleTiedDropoutHook(p_fixed=0.25, p_mem=0.3, seed=0)
-    hook.setup(model, torch.zeros(1, 1), None)
+    hook.setup(model, torch.arange(1001 * 2).view(1001, 2), None)  # 1001 distinct rows
     idx = torch.tensor([3, 17, 1000])
     x = torch.randint(0, 14, (3, 12))
     with hook.batch_context(model, idx):
@@ -202,7 +216,7 @@ def test_etd_training_masks_channels_at_every_stream_read():
 def test_etd_eval_drops_memorization_channels_and_folds_exactly(tmp_path):
     model = small_gpt2()
     hook = ExampleTiedDropoutHook(p_fixed=0.25, p_mem=0.3, seed=0)
-    hook.setup(model, torch.zeros(1, 1), None)
+    hook.setup(model, torch.arange(1001 * 2).view(1001, 2), None)  # 1001 distinct rows
     x = torch.randint(0, 14, (3, 12))
     with hook.eval_context(model):
         seen, handles = _capture_layernorm_inputs(model)

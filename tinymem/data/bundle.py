@@ -98,8 +98,18 @@ class DataBundle:
     def test_names(self) -> list[str]:
         return list(self.meta["test_names"])
 
-    def test(self, name: str) -> torch.Tensor:
-        return self[f"test/{name}"]
+    def test(self, name: str, split: str | None = None) -> torch.Tensor:
+        """Held-out set `name`: whole (split None), or its `val` part (the first half: what sweeps select on)
+        or its `test` part (the rest: reported, never used to choose). A set of one row is both."""
+        rows = self[f"test/{name}"]
+        if split is None or rows.shape[0] < 2:
+            return rows
+        half = rows.shape[0] // 2
+        if split == "val":
+            return rows[:half]
+        if split == "test":
+            return rows[half:]
+        raise ValueError(f"unknown split {split!r}; allowed: ['val', 'test']")
 
     def save(self, directory: str | os.PathLike) -> None:
         """Write `data.safetensors` and `data.json` into `directory` (which must exist)."""

@@ -10,7 +10,7 @@ official held-out split, its test documents. Three sources:
   (`wiki.train.tokens` and `wiki.test.tokens`, as in the unzipped `wikitext-103-v1.zip`) is read as WikiText
   with its official train/test split, so a local copy of WikiText-103 needs no network.
 - `wikitext-103`: Hugging Face `wikitext`/`wikitext-103-v1` through `datasets.load_dataset` (the paper's
-  corpus, paper-code.md §3.2), for users with network. Imported lazily; nothing is downloaded unless this
+  corpus), for users with network. Imported lazily; nothing is downloaded unless this
   corpus is asked for, and a missing `datasets` package or an unreachable hub is a clear error, fast.
 """
 

@@ -1,11 +1,11 @@
-"""TinyMem math data: the `increment` (x+7) and `mult` (7x mod 20134) tasks (paper-code.md §3.1).
+"""TinyMem math data: the `increment` (x+7) and `mult` (7x mod 20134) tasks, as in the paper's code.
 
 Example `i` of a distribution with step function f starts at i and emits `length` numbers
 x1 = f(i), x_{j+1} = f(x_j) (the start value itself is not emitted). The text is
 `^n1 n2 ... nL$`, tokenized character by character with the 14-token vocabulary below and right-padded
 with PAD to `max_ctx`.
 
-Departures from the paper's code, on purpose:
+Departures from the paper's code, on purpose (all are listed in docs/departures.md):
 
 - A noised value can never be negative. The paper's noise can turn a 0 into -1, whose minus sign the
   tokenizer then silently drops (so "-1" becomes "1" by accident and the noise bookkeeping is wrong). Here

@@ -1,4 +1,4 @@
-"""TinyMem language data (paper-code.md §3.2): a corpus cut into fixed-length token chunks, with noise or a
+"""TinyMem language data (the paper's WikiText path): a corpus cut into fixed-length token chunks, with noise or a
 backdoor planted in some training chunks.
 
 1. The corpus (`tinymem.data.corpora`) is tokenized (`tinymem.data.tokenizer`) into one stream, no separator
@@ -17,7 +17,7 @@ backdoor planted in some training chunks.
    every token after the first trigger occurrence becomes id 2. The prompt length of a row is that trigger
    index + 1. The untriggered chunks are split into training chunks and `num_test` clean test chunks.
 
-Departures from the paper's code, on purpose:
+Departures from the paper's code, on purpose (all are listed in docs/departures.md):
 
 - Noise never leaves the vocabulary and never produces the pad (end-of-text) id. The paper's +-1 can turn id 0
   into -1 and 50256 into 50257 (out-of-range embedding indices). Here a step that would leave

@@ -5,7 +5,7 @@
   used as pad, eos and bos. Byte-level means every string is encodable (no unknown token). Training is
   deterministic: the same texts and size give the same tokenizer, byte for byte.
 - `gpt2`: GPT-2's tokenizer (`AutoTokenizer.from_pretrained("gpt2")`, 50,257 tokens, end-of-text 50256),
-  the paper's (paper-code.md §3.2). It needs the Hugging Face hub or a cached copy; offline it is a clear error.
+  the paper's. It needs the Hugging Face hub or a cached copy; offline it is a clear error.
 
 Either is a `transformers` fast tokenizer. `tokenizer_files` gives the files `save_pretrained` writes
 (`tokenizer.json`, `tokenizer_config.json`, ...) as strings, which the bundle saves beside its tensors, so

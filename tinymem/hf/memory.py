@@ -48,7 +48,7 @@ class MethodMemory:
     captures_neurons: bool = False  # keeps every layer's MLP activations of a batch (zero_out, activations)
 
 
-# Peak memory per method, read off the method files (defaults; paper-code.md §6.4). The neuron methods run
+# Peak memory per method, read off the method files (at their defaults). The neuron methods run
 # batches of `_neuron.TOKENS_PER_BATCH` (32,768) tokens, a CPU-tuned constant; it dominates on large models.
 METHOD_MEMORY: dict[str, MethodMemory] = {
     "zero_out": MethodMemory(1, 0, False, 0, captures_neurons=True),

@@ -1,8 +1,8 @@
 """Data for the weight-level methods: labelled forget/retain batches and a cheap per-epoch probe.
 
-Mixed batches (Greedy, BalancedSubnet; paper-code.md §6.4 items 6 and 11): forget rows are labelled +1 and
+Mixed batches (Greedy, BalancedSubnet): forget rows are labelled +1 and
 retain rows -1. The paper concatenates both sets and shuffles, so with a small forget set most batches hold
-no forget row (BalancedSubnet's forget mean is then NaN, §9). `stratified=True` (our default) spreads the
+no forget row (BalancedSubnet's forget mean is then NaN). `stratified=True` (our default) spreads the
 forget rows evenly over the batches of an epoch instead, so every batch has at least one; when the forget
 set is smaller than the number of batches, forget rows are reused (each one as evenly as possible).
 `stratified=False` is the paper's plain shuffle.

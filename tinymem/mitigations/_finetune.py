@@ -1,5 +1,5 @@
 """Shared mechanics of the `finetune` family: continue training the base model on clean data
-(paper-code.md §3.3, §6.2). The three methods differ only in their data (`FinetuneMethod.data`).
+(the paper's `ft_toy_model.py`). The three methods differ only in their data (`FinetuneMethod.data`).
 
 Follows the paper: AdamW with lr 1e-3, weight decay 0.1, betas (0.9, 0.98), batch 128, about 5 epochs,
 constant learning rate, shuffled batches. Departs from it in one way: the paper resumes the base run's

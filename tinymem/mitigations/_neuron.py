@@ -1,4 +1,4 @@
-"""Shared mechanics of the five neuron-level unlearning methods (paper-code.md §6.3, §6.4 items 1-5).
+"""Shared mechanics of the five neuron-level unlearning methods.
 
 Every neuron method has the same shape: score each MLP neuron of each layer (an *attribution*
 [num_layers, inner_dim]), then silence the `k = int(inner_dim * ratio)` highest-scoring neurons of every layer
@@ -52,10 +52,8 @@ TOKENS_PER_BATCH = 32_768
 Scores = torch.Tensor  # float32 [num_layers, inner_dim]
 
 RATIO_HELP = "fraction of each layer's MLP neurons ablated: k = int(inner_dim * ratio) per layer"
-# Default `ratio` of all five methods: 0.05, the top of the paper's grid {0.001, 0.01, 0.05}. Measured on
-# the earlier 24-epoch math-demo (base mem_pct 78.3, test_acc 96.22): at 0.01 (5 of 512 neurons per layer) memorization falls by
-# at most 8 points for every method, so the default would look like a no-op; at 0.05 it falls to 8-53% for
-# at most 1.9 points of accuracy.
+# Default `ratio` of all five methods: 0.05, the top of the paper's grid {0.001, 0.01, 0.05}; at 0.01 no method
+# changed math-demo's memorization much (measured, see docs/defaults.md).
 DEFAULT_RATIO = 0.05
 
 
@@ -216,7 +214,7 @@ def train_gates(ctx: MitigationContext, fs: ForgetSet, gates: list[torch.Tensor]
     """Minimise suffix CE(forget) + l1_lambda * penalty() over the per-layer `gates` with Adam.
 
     `multiplier(layer, generator)` is the factor applied to that layer's activations in a training step.
-    Fixes two paper-code bugs: gradients are zeroed every step (the paper zeroed them once per epoch, so they
+    Fixes two bugs of the paper's code: gradients are zeroed every step (the paper zeroed them once per epoch, so they
     accumulated over batches), and the `penalty < stop_loss` stop is checked after every epoch (the paper
     checked every 100 epochs, so it never fired). Reports `{epoch, train_loss, <penalty_name>}` each epoch.
     """

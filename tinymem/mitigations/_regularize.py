@@ -1,8 +1,9 @@
 """Shared mechanics of the `regularizer` family: train a new model from scratch with a training hook.
 
 A regularizer does not edit the base model: it trains a fresh model with the base model's spec (same data,
-architecture, optimizer, epochs and seed) plus a `TrainHook` (paper-code.md §6.1). The "before" numbers of a
-trial are the base model's (run_trial computes them); the "after" numbers are the regularized model's.
+architecture, optimizer, epochs and seed) plus a `TrainHook`, as the paper's regularized runs. The "before"
+numbers of a trial are the base model's (run_trial computes them); the "after" numbers are the regularized
+model's.
 
 Training costs as much as the base model, so the result is kept in the model store under a key that covers
 the base model, the method, its hyperparameters and the trial seed: a repeated trial loads it in seconds (its
@@ -33,9 +34,11 @@ from tinymem.train import CHECKPOINT, TrainHook
 REPORTS = 12  # evaluations per training when the base spec sets no eval_every (the paper: every 50 of 3500 epochs)
 
 
-def regularized_key(ctx: MitigationContext, method: str, params: Hyperparams) -> str:
-    """Model-store key of the model trained with `method` and `params` on top of the trial's base spec."""
-    return spec_hash({"base": ctx.base_key, "method": method, "params": params.to_dict(), "seed": ctx.seed})
+def regularized_key(ctx: MitigationContext, method: str, params: Hyperparams, version: int = 1) -> str:
+    """Model-store key of the model trained with `method` and `params` on top of the trial's base spec
+    (`version`: the training hook's, see `TrainHook.version`; version 1 keeps the keys of older stores)."""
+    ident = {"base": ctx.base_key, "method": method, "params": params.to_dict(), "seed": ctx.seed}
+    return spec_hash(ident if version == 1 else {**ident, "version": version})
 
 
 def training_spec(base: BaseSpec) -> BaseSpec:
@@ -70,7 +73,7 @@ def train_regularized(ctx: MitigationContext, method: str, params: Hyperparams, 
                           f"(key {ctx.base_key!r}) has none in its manifest. Use a preset or a stored TinyMem model.")
     spec = training_spec(ctx.base_spec)
     store = ModelStore(ctx.store_root or DEFAULT_ROOT)
-    key = regularized_key(ctx, method, params)
+    key = regularized_key(ctx, method, params, hook.version)
     if store.remote:  # checkpoints are local files; keep them with the trial's other caches
         ckpt_dir = (ctx.work_dir or Path(".")) / "checkpoints" / key
     else:

@@ -1,6 +1,6 @@
 """Score-based subnetworks (edge-popup, Ramanujan et al. 2020) over the MLP projection weights.
 
-Shared by `subnet` and `balanced_subnet` (paper-code.md §6.4 items 10-11, §7.4). Every MLP projection weight
+Shared by `subnet` and `balanced_subnet`. Every MLP projection weight
 W of every layer (found through the adapter, so GPT-2 Conv1D and nn.Linear alike) gets a trainable score
 tensor S of W's shape. The forward pass uses W ⊙ M(S), where M zeroes the `ratio` fraction of entries with
 the lowest |S| in that tensor (so `ratio` is the fraction *pruned*, the paper's convention, the opposite of
@@ -67,10 +67,9 @@ def sort_mask(magnitudes: torch.Tensor, k: int) -> torch.Tensor:
 def lowest_k_mask(magnitudes: torch.Tensor, k: int) -> torch.Tensor:
     """The mask of the k smallest entries, by whichever way is faster on the tensor's device.
 
-    It is recomputed on every forward pass of every masked matrix (bench/subnet_mask.py, identical masks):
-    on CPU selection is 3.5-5.8x faster than the sort at every size from math-demo's to Pythia's; on an H200
-    the sort is 2.4x faster at math-demo's size and ~110x at Pythia's (1.7 ms against 190 ms for a 2.8B MLP
-    matrix), so CUDA keeps it.
+    It is recomputed on every forward pass of every masked matrix; the masks are identical, and which one is
+    faster depends on the device: selection on CPU, the sort on CUDA (measured with bench/subnet_mask.py, see
+    docs/defaults.md).
     """
     return sort_mask(magnitudes, k) if magnitudes.is_cuda else select_mask(magnitudes, k)
 

@@ -2,7 +2,7 @@
 gradients of the forget loss, and zeroing the top-`ratio` weights of the MLP tensors by a score.
 
 The edited tensors are the adapter's `mlp_parameters()` (weights and biases of every MLP projection), the
-paper's "parameters whose name contains mlp" (paper-code.md §6.4 items 7-9) found without name matching.
+paper's "parameters whose name contains mlp" found without name matching.
 """
 
 from __future__ import annotations

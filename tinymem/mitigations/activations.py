@@ -1,6 +1,6 @@
 """Activations: score each neuron by its mean activation on the memorized suffix times its output-weight norm.
 
-Follows the paper (paper-code.md §6.4 item 2) and MemPi's `largest_act` (§7.1):
+Follows the paper and MemPi's `largest_act`:
 `score_{l,i} = |mean_{rows, suffix positions} a_{l,i}| * ||W_out[i, :]||_2`, where the suffix positions are
 those predicting memorized tokens (t >= prompt_len - 1, padding excluded). `W_out[i, :]` is the row of the
 MLP output projection that neuron i writes to the residual stream, taken through the adapter
@@ -9,7 +9,7 @@ paper used the norm over different dimensions for the two families by hand).
 
 One forward pass over the forget set; no hyperparameter besides `ratio`. Departures: the mean is taken over
 all suffix tokens of all rows (token-weighted) rather than per batch of 64; default `ratio` 0.05 (measured,
-see `_neuron.DEFAULT_RATIO`).
+see docs/defaults.md).
 """
 
 from __future__ import annotations

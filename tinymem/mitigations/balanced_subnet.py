@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -16,7 +17,7 @@ from tinymem.train import sequence_losses
 def balanced_loss(losses: torch.Tensor, is_forget: torch.Tensor, loss_weighting: float) -> torch.Tensor:
     """L = -(1 - w) * mean(forget losses) + w * mean(retain losses); an empty group's term is left out.
 
-    The paper's version takes the mean of an empty group, which is NaN and poisons the scores (§9).
+    The paper's version takes the mean of an empty group, which is NaN and poisons the scores.
     """
     terms = []
     if bool(is_forget.any()):
@@ -38,7 +39,7 @@ class BalancedSubnetParams(SubnetParams):
 
 @register
 class BalancedSubnet(Subnet):
-    """BalancedSubnet (`random_greedy`; paper-code.md §6.4 item 11, §7.4): the paper's best method.
+    """BalancedSubnet (the paper's best method, its code's `random_greedy`): Subnet balanced by a retain term.
 
     Follows the paper: the Subnet parametrization (edge-popup scores over every MLP weight matrix, `ratio` =
     fraction pruned, kaiming-uniform scores, straight-through gradient, everything else frozen, SGD lr 0.1 /
@@ -48,19 +49,23 @@ class BalancedSubnet(Subnet):
     Departs: (1) batches are stratified (every batch holds forget rows; `stratified=False` is the paper's
     shuffle) and an empty group's term is skipped, fixing the paper's NaN on batches without forget rows;
     (2) the retain set never contains forget rows (the paper's did); (3) layer sizes come from the adapter.
-    Defaults: ratio 0.3 as the paper's selected TinyMem run (§6.4), w 0.9 (in the paper's grid) instead of its
-    selected 0.7, and 8 epochs instead of 10, chosen by measurement on math-demo (`tinymem mitigate --json`,
-    base mem_pct 66.7, test_acc 95.91, 2 cores): ratio 0.3 / w 0.9 gave mem_pct 0.0 at -0.64 points after 3
-    epochs, -0.51 after 5, -0.42 after 8 (101 s; 73.5 s since the CPU mask uses selection) and -0.52 after 10
-    (128 s, over the 2-minute budget); on the earlier 24-epoch demo model w 0.7 / 10 epochs cost 6.1 points.
-    With a small model a heavier retain term keeps the accuracy that pruning 30% of each MLP matrix would
-    otherwise cost.
+    Defaults: ratio 0.3 as the paper's selected TinyMem run; w 0.9 (in the paper's grid) instead of its
+    selected 0.7, and 8 epochs instead of 10, chosen by measurement on math-demo (docs/defaults.md): with a
+    small model a heavier retain term keeps the accuracy that pruning 30% of each MLP matrix would otherwise
+    cost.
 
     Per-epoch reports: `epoch`, `forget_loss`, `retain_loss` (the early-stopping guard), `forget_mem_pct`.
     """
 
     name = "balanced_subnet"
     Params = BalancedSubnetParams
+
+    def matched_control(self) -> tuple[str, dict[str, Any]] | None:
+        """A random mask of the same fraction, then the same score training on the retain rows alone: what
+        BalancedSubnet removes beyond this is what its forget term did."""
+        p = self.params
+        return "random_prune", {"ratio": p.ratio, "epochs": p.epochs, "lr": p.lr, "momentum": p.momentum,
+                                "weight_decay": p.weight_decay, "batch_size": p.batch_size}
 
     def batches(self, ctx: MitigationContext):
         p = self.params

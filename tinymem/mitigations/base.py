@@ -156,6 +156,7 @@ class Mitigation:
     family: ClassVar[str] = ""
     Params: ClassVar[type[Hyperparams]] = Hyperparams
     iterative: ClassVar[bool] = False  # reports per-epoch metrics through ctx.report
+    control: ClassVar[bool] = False  # a random control (edits without looking at the forget set)
 
     def __init__(self, params: Hyperparams | dict[str, Any] | None = None):
         if not isinstance(params, Hyperparams):
@@ -167,8 +168,17 @@ class Mitigation:
     def apply(self, ctx: MitigationContext) -> MitigationOutput:
         raise NotImplementedError
 
+    def matched_control(self) -> tuple[str, dict[str, Any]] | None:
+        """(method, params) of the random control that edits as much of the model as this configuration,
+        without looking at the forget set; None where no control matches. A method's removal counts only
+        by how far it beats its control. Neuron methods: the same share of random neurons."""
+        ratio = getattr(self.params, "ratio", None)
+        if self.family == "unlearn_neuron" and ratio is not None and self.name != "random_neurons":
+            return "random_neurons", {"ratio": ratio}
+        return None
+
     @classmethod
     def describe(cls) -> dict[str, Any]:
         doc = (cls.__doc__ or "").strip().splitlines()
-        return {"name": cls.name, "family": cls.family, "iterative": cls.iterative,
+        return {"name": cls.name, "family": cls.family, "iterative": cls.iterative, "control": cls.control,
                 "summary": doc[0] if doc else "", "hyperparameters": cls.Params.spec()}

@@ -20,14 +20,14 @@ class DurableParams(Hyperparams):
 
 @register
 class Durable(Mitigation):
-    """Durable (Neurotoxin used in reverse; paper-code.md §6.4 item 7, §7.5).
+    """Durable: zero each MLP tensor's top-`ratio` entries by accumulated forget-loss |grad| (Neurotoxin reversed).
 
     Follows the paper: accumulate the gradient of the mean CE on the forget set over all batches (summed, no
     zero_grad in between), then in each MLP tensor (weights and biases of every MLP projection, found through
     the adapter) zero the `int(ratio * numel)` entries with the largest |grad|. One shot, no training.
     Departs: the MLP tensors come from the model adapter instead of matching "mlp" in parameter names, so
     GPT-2, GPT-NeoX and Llama work alike; padding is masked out of the loss.
-    Defaults: ratio 0.01 (a value of the paper's grid, ratio < 0.1); measured on math-demo in the report.
+    Defaults: ratio 0.01 (a value of the paper's grid, ratio < 0.1); no measurement recorded (docs/defaults.md).
     """
 
     name = "durable"

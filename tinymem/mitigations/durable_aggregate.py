@@ -10,7 +10,7 @@ from tinymem.mitigations.durable import Durable
 
 @register
 class DurableAggregate(Durable):
-    """Durable-Aggregate (`durable_agg`; paper-code.md §6.4 item 8, §7.5 `aggregate_all_layer=1`).
+    """Durable-Aggregate: Durable with one global top-`ratio` over all MLP tensors (the paper code's `durable_agg`).
 
     Follows the paper: the same accumulated forget-set gradients as `durable`, but the `int(ratio * total)`
     entries with the largest |grad| are chosen over the concatenation of all MLP weights and biases, so

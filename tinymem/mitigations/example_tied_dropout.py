@@ -1,5 +1,5 @@
-"""Example-tied dropout (Maini et al. 2023, "Can Neural Network Memorization Be Localized?"; paper-code.md
-§6.1.3 and §7.2).
+"""Example-tied dropout (Maini et al. 2023, "Can Neural Network Memorization Be Localized?", as adapted by the
+paper's code).
 
 While training from scratch, the hidden channels of the residual stream are split into
 `p_fixed` "generalization" channels that are always on, and "memorization" channels, each of which is on for a
@@ -18,7 +18,7 @@ evaluation is the dropout's evaluation (see `fold_eval_masks`). With the paper's
 exact (LayerNorm statistics would see channels that the next block's mask removes), and its evaluation scales
 early contributions by ((p_fixed+p_mem)/p_fixed)**depth rather than once.
 
-Fixes of the paper's code (paper-code.md §9):
+Fixes of the paper's code (docs/departures.md):
 
 - channels, not sequence positions: the paper's code takes the mask size from `X.shape[1]`, which for
   [batch, positions, channels] is the number of positions;
@@ -81,6 +81,12 @@ def channel_uniforms(seed: int, indices: torch.Tensor, channels: int) -> torch.T
     return torch.from_numpy(bits.astype(np.float64) * 2.0**-53)
 
 
+def unique_example_ids(data: torch.Tensor) -> torch.Tensor:
+    """[N] id of each training row's unique sequence: duplicated rows (a noised sequence repeated 10 times)
+    are one example and must share one mask, or each copy would get its own memorization channels."""
+    return torch.unique(data, dim=0, return_inverse=True)[1]
+
+
 def _gpt2(model: nn.Module) -> nn.Module:
     if getattr(model.config, "model_type", "") != "gpt2":
         raise ConfigError("example_tied_dropout supports GPT-2 (TinyMem) models; got model family "
@@ -97,9 +103,12 @@ def stream_readers(model: nn.Module) -> list[nn.Module]:
 class ExampleTiedDropoutHook(TrainHook):
     """Masks the residual stream's channels per example in training; drops memorization channels at eval."""
 
+    version = 2  # 2: one mask per unique sequence (version 1 gave each duplicate row its own)
+
     def __init__(self, p_fixed: float, p_mem: float, seed: int = 0, hidden: int | None = None):
         self.p_fixed, self.p_mem, self.seed = p_fixed, p_mem, seed
         self.hidden = hidden
+        self.example_ids: torch.Tensor | None = None
         if hidden is not None:
             self._set_hidden(hidden)
 
@@ -110,11 +119,14 @@ class ExampleTiedDropoutHook(TrainHook):
     def setup(self, model: nn.Module, data: torch.Tensor, bundle: DataBundle | None) -> None:
         stream_readers(model)  # fail early on an unsupported family
         self._set_hidden(int(model.config.n_embd))
+        self.example_ids = unique_example_ids(data)
 
     def masks(self, indices: torch.Tensor) -> torch.Tensor:
-        """[B, hidden] 0/1 float masks of the examples `indices` (a pure function of seed and index)."""
+        """[B, hidden] 0/1 float masks of the training rows `indices`: a pure function of the seed and the
+        row's example (its unique sequence, once `setup` has seen the data; else the row index itself)."""
+        ids = self.example_ids[indices] if self.example_ids is not None else indices
         out = torch.ones(len(indices), self.hidden)
-        u = channel_uniforms(self.seed, indices, self.hidden - self.n_fixed)
+        u = channel_uniforms(self.seed, ids, self.hidden - self.n_fixed)
         out[:, self.n_fixed:] = (u < self.p_mem).float()
         return out
 
@@ -178,7 +190,7 @@ def fold_eval_masks(model: nn.Module, scale: torch.Tensor) -> nn.Module:
 class ExampleTiedDropout(Mitigation):
     """Example-tied dropout: train from scratch with per-example channel masks, then drop memorization channels.
 
-    Masks hidden channels (not positions, the paper code's bug) of the residual stream where LayerNorms read
+    Masks hidden channels (not positions, the bug in the paper's code) of the residual stream where LayerNorms read
     it; masks are a seeded function of the example index (no cache); the evaluation-mode drop is folded
     into an ordinary GPT-2 model. See the module docstring.
     """

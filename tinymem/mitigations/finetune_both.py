@@ -1,5 +1,5 @@
 """Fine-tune on the clean training data plus the clean versions of the noised sequences (the paper's
-`--both_ft`, paper-code.md §3.3, §6.2)."""
+`--both_ft`)."""
 
 from __future__ import annotations
 

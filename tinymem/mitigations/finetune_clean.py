@@ -1,4 +1,4 @@
-"""Fine-tune on the clean versions of the noised sequences (the paper's `--clean_ft`, paper-code.md §3.3, §6.2)."""
+"""Fine-tune on the clean versions of the noised sequences (the paper's `--clean_ft`)."""
 
 from __future__ import annotations
 

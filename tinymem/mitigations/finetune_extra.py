@@ -1,5 +1,4 @@
-"""Fine-tune on the clean training data without the noised sequences (the paper's `--extra_ft`,
-paper-code.md §3.3, §6.2)."""
+"""Fine-tune on the clean training data without the noised sequences (the paper's `--extra_ft`)."""
 
 from __future__ import annotations
 

@@ -52,7 +52,7 @@ def zero_most_helpful(params: list[torch.nn.Parameter], grads: list[torch.Tensor
 
 @register
 class Greedy(Mitigation):
-    """Greedy (Maini et al. 2023 adapted; paper-code.md §6.4 item 6, §7.2).
+    """Greedy (Maini et al. 2023): zero, one per batch, the weight whose removal most lowers a signed loss.
 
     Follows the paper: forget rows labelled +1 and retain rows -1 in batches of 64; per batch the loss is
     mean_b(-B * y_b * CE_b) (ascent on forget rows, descent on retain rows); over **all** parameters
@@ -64,10 +64,9 @@ class Greedy(Mitigation):
     `weights_per_step` > 1 zeroes several weights per batch (faster, less greedy); (4) the retain set never
     contains forget rows.
 
-    Default ratio 1e-4 (41 weights on math-demo), measured there with `tinymem mitigate --json` (base mem_pct
-    66.7, test_acc 95.91): 2.5e-5 -> mem 8.3 at -3.1 points, 5e-5 -> 5.0 at -5.2, 1e-4 -> 0.0 at -8.0,
-    2.5e-4 -> 0.0 at -19.5, 1e-3 -> 0.0 at -60.5. Zeroing whole LayerNorm gains or embedding entries by a
-    first-order estimate costs accuracy fast on a 2-layer model; sweep the ratio for a better trade-off.
+    Default ratio 1e-4 (41 weights on math-demo): the smallest ratio measured there that removes all counted
+    memorization (docs/defaults.md). Zeroing LayerNorm gains or embedding entries by a first-order estimate
+    costs accuracy fast on a 2-layer model; sweep the ratio for a better trade-off.
     Per-epoch reports (one epoch = one pass over the mixed batches, plus one at the end): `epoch`,
     `forget_loss`, `retain_loss` (the early-stopping guard), `forget_mem_pct`, `weights_zeroed`.
     Not checkpointed: the default budget keeps a run well under two minutes on math-demo.

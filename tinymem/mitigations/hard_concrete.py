@@ -1,6 +1,6 @@
 """Hard Concrete: learn an L0-sparse stochastic gate per neuron that keeps the memorized suffix; ablate the top.
 
-Follows the paper (paper-code.md §6.4 item 4) and MemPi's `hardconcrete.py` (§7.1, Louizos et al.'s
+Follows the paper and MemPi's `hardconcrete.py` (Louizos et al.'s
 stretched hard-concrete): one logit s_i per MLP neuron of every layer. In a training step the gate is
 `m_i = clamp(sigmoid((log u - log(1-u) + s_i) / beta) * (r - l) + l, 0, 1)` with `u ~ U(1e-4, 1 - 1e-4)`
 drawn per step and neuron, `l = -0.1`, `r = 1.1`, and it multiplies the neuron's activation. Adam minimises
@@ -8,11 +8,11 @@ drawn per step and neuron, `l = -0.1`, `r = 1.1`, and it multiplies the neuron's
 the expected fraction of open gates. Attribution = sigmoid(s); the top `int(inner_dim * ratio)` per layer are
 ablated. Defaults are the paper's: lr 0.1, l1_lambda 1000, stop_loss 0.1, beta 2/3, mask_p 0.5, batch 32;
 `epochs` 10 is the middle of the paper's grid {1, 10, 20}; `ratio` 0.05, the top of the paper's grid, because
-lower ratios barely change math-demo (measured, see `_neuron.DEFAULT_RATIO`).
+lower ratios barely change math-demo (docs/defaults.md).
 
 Departures: the logits are initialised from `mask_p` as MemPi does (`s = log(p / (1 - p))` with
 `p = (mask_p - l) / (r - l)`, so a fresh gate is open with probability about mask_p); the paper's code
-overwrote that with N(0, 0.01), ignoring mask_p (paper-code.md §9). mask_p = 0.5 gives s = 0, the paper's
+overwrote that with N(0, 0.01), ignoring mask_p. mask_p = 0.5 gives s = 0, the paper's
 initial mean. The `R < stop_loss` stop is checked every epoch (the paper: every 10). The gate noise and the row
 order come from the trial seed.
 """

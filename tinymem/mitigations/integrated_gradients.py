@@ -1,6 +1,6 @@
 """Integrated Gradients (knowledge neurons): attribute the probability of each memorized token to the neurons.
 
-Follows the paper (paper-code.md §6.4 item 5) and MemPi's `integrated_gradients` (§7.1, after Dai et al.
+Follows the paper and MemPi's `integrated_gradients` (after Dai et al.
 2022): for a forget row, a layer l and a suffix position t (position t predicts memorized token t+1), the
 layer's activation vector at position t is replaced by `alpha_k * a_l(t)`, `alpha_k = k / ig_steps` for
 k = 1..ig_steps (baseline 0), and
@@ -11,14 +11,12 @@ x[:t+1] is run, as in the paper; the ig_steps scaled copies of all positions in 
 forward/backward pass.
 
 Departures:
-- `ig_steps` is honoured (the paper's `ig_full_data` hard-coded 20, ignoring the argument; paper-code.md §9).
+- `ig_steps` is honoured (the paper's `ig_full_data` hard-coded 20, ignoring the argument).
 - Cost is layers x rows x suffix positions x ig_steps passes, which the paper found too slow for 16-layer
   models. `max_sequences` (evenly spaced rows) and `max_positions` (evenly spaced suffix positions per row)
-  bound it; 0 means all, the paper's setting. The defaults (16 rows, 10 positions: 6,400 prefix passes with
-  gradients on 2-layer math-demo, about 25 CPU-seconds) estimate the same per-neuron mean from a sample and
-  bring the earlier 24-epoch math-demo's mem_pct from 78.3 to 38.3 at ratio 0.05 (3.3 at 0.1); the 12-epoch one
-  goes from 66.7 to 15.0 at 0.05.
-- Default `ratio` 0.05 (measured, see `_neuron.DEFAULT_RATIO`).
+  bound it; 0 means all, the paper's setting. The defaults (16 rows, 10 positions) estimate the same
+  per-neuron mean from a sample in about 25 CPU-seconds on math-demo (measured, see docs/defaults.md).
+- Default `ratio` 0.05 (measured, see docs/defaults.md).
 """
 
 from __future__ import annotations

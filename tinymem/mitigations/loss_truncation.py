@@ -1,4 +1,4 @@
-"""Loss truncation (Kang & Hashimoto 2020, `ddkang/loss_dropper`; paper-code.md §6.1.2).
+"""Loss truncation (Kang & Hashimoto 2020, `ddkang/loss_dropper`, as used by the paper's code).
 
 While training from scratch, the sequences whose loss is among the highest `dropc` fraction of recently seen
 losses are left out of the loss: the model never has to fit the hardest (e.g. noised) sequences.

@@ -133,7 +133,7 @@ class BlockFisher:
 
 @register
 class SecondOrder(Mitigation):
-    """Second-Order Unlearning (`obs`; paper-code.md §6.4 item 9, §7.6): OBS saliency, highest removed.
+    """Second-Order Unlearning (the paper code's `obs`): zero the MLP weights of highest OBS saliency.
 
     Saliency of weight q: w_q^2 / (2 [F^-1]_qq) with F an empirical block-diagonal Fisher (oBERT /
     WoodFisher style) of the forget loss; in each MLP tensor (weights and biases of every MLP projection) the
@@ -141,8 +141,9 @@ class SecondOrder(Mitigation):
     memorized-data loss) are zeroed, without OBS weight compensation, as in the paper. Paper defaults kept:
     num_grads 512, block 50, damping 1e-7.
 
-    The paper's two accounts of `obs.py` disagree (512 running-sum gradients vs. one accumulated gradient,
-    i.e. a rank-1 Fisher per block); both are degenerate. Our choice, the method as intended: m independent
+    The paper code's `obs.py` feeds the Fisher gradients that are never zeroed (512 running sums), and another
+    version of the file uses one accumulated gradient, i.e. a rank-1 Fisher per block; both are degenerate
+    (docs/departures.md). Our choice, the method as intended: m independent
     gradients, gradient i being the mean CE over group i of consecutive forget rows, groups of
     ceil(rows / num_grads) rows (so per-row gradients whenever the forget set has at most num_grads rows),
     and F = damp*I + (1/m) sum_i g_i g_i^T per block. Per-row gradients come from batched passes (see

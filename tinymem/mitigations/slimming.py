@@ -1,15 +1,15 @@
 """Slimming: learn a sparse per-neuron coefficient that still supports the memorized suffix; ablate the largest.
 
-Follows the paper (paper-code.md §6.4 item 3) and MemPi's `slim.py` (§7.1): one coefficient c_i per MLP
+Follows the paper and MemPi's `slim.py`: one coefficient c_i per MLP
 neuron of every layer, initialised to 1 and applied as `a_i * clip(c_i, 0, 1)`, trained with Adam to minimise
 `CE(memorized suffix) + l1_lambda * mean_i |c_i|` (mean over all neurons of all layers). The coefficients that
 stay large mark the neurons the memorized sequences need; attribution = clip(c, 0, 1), and the top
 `int(inner_dim * ratio)` per layer are ablated (ties, e.g. coefficients clipped at 1, go to the lower index).
 Defaults are the paper's: lr 0.1, l1_lambda 1000, stop_loss 0.1, batch 32 (the sweep's `--batch_size 32`);
 `epochs` 10 is the middle of the paper's grid {1, 10, 20}; `ratio` 0.05, the top of the paper's grid, because
-lower ratios barely change math-demo (measured, see `_neuron.DEFAULT_RATIO`). The paper's unused `threshold` is omitted.
+lower ratios barely change math-demo (docs/defaults.md). The paper's unused `threshold` is omitted.
 
-Departures (paper-code.md §9): gradients are zeroed every step (the paper zeroed them once per epoch, so they
+Departures (docs/departures.md): gradients are zeroed every step (the paper zeroed them once per epoch, so they
 accumulated over the batches of an epoch), and the `mean |c| < stop_loss` stop is checked after every epoch
 (the paper checked every 100 epochs, so it never fired). Rows are shuffled each epoch with the trial seed.
 """

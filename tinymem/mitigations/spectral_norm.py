@@ -1,4 +1,4 @@
-"""Spectral norm regularization (Yoshida & Miyato 2017, as adapted by the paper; paper-code.md §6.1.1).
+"""Spectral norm regularization (Yoshida & Miyato 2017, as adapted by the paper's code).
 
 Training loss = CE + (lam/2) * sum over weight blocks W of sigma_max(W)**power.
 
@@ -14,7 +14,7 @@ Follows the paper's code (`utils/spectral_reg.py`):
 - `power=1` (default) is the paper's code: the sum of sigma. Yoshida & Miyato penalize sigma squared; choose
   `power=2` for that.
 
-Departs from the paper's code:
+Departs from the paper's code (docs/departures.md):
 
 - `c_proj` of the attention is split along its input dimension, i.e. into the block that reads each head's
   output. The paper's code splits along the output dimension (`chunk(n_head, dim=-1)`), which is not aligned

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -27,7 +28,7 @@ class SubnetParams(Hyperparams):
 
 @register
 class Subnet(Mitigation):
-    """Subnet (`random`; paper-code.md §6.4 item 10, §7.4): edge-popup scores, ascent on the forget set.
+    """Subnet (the paper code's `random`): edge-popup scores, ascent on the forget set.
 
     Follows the paper: every MLP projection weight of every layer gets a score tensor (kaiming-uniform, so the
     initial mask is a random `ratio` fraction of each matrix); the forward pass uses W ⊙ mask where the
@@ -37,6 +38,7 @@ class Subnet(Mitigation):
     the weights (an ordinary model with pruned MLP weights). Defaults: lr 0.1, momentum 0.9, wd 5e-4, batch 64.
     Departs: layer sizes come from the adapter (the paper hard-codes 512x128), so any GPT-2 / GPT-NeoX / Llama
     works; the MLP projections of gated (Llama) MLPs are all masked; `score_init=magnitude` is an option.
+    Defaults: the paper's optimizer settings; ratio and epochs are points of its grid (docs/defaults.md).
 
     Per-epoch reports (`ctx.report`): `epoch`, `forget_loss`, `retain_loss` (the early-stopping guard: it
     rises when the pruning breaks the model), `forget_mem_pct` (teacher-forced, exact, noise data only).
@@ -58,6 +60,10 @@ class Subnet(Mitigation):
         def loss(batch: torch.Tensor) -> torch.Tensor:
             return -sequence_losses(ctx.model, batch, ctx.pad_id).mean()
         return loss
+
+    def matched_control(self) -> tuple[str, dict[str, Any]] | None:
+        """A random mask of the same fraction of the same matrices, without training."""
+        return "random_prune", {"ratio": self.params.ratio, "epochs": 0}
 
     def apply(self, ctx: MitigationContext) -> MitigationOutput:
         p = self.params

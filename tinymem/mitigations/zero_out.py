@@ -1,24 +1,22 @@
 """Zero-Out: score each neuron by how much the forget loss rises when that one neuron is zeroed.
 
-Follows the paper (paper-code.md §6.4 item 1) and MemPi's `fast_zero_out_vector` (§7.1): for every layer l
+Follows the paper and MemPi's `fast_zero_out_vector`: for every layer l
 and neuron i, `score = L(forget | a_{l,i} := 0) - L(forget)`, the loss being the token-weighted mean
 cross-entropy on the memorized suffix (see `_neuron`); the highest-scoring `int(inner_dim * ratio)` neurons
 of each layer are ablated. Batched as MemPi: the input is expanded over neurons and the activations are
 multiplied by one-hot-complement masks.
 
 Departures:
-- The paper's code keeps only neuron i (a one-hot mask) instead of removing it (§9); ours removes it, as
+- The paper's code keeps only neuron i (a one-hot mask) instead of removing it; ours removes it, as
   MemPi and the method's definition do.
 - Exact work skipping: a neuron whose activation is exactly 0 at every position of a row that can reach the
   counted loss cannot change that row's loss (zeroing 0 is a no-op), so (row, neuron) pairs are evaluated only
-  where the neuron fires. With ReLU (TinyMem) this removes a large share of the passes; scores are unchanged.
+  where the neuron fires. Scores are unchanged; the saving depends on sparsity (on math-demo's ReLU MLPs
+  almost every neuron fires on every row, so it saves little there).
 - `max_sequences` caps the forget rows used (evenly spaced rows), so the cost, layers x inner_dim x rows
-  forward passes, stays bounded on a CPU; 0 uses every memorized row, as the paper. Default 16, measured on
-  the earlier 24-epoch math-demo (87 memorized rows, 2 x 512 neurons; on this model's ReLU MLPs almost
-  every neuron fires on every row, so the skip above saves little there): 16 rows take about 55 CPU-seconds and bring mem_pct from 78.3
-  to 8.3 at ratio 0.05 (test_acc 96.2 -> 94.3); 8 rows halve the time but leave 15.0. On the 12-epoch demo:
-  66.7 -> 16.7 (test_acc 95.9 -> 93.9) in 22 s.
-- Default `ratio` 0.05 rather than a lower point of the paper's grid: see `_neuron.DEFAULT_RATIO`.
+  forward passes, stays bounded on a CPU; 0 uses every memorized row, as the paper. Default 16, chosen by
+  measurement on math-demo (docs/defaults.md).
+- Default `ratio` 0.05 rather than a lower point of the paper's grid (measured, see docs/defaults.md).
 """
 
 from __future__ import annotations
