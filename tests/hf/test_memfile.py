@@ -135,7 +135,7 @@ def test_metric_presets_and_overrides():
 
 
 def test_cli_help_lists_the_presets():
-    from tinymem.cli_hf import METRIC_HELP
+    from tinymem.hf.options import METRIC_HELP
     from tinymem.memfile import DEFAULT_METRIC_PRESET
 
     for name, m in METRIC_PRESETS.items():

@@ -1,43 +1,21 @@
-"""The `tinymem` command line: train, eval, presets, methods, mitigate, find-memorized, convert-memorized.
+"""`tinymem presets`, `tinymem train` and `tinymem eval`: list the base-model presets, train one, evaluate a model.
 
-Bad input (unknown preset, key, method or value) prints one line naming it and the allowed values and
-exits with status 2, without a traceback.
+Torch is imported inside the command functions, so that building the parser stays fast.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import math
 import sys
-from typing import Any
 
-from tinymem.errors import TinyMemError
-
-
-def _jsonable(x: Any) -> Any:
-    """JSON has no NaN/inf: write them as null so every consumer can parse the output."""
-    if isinstance(x, float) and (math.isnan(x) or math.isinf(x)):
-        return None
-    if isinstance(x, dict):
-        return {k: _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    return x
-
-
-def print_json(obj: Any) -> None:
-    print(json.dumps(_jsonable(obj), indent=1, sort_keys=False))
-
-
-def print_metrics(metrics: dict[str, float], title: str = "metrics") -> None:
-    print(f"{title}:")
-    for k in sorted(metrics):
-        v = metrics[k]
-        print(f"  {k:28s} {v:10.4f}" if isinstance(v, float) else f"  {k:28s} {v}")
+from tinymem.cli.memorized import cmd_eval_hf
+from tinymem.cli.output import print_json, print_metrics
+from tinymem.hf.options import HFSourceOptions, add_source_arguments, is_hf_source
+from tinymem.store import DEFAULT_ROOT
 
 
 def cmd_presets(args: argparse.Namespace) -> int:
+    """`tinymem presets`: one line (or one JSON entry) per base-model preset."""
     from tinymem.presets import all_presets, describe
 
     presets = all_presets()
@@ -50,6 +28,7 @@ def cmd_presets(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    """`tinymem train`: train the preset's base model, or load it from the store when it is already there."""
     from tinymem.build import ensure_base_model
     from tinymem.presets import get_preset
     from tinymem.specs import parse_set_args
@@ -71,17 +50,14 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    """`tinymem eval`: the metrics of a TinyMem model directory, or of an `hf:` model on its sequence files."""
+    if is_hf_source(args.model):  # a Hugging Face model with memorized-sequence files
+        return cmd_eval_hf(args)
+    HFSourceOptions.from_object(args).reject(args.model)
+
     from tinymem.build import load_model_dir
     from tinymem.metrics import evaluate
 
-    if args.model.startswith("hf:"):  # a Hugging Face model with memorized-sequence files
-        from tinymem.cli_hf import cmd_eval_hf
-
-        return cmd_eval_hf(args)
-    if hasattr(args, "dtype"):
-        from tinymem.cli_hf import reject_source_options
-
-        reject_source_options(args, args.model)
     loaded = load_model_dir(args.model, device=args.device)
     metrics = evaluate(loaded.model, loaded.bundle)
     if args.json:
@@ -91,10 +67,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="tinymem", description=__doc__.splitlines()[0])
-    sub = p.add_subparsers(dest="command", required=True)
-
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    """Register `presets`, `train` and `eval` on the `tinymem` parser."""
     pr = sub.add_parser("presets", help="list the base-model presets")
     pr.add_argument("--json", action="store_true")
     pr.set_defaults(func=cmd_presets)
@@ -102,7 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr = sub.add_parser("train", help="train a base model from a preset (reuses the model store)")
     tr.add_argument("--preset", default="math-demo", help="preset name (default: math-demo; see `tinymem presets`)")
     tr.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a spec field, e.g. epochs=10")
-    tr.add_argument("--root", default="./tinymem-runs", help="model store root: path or URI (default ./tinymem-runs)")
+    tr.add_argument("--root", default=DEFAULT_ROOT,
+                    help=f"model store root: path or URI (default {DEFAULT_ROOT})")
     tr.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
     tr.add_argument("--json", action="store_true", help="print one JSON object: model_dir, spec, metrics")
     tr.set_defaults(func=cmd_train)
@@ -113,43 +88,4 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--device", default="auto")
     ev.add_argument("--json", action="store_true")
     ev.set_defaults(func=cmd_eval)
-    try:  # options of Hugging Face models
-        from tinymem.cli_hf import add_source_arguments
-    except ImportError:
-        pass
-    else:
-        add_source_arguments(ev)
-
-    try:  # commands of the mitigation layer
-        from tinymem.cli_mitigate import add_commands
-    except ImportError:
-        pass
-    else:
-        add_commands(sub)
-    try:  # commands for Hugging Face models (find-memorized, convert-memorized)
-        from tinymem.cli_hf import add_commands as add_hf_commands
-    except ImportError:
-        pass
-    else:
-        add_hf_commands(sub)
-    return p
-
-
-def main(argv: list[str] | None = None) -> int:
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()  # keep the CLI output to what the user asked for
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except TinyMemError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    add_source_arguments(ev)

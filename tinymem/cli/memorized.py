@@ -1,67 +1,27 @@
-"""Command-line support for Hugging Face models (`--model hf:NAME_OR_PATH[@REVISION]`):
+"""`tinymem find-memorized`, `convert-memorized` and `eval --model hf:...`: memorized sequences of Hugging Face models.
 
-- `tinymem find-memorized`: keep the candidate sequences a model currently memorizes (the unlearning set);
-- `tinymem convert-memorized IN.pt OUT.safetensors`: MemPi-style `.pt` token files to the safe formats;
-- the memorized-sequence options that `tinymem mitigate` and `tinymem eval` take with an `hf:` model
-  (`add_source_arguments`, `source_config`), and `eval` of an `hf:` model (`cmd_eval_hf`).
+- `find-memorized`: keep the candidate sequences a model currently memorizes (the unlearning set);
+- `convert-memorized IN.pt OUT.safetensors`: MemPi-style `.pt` token files to the safe formats;
+- `cmd_eval_hf`: `tinymem eval` of an `hf:NAME_OR_PATH[@REVISION]` model on its memorized-sequence files.
+
+The source options themselves (`--dtype`, `--forget-file`, ...) are `tinymem.hf.options`.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
-from typing import Any
 
-from tinymem.cli import print_json, print_metrics
+from tinymem.cli.output import print_json, print_metrics
 from tinymem.errors import ConfigError
-
-SOURCE_OPTIONS = ("dtype", "forget_file", "retain_file", "test_file", "metric_preset", "prompt_len", "k", "seq_len")
-
-
-# Written out (and checked against tinymem.memfile.METRIC_PRESETS by a test) so that building the parser does not
-# import torch: `tinymem --help` and the other commands stay fast.
-METRIC_HELP = ("memorization metric, as prompt + tokens that must match exactly of the row length: pythia "
-               "(32 + 40 of 80; the paper's), biderman (32 + 32 of 64), carlini (50 + 50 of 100) (default pythia)")
-
-
-def add_metric_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--metric-preset", default=None, help=METRIC_HELP)
-    p.add_argument("--prompt-len", type=int, default=None, help="prompt tokens (overrides the preset)")
-    p.add_argument("--k", type=int, default=None, help="continuation tokens that must match exactly (overrides)")
-    p.add_argument("--seq-len", type=int, default=None, help="rows are cut to this many tokens (overrides)")
+from tinymem.hf.options import HFSourceOptions, add_metric_arguments, is_hf_source
+from tinymem.util import sha256_file
 
 
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
+    """`--dtype` alone: `find-memorized` loads a model but takes no sequence files besides its candidates."""
     p.add_argument("--dtype", default=None, help="with --model hf:...: float32 | bfloat16 | float16 (default float32)")
-
-
-def add_source_arguments(p: argparse.ArgumentParser) -> None:
-    """The options of an `hf:` base model, for `mitigate` and `eval`."""
-    g = p.add_argument_group("Hugging Face models (--model hf:NAME_OR_PATH[@REVISION])")
-    g.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 (default float32)")
-    g.add_argument("--forget-file", default=None,
-                   help="memorized sequences (.jsonl ids/text, .parquet, .safetensors); see find-memorized")
-    g.add_argument("--retain-file", default=None,
-                   help="clean data for retain (and perplexity, split in halves without --test-file): "
-                        ".jsonl, .parquet, .safetensors or .txt")
-    g.add_argument("--test-file", default=None, help="clean data for perplexity (test_ppl)")
-    add_metric_arguments(g)  # type: ignore[arg-type]
-
-
-def source_config(args: argparse.Namespace) -> dict[str, Any]:
-    """The trial-config keys of the `hf:` options that were given."""
-    return {k: getattr(args, k) for k in SOURCE_OPTIONS if getattr(args, k, None) is not None}
-
-
-def reject_source_options(args: argparse.Namespace, model: str | None) -> None:
-    """The `hf:` options mean nothing for presets and TinyMem model directories: say so instead of ignoring."""
-    given = [k for k in SOURCE_OPTIONS if getattr(args, k, None) is not None]
-    if given:
-        flags = ", ".join("--" + k.replace("_", "-") for k in given)
-        raise ConfigError(f"{flags} apply to Hugging Face models only (--model hf:NAME_OR_PATH); "
-                          f"got {'--model ' + model if model else 'a preset'}")
 
 
 def cmd_eval_hf(args: argparse.Namespace) -> int:
@@ -69,7 +29,7 @@ def cmd_eval_hf(args: argparse.Namespace) -> int:
     from tinymem.hf.models import load_trial_base
     from tinymem.metrics import evaluate
 
-    config = {"model": args.model, **source_config(args)}
+    config = HFSourceOptions.from_object(args, model=args.model).as_config()
     base = load_trial_base(config, args.device, require_forget=False)
     t0 = time.perf_counter()
     has_forget = base.bundle.forget.shape[0] > 0
@@ -88,20 +48,18 @@ def cmd_eval_hf(args: argparse.Namespace) -> int:
 
 
 def cmd_find_memorized(args: argparse.Namespace) -> int:
-    from tinymem.hf.models import is_hf_source, load_hf_model
-    from tinymem.memfile import (cut_forget, find_memorized, load_token_rows, pad_rows, percent, resolve_metric,
-                                 sha256_file, special_ids, write_token_rows)
+    """`tinymem find-memorized`: decode each candidate's prompt and keep the rows whose continuation matches."""
+    from tinymem.hf.models import load_hf_model
+    from tinymem.memfile import (ROW_FORMATS, cut_forget, find_memorized, load_token_rows, pad_rows, percent,
+                                 resolve_metric, special_ids, write_token_rows)
 
     if not is_hf_source(args.model):
         raise ConfigError(f"--model {args.model!r}: find-memorized takes a Hugging Face model, hf:NAME_OR_PATH")
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size={args.batch_size} is out of range; allowed: >= 1")
     metric = resolve_metric(args.metric_preset, args.prompt_len, args.k, args.seq_len)
-    if args.out:
-        from tinymem.memfile import ROW_FORMATS
-
-        if Path(args.out).suffix.lower() not in ROW_FORMATS:
-            raise ConfigError(f"--out {args.out!r}: unsupported file type; allowed: {list(ROW_FORMATS)}")
+    if args.out and Path(args.out).suffix.lower() not in ROW_FORMATS:
+        raise ConfigError(f"--out {args.out!r}: unsupported file type; allowed: {list(ROW_FORMATS)}")
     loaded = load_hf_model(args.model, dtype=args.dtype or "float32", device=args.device)
     vocab = int(loaded.model.get_input_embeddings().weight.shape[0])
     rows, _ = load_token_rows(args.candidates, loaded.tokenizer, vocab)
@@ -131,6 +89,7 @@ def cmd_find_memorized(args: argparse.Namespace) -> int:
 
 
 def cmd_convert_memorized(args: argparse.Namespace) -> int:
+    """`tinymem convert-memorized IN.pt OUT`: a `.pt` token tensor (loaded weights_only) to a safe row file."""
     from tinymem.memfile import convert_pt
 
     summary = convert_pt(args.input, args.output, args.row_len)
@@ -163,9 +122,3 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                     help="re-cut the flattened tokens into rows of this length (e.g. 80)")
     cv.add_argument("--json", action="store_true")
     cv.set_defaults(func=cmd_convert_memorized)
-
-
-if __name__ == "__main__":  # pragma: no cover
-    from tinymem.cli import main
-
-    sys.exit(main())

@@ -6,11 +6,14 @@ import argparse
 import sys
 from pathlib import Path
 
-from tinymem.cli import print_json
+from tinymem.cli.output import print_json
 from tinymem.errors import ConfigError
+from tinymem.hf.options import HFSourceOptions, add_source_arguments, is_hf_source
+from tinymem.store import DEFAULT_ROOT
 
 
 def cmd_methods(args: argparse.Namespace) -> int:
+    """`tinymem methods`: each method's name, family, summary and hyperparameters (defaults and ranges)."""
     from tinymem.mitigations import get_method, method_names
 
     described = [get_method(n).describe() for n in method_names()]
@@ -26,24 +29,19 @@ def cmd_methods(args: argparse.Namespace) -> int:
 
 
 def cmd_mitigate(args: argparse.Namespace) -> int:
+    """`tinymem mitigate`: one trial (base metrics, the method, metrics after) and the mitigated model saved."""
     from tinymem.specs import parse_set_args
     from tinymem.trial import run_trial
 
     params = parse_set_args(args.set)
     config = {"method": args.method, "params": params, "storage": args.root, "device": args.device,
               "seed": args.seed, "progress": not args.json and sys.stderr.isatty()}
-    if args.model and args.model.startswith("hf:"):  # a Hugging Face model with memorized-sequence files
-        from tinymem.cli_hf import source_config
-
+    if is_hf_source(args.model):  # a Hugging Face model with memorized-sequence files
         if args.spec_set:
             raise ConfigError(f"--spec-set changes a TinyMem preset; it does not apply to --model {args.model}")
-        config["model"] = args.model
-        config.update(source_config(args))
+        config.update(HFSourceOptions.from_object(args, model=args.model).as_config())
     else:
-        if hasattr(args, "dtype"):  # hf-only options given for a preset or model directory
-            from tinymem.cli_hf import reject_source_options
-
-            reject_source_options(args, args.model)
+        HFSourceOptions.from_object(args).reject(args.model)  # hf-only options given for a preset or model dir
         if args.model:
             config["model_dir"] = args.model
         else:
@@ -94,15 +92,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     mi.add_argument("--set", action="append", metavar="HP=VALUE", help="a hyperparameter of the method")
     mi.add_argument("--spec-set", action="append", metavar="KEY=VALUE", help="override a base-model spec field")
     mi.add_argument("--out", help="where to save the mitigated model (default <root>/mitigated/<method>)")
-    mi.add_argument("--root", default="./tinymem-runs", help="model store root (default ./tinymem-runs)")
+    mi.add_argument("--root", default=DEFAULT_ROOT, help=f"model store root (default {DEFAULT_ROOT})")
     mi.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
     mi.add_argument("--seed", type=int, default=0, help="seed of the mitigation (default 0)")
     mi.add_argument("--json", action="store_true", help="print one JSON object: method, params, before, after, "
                                                       "seconds, model_dir")
     mi.set_defaults(func=cmd_mitigate)
-    try:  # options of Hugging Face models
-        from tinymem.cli_hf import add_source_arguments
-    except ImportError:
-        pass
-    else:
-        add_source_arguments(mi)
+    add_source_arguments(mi)
