@@ -79,3 +79,31 @@ def test_command_modules_import_no_circle():
     for name in commands:
         assert name not in reach(name, set()), f"import circle through tinymem.cli.{name}"
     assert graph["output"] == set()  # the output helpers depend on no command
+
+
+def test_mitigate_repeats_over_base_seeds_and_reports_intervals(tmp_path, capsys):
+    """`--repeats 2`: one trial per base-model seed, each on its own base model, and the mean with its interval."""
+    import json
+
+    from tinymem.cli import main
+
+    assert main(["mitigate", "--preset", "math-tiny", "--method", "random_neurons", "--root", str(tmp_path),
+                 "--repeats", "2", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["seeds"] == [0, 1] and [r["seed"] for r in out["repeats"]] == [0, 1]
+    per_seed = [r["after"]["mem_pct"] for r in out["repeats"]]
+    assert out["after"]["mem_pct"] == sum(per_seed) / 2
+    assert out["after"]["mem_pct_seed1"] == per_seed[1]
+    assert out["after"]["mem_pct_seeds_ci_low"] <= out["after"]["mem_pct"] <= out["after"]["mem_pct_seeds_ci_high"]
+    keys = {r["info"]["unlearn_rows"] for r in out["repeats"]}
+    assert all(k > 0 for k in keys)
+    # two base models, not one evaluated twice
+    assert out["repeats"][0]["before"]["mem_counted"] != out["repeats"][1]["before"]["mem_counted"] or \
+        out["repeats"][0]["before"]["test_acc"] != out["repeats"][1]["before"]["test_acc"]
+
+
+def test_mitigate_repeats_needs_a_preset(tmp_path, capsys):
+    from tinymem.cli import main
+
+    assert main(["mitigate", "--model", str(tmp_path), "--method", "random_neurons", "--repeats", "2"]) == 2
+    assert "repeats" in capsys.readouterr().err

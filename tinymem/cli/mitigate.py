@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from tinymem.cli.output import print_json
+from tinymem.cli.output import format_rate, print_json
 from tinymem.errors import ConfigError
 from tinymem.hf.options import HFSourceOptions, add_source_arguments, is_hf_source
 from tinymem.store import DEFAULT_ROOT
@@ -30,6 +30,7 @@ def cmd_methods(args: argparse.Namespace) -> int:
 
 def cmd_mitigate(args: argparse.Namespace) -> int:
     """`tinymem mitigate`: one trial (base metrics, the method, metrics after) and the mitigated model saved."""
+    from tinymem.repeats import base_seeds, seed_config, summarize_seeds
     from tinymem.specs import parse_set_args
     from tinymem.trial import run_trial
 
@@ -61,21 +62,65 @@ def cmd_mitigate(args: argparse.Namespace) -> int:
             shown = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float))
             print(f"  {shown}", file=sys.stderr)
 
-    result = run_trial(config, callback=progress)
-    if args.json:
-        print_json({"method": result.method, "params": result.params, "before": result.before,
-                    "after": result.after, "seconds": result.seconds, "model_dir": result.model_dir,
-                    "info": result.info})
+    if args.heldout_frac:
+        config["heldout_frac"] = args.heldout_frac
+    if args.repeats == 1:
+        result = run_trial(config, callback=progress)
+        if args.json:
+            print_json(_result_json(result))
+        else:
+            _print_result(result)
         return 0
-    keys = [k for k in ("mem_pct", "clean_recovered_pct", "backdoor_asr_pct", "token_match", "test_acc",
-                        "test_ppl") if k in result.after]
-    print(f"{result.method} {result.params}")
-    print(f"  {'metric':22s} {'before':>10s} {'after':>10s}")
-    for k in keys:
-        print(f"  {k:22s} {result.before.get(k, float('nan')):10.3f} {result.after[k]:10.3f}")
+    seeds = base_seeds(config, args.repeats)  # checks before any training
+    results = []
+    for seed in seeds:
+        if not args.json:
+            print(f"base-model seed {seed}:", file=sys.stderr)
+        results.append(run_trial({**seed_config(config, seed), "out_dir": str(out / f"seed{seed}")},
+                                 callback=progress))
+    before = summarize_seeds([r.before for r in results], seeds)
+    after = summarize_seeds([r.after for r in results], seeds)
+    if args.json:
+        print_json({"method": results[0].method, "params": results[0].params, "seeds": seeds,
+                    "before": before, "after": after,
+                    "repeats": [{"seed": s, **_result_json(r)} for s, r in zip(seeds, results)]})
+        return 0
+    for seed, r in zip(seeds, results):
+        print(f"seed {seed}: mem_pct {format_rate(r.before, 'mem_pct')} -> {format_rate(r.after, 'mem_pct')}, "
+              f"test_acc {r.before.get('test_acc', float('nan')):.2f} -> {r.after.get('test_acc', float('nan')):.2f}"
+              f", unlearned {int(r.info['unlearn_rows'])} rows, {r.seconds['mitigate']:.1f} s")
+    _print_table(results[0].method, results[0].params, before, after)
+    print(f"mean over {len(seeds)} base-model seeds {seeds}, 95% t-intervals in brackets; models: {out}/seed<S>")
+    return 0
+
+
+RATES = ("mem_pct", "paper_mem_pct", "heldout_mem_pct", "backdoor_asr_pct")
+SHOWN = ("clean_recovered_pct", "token_match", "val_acc", "test_acc", "val_ppl", "test_ppl")
+
+
+def _result_json(result) -> dict:
+    return {"method": result.method, "params": result.params, "before": result.before, "after": result.after,
+            "seconds": result.seconds, "model_dir": result.model_dir, "info": result.info}
+
+
+def _print_table(method: str, params: dict, before: dict, after: dict) -> None:
+    print(f"{method} {params}")
+    print(f"  {'metric':20s} {'before':>34s} {'after':>34s}")
+    for k in RATES:
+        if k in after:
+            b = format_rate(before, k) if k in before else "n/a"
+            print(f"  {k:20s} {b:>34s} {format_rate(after, k):>34s}")
+    for k in SHOWN:
+        if k in after:
+            print(f"  {k:20s} {before.get(k, float('nan')):34.3f} {after[k]:34.3f}")
+
+
+def _print_result(result) -> None:
+    _print_table(result.method, result.params, result.before, result.after)
+    print(f"  unlearning set: {int(result.info.get('unlearn_rows', 0))} rows"
+          + (f", {int(result.info['heldout_rows'])} held out" if result.info.get("heldout_rows") else ""))
     print("  seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in result.seconds.items()))
     print(f"mitigated model: {result.model_dir}")
-    return 0
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -95,6 +140,12 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     mi.add_argument("--root", default=DEFAULT_ROOT, help=f"model store root (default {DEFAULT_ROOT})")
     mi.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
     mi.add_argument("--seed", type=int, default=0, help="seed of the mitigation (default 0)")
+    mi.add_argument("--repeats", type=int, default=1, metavar="N",
+                    help="run on N base-model seeds (the preset's seed and the next ones; each base model is "
+                         "trained once) and report the mean with its 95%% interval (default 1)")
+    mi.add_argument("--heldout-frac", type=float, default=0.0, metavar="F",
+                    help="withhold this fraction of the memorized rows from the method and report "
+                         "heldout_mem_pct on them (default 0: the paper's procedure)")
     mi.add_argument("--json", action="store_true", help="print one JSON object: method, params, before, after, "
                                                       "seconds, model_dir")
     mi.set_defaults(func=cmd_mitigate)
