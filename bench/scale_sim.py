@@ -58,7 +58,7 @@ def synthetic_trainable(config, static) -> None:
     _method, _preset, params = static.space.decode(config)
     time.sleep(WORK_S)
     r = float(params["ratio"])
-    tune.report({"mem_pct": 60.0 * math.exp(-40.0 * r), "test_acc_drop": 100.0 * r, "epoch": 0, "final": 1,
+    tune.report({"mem_pct": 60.0 * math.exp(-40.0 * r), "val_acc_drop": 100.0 * r, "epoch": 0, "final": 1,
                  "failed": 0, "t_start": t0, "t_end": time.time(),
                  "ray_node_id": ray.get_runtime_context().get_node_id()})
 

@@ -15,6 +15,7 @@ from sweeps.pareto import MEM
 from sweeps.plan import SweepPlan
 from tinymem.errors import TinyMemError
 from tinymem.hf.options import HFSourceOptions, is_hf_source
+from tinymem.repeats import base_seeds, seed_config, summarize_seeds
 
 
 def base_config(preset: str, source: HFSourceOptions) -> dict[str, Any]:
@@ -33,14 +34,14 @@ def limit_threads(cpus: float) -> None:
 
 
 def _build_base(preset: str, storage_root: str, device: str, cpus: float,
-                source: HFSourceOptions | None = None) -> dict[str, Any]:
-    """Ray task body: make (or find) the base model of `preset` (or of an `hf:` model) and its cached base
-    evaluation."""
+                source: HFSourceOptions | None = None, seed: int | None = None) -> dict[str, Any]:
+    """Ray task body: make (or find) the base model of `preset` (on base-model `seed`, if given; or of an `hf:`
+    model) and its cached base evaluation."""
     from tinymem.trial import prepare_base
 
     limit_threads(cpus)
-    prepared = prepare_base({**base_config(preset, source or HFSourceOptions()), "storage": storage_root,
-                             "device": device})
+    config = {**base_config(preset, source or HFSourceOptions()), "storage": storage_root, "device": device}
+    prepared = prepare_base(seed_config(config, seed) if seed is not None else config)
     return {"preset": preset, "key": prepared.key, "model_dir": prepared.model_dir, "created": prepared.created,
             "seconds": prepared.seconds, "metrics": prepared.evaluation.metrics}
 
@@ -50,20 +51,26 @@ def prepare_bases(plan: SweepPlan, say: Callable[[str], None]) -> dict[str, dict
     import ray
 
     presets = plan.space.presets
+    repeats = plan.options.repeats
+    # With --repeats every preset has one base model per seed; all are made here, in parallel.
+    seeds = {p: base_seeds({"preset": p}, repeats) if repeats > 1 else [None] for p in presets}
+    jobs = [(p, s) for p in presets for s in seeds[p]]
     # Give each training task a fair share of one node (more threads train faster), never more than a node has.
     node_cpus = [n["Resources"].get("CPU", 0) for n in ray.nodes() if n.get("Alive")]
     biggest = max(node_cpus or [1])
     total = sum(node_cpus or [1])
-    cpus = max(min(biggest, total / len(presets)), min(plan.options.cpus_per_trial, biggest), 1)
+    cpus = max(min(biggest, total / len(jobs)), min(plan.options.cpus_per_trial, biggest), 1)
     cpus = float(int(cpus))
     # A model spread over several GPUs (--gpus-per-trial 2) needs them for its base evaluation too.
     gpus = max(1, math.ceil(float(plan.options.gpus_per_trial))) if float(plan.options.gpus_per_trial) > 0 else 0
     task = ray.remote(_build_base).options(num_cpus=cpus, num_gpus=gpus, max_retries=1,
                                            name="tinymem-base-model")
-    say(f"base model(s) {presets}: making sure they exist in {plan.storage} (trained once if missing) ...")
-    refs = {p: task.remote(p, plan.storage, plan.options.device, cpus, plan.options.source) for p in presets}
-    out = {}
-    for preset, ref in refs.items():
+    say(f"base model(s) {presets}{f' on seeds {seeds[presets[0]]}' if repeats > 1 else ''}: making sure they "
+        f"exist in {plan.storage} (trained once if missing) ...")
+    refs = {(p, s): task.remote(p, plan.storage, plan.options.device, cpus, plan.options.source, s)
+            for p, s in jobs}
+    got: dict[tuple[str, int | None], dict[str, Any]] = {}
+    for (preset, seed), ref in refs.items():
         try:
             info = ray.get(ref)
         except ray.exceptions.RayTaskError as e:
@@ -72,9 +79,16 @@ def prepare_bases(plan: SweepPlan, say: Callable[[str], None]) -> dict[str, dict
                 raise SweepError(f"base model {preset!r}: {cause}") from None
             raise
         verb = "trained" if info["created"] else "loaded"
-        say(f"base model {preset} ({info['key']}): {verb} in {info['seconds']:.1f} s; "
-            f"mem_pct {info['metrics'].get(MEM, math.nan):.2f}, "
+        say(f"base model {preset}{f' seed {seed}' if seed is not None else ''} ({info['key']}): {verb} in "
+            f"{info['seconds']:.1f} s; mem_pct {info['metrics'].get(MEM, math.nan):.2f}, "
             + (f"test_acc {info['metrics'].get('test_acc', math.nan):.2f}" if plan.kinds[preset] == "math"
                else f"test_ppl {info['metrics'].get('test_ppl', math.nan):.2f}"))
-        out[preset] = info
+        got[(preset, seed)] = info
+    out = {}
+    for preset in presets:
+        infos = [got[(preset, s)] for s in seeds[preset]]
+        out[preset] = dict(infos[0])
+        if repeats > 1:  # the base model of a repeated sweep is the mean over its seeds
+            out[preset]["metrics"] = summarize_seeds([i["metrics"] for i in infos], seeds[preset])
+            out[preset]["key"] = ",".join(i["key"] for i in infos)
     return out

@@ -181,6 +181,7 @@ def run_sweep(plan: SweepPlan, say: Callable[[str], None] = print, stream: str =
         static = TrialStatic(space=plan.space, storage=plan.storage, device=o.device, seed=o.seed,
                              cpus=o.cpus_per_trial, kinds=plan.kinds,
                              method_modules=extra_method_modules(plan.space.methods), source=o.source,
+                             repeats=o.repeats, heldout_frac=o.heldout_frac,
                              checkpoint_work_dir=checkpoints.work_dir_is_node_local(plan.storage))
         resources = {"cpu": o.cpus_per_trial, "gpu": o.gpus_per_trial}
         trainable = tune.with_resources(tune.with_parameters(trainable_fn or sweep_trainable, static=static), resources)

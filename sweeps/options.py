@@ -50,6 +50,8 @@ class SweepOptions:
     device: str = "auto"
     command: str = ""
     warm_start: bool = True  # evaluate each method's default hyperparameters first (Optuna samplers only)
+    repeats: int = 1  # base-model seeds per configuration; objectives are the means over them
+    heldout_frac: float = 0.0  # share of the unlearning set withheld from each method (heldout_mem_pct)
     # A Hugging Face base model (`--model hf:...`) instead of a preset, with its memorized-sequence options.
     source: HFSourceOptions = field(default_factory=HFSourceOptions)
 

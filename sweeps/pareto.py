@@ -3,8 +3,11 @@
 Objectives, both minimised: memorization (`mem_pct`) and a utility loss measured against the trial's own
 base model:
 
-- math (`test_acc` is a percentage): `test_acc_drop` = base `test_acc` - trial `test_acc`, in points;
-- language: `test_ppl_increase_pct` = 100 * (trial `test_ppl` - base `test_ppl`) / base `test_ppl`.
+- math (accuracy is a percentage): `val_acc_drop` = base `val_acc` - trial `val_acc`, in points;
+- language: `val_ppl_increase_pct` = 100 * (trial `val_ppl` - base `val_ppl`) / base `val_ppl`.
+
+Selection uses the `val` half of the held-out sets; the same losses on the `test` half (`test_acc_drop`,
+`test_ppl_increase_pct`) are reported beside them and never used to choose.
 
 Only trials in state `completed` with finite objectives are eligible: failed trials have no metrics, and
 trials that ASHA stopped early (`early_stopped`) carry truncated metrics (an under-trained edit can look
@@ -25,8 +28,9 @@ import numpy as np
 import pandas as pd
 
 MEM = "mem_pct"
-ACC_DROP = "test_acc_drop"
-PPL_INCREASE = "test_ppl_increase_pct"
+ACC_DROP = "val_acc_drop"
+PPL_INCREASE = "val_ppl_increase_pct"
+SELECT_SPLIT, REPORT_SPLIT = "val", "test"  # sweeps optimise and select on `val`; `test` is only reported
 ELIGIBLE_STATE = "completed"
 PAPER_NO_CHANGE_PENALTY = 100.0
 
@@ -36,19 +40,20 @@ LANGUAGE_TASKS = ("text", "verbatim")  # verbatim: a Hugging Face model's memori
 
 def task_kind(task: str) -> str:
     """`math` or `language`: the utility-metric family of a base model's data task. Language bases (TinyMem text
-    presets, Hugging Face models with memorized-sequence files) are judged by perplexity: `test_ppl_increase_pct`."""
+    presets, Hugging Face models with memorized-sequence files) are judged by perplexity."""
     return "language" if task in LANGUAGE_TASKS else "math"
 
 
-def utility_loss_name(kind: str) -> str:
-    return ACC_DROP if kind == "math" else PPL_INCREASE
+def utility_loss_name(kind: str, split: str = SELECT_SPLIT) -> str:
+    """`<split>_acc_drop` (math) or `<split>_ppl_increase_pct` (language)."""
+    return f"{split}_acc_drop" if kind == "math" else f"{split}_ppl_increase_pct"
 
 
-def utility_loss(after: dict[str, float], base: dict[str, float], kind: str) -> float:
-    """The second objective of one trial (NaN if a metric is missing)."""
+def utility_loss(after: dict[str, float], base: dict[str, float], kind: str, split: str = SELECT_SPLIT) -> float:
+    """The utility loss of one trial on `split` against its base model (NaN if a metric is missing)."""
     if kind == "math":
-        return float(base.get("test_acc", math.nan)) - float(after.get("test_acc", math.nan))
-    b, a = float(base.get("test_ppl", math.nan)), float(after.get("test_ppl", math.nan))
+        return float(base.get(f"{split}_acc", math.nan)) - float(after.get(f"{split}_acc", math.nan))
+    b, a = float(base.get(f"{split}_ppl", math.nan)), float(after.get(f"{split}_ppl", math.nan))
     return 100.0 * (a - b) / b if b and not math.isnan(b) else math.nan
 
 
@@ -82,22 +87,23 @@ def pareto_mask(df: pd.DataFrame, objectives: list[str]) -> pd.Series:
     return mask
 
 
-def paper_score(row: pd.Series, base: dict[str, float], kind: str) -> float:
-    """The paper's scalar score of one trial against its base model (lower is better)."""
+def paper_score(row: pd.Series, base: dict[str, float], kind: str, split: str = SELECT_SPLIT) -> float:
+    """The paper's scalar score of one trial against its base model (lower is better), on `split` (a pick is a
+    selection, so it reads the `val` half, as the front does)."""
     mem, mem0 = float(row.get(MEM, math.nan)), float(base.get(MEM, math.nan))
     if math.isnan(mem) or math.isnan(mem0):
         return math.nan
     mem_diff = (mem - mem0) / mem0 if mem0 else 0.0
     if kind == "math":
-        dists = sorted(k for k in base if k.startswith("test_acc_") and k in row.index)
-        names = dists or ["test_acc"]
+        dists = sorted(k for k in base if k.startswith(f"{split}_acc_") and k in row.index)
+        names = dists or [f"{split}_acc"]
         diffs = []
         for k in names:
             a, b = float(row.get(k, math.nan)), float(base.get(k, math.nan))
             diffs.append((a - b) / b if b else 0.0)
         utility_term = -float(np.mean(diffs))
     else:
-        a, b = float(row.get("test_ppl", math.nan)), float(base.get("test_ppl", math.nan))
+        a, b = float(row.get(f"{split}_ppl", math.nan)), float(base.get(f"{split}_ppl", math.nan))
         utility_term = (a - b) / b if b else 0.0
     score = mem_diff + utility_term
     if mem_diff == 0.0:

@@ -119,6 +119,16 @@ def plan_sweep(opts: SweepOptions) -> SweepPlan:
     opts = replace(opts, gpus_per_trial=_check_gpus(opts))
     if opts.max_failures < 0:
         raise SweepError(f"--max-failures must be >= 0, got {opts.max_failures}")
+    if opts.repeats < 1:
+        raise SweepError(f"--repeats must be >= 1, got {opts.repeats}")
+    if opts.repeats > 1 and opts.source.model:
+        raise SweepError(f"--repeats {opts.repeats} repeats over base-model seeds, which a preset trains; "
+                         f"--model {opts.source.model} is one fixed model")
+    if opts.repeats > 1 and opts.scheduler == "asha":
+        raise SweepError("--scheduler asha stops trials on one base model's epochs; it cannot be combined with "
+                         f"--repeats {opts.repeats}")
+    if not 0.0 <= opts.heldout_frac < 1.0:
+        raise SweepError(f"--heldout-frac must be in [0, 1), got {opts.heldout_frac}")
     files = split_list(opts.search_space)
     if files and len(files) != len(methods):
         raise SweepError(f"--search-space names {len(files)} file(s) for {len(methods)} method(s); "

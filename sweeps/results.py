@@ -14,11 +14,15 @@ from typing import Any
 import pandas as pd
 
 from sweeps import storage
-from sweeps.pareto import MEM, utility_loss_name
+from sweeps.pareto import MEM, REPORT_SPLIT, utility_loss_name
 from sweeps.tracking import set_tags
 from tinymem.util import json_safe
 
-UTILITY_COLUMNS = {"math": ["test_acc"], "language": ["test_ppl"]}
+# Beside the objectives: the interval of mem_pct (over rows, or over base-model seeds with --repeats) and the
+# utility loss on the reported split, which selection never saw.
+INTERVAL_COLUMNS = ("mem_pct_ci_low", "mem_pct_ci_high", "mem_pct_seeds_ci_low", "mem_pct_seeds_ci_high")
+UTILITY_COLUMNS = {"math": [utility_loss_name("math", REPORT_SPLIT), "test_acc"],
+                   "language": [utility_loss_name("language", REPORT_SPLIT), "test_ppl"]}
 
 
 @dataclass
@@ -66,7 +70,8 @@ class Report:
         cols = ["trial_id"] + (["method"] if multi_method else []) + (["preset"] if multi_preset else [])
         shown = [p for p in self.param_names if all_params or p in (self.searched or self.param_names)]
         cols += [p for p in shown if p in self.trials.columns]
-        cols += [MEM, self.loss_name] + UTILITY_COLUMNS[self.kind] + ["seconds_mitigate", "paper_score", "run_id"]
+        cols += [MEM, *INTERVAL_COLUMNS, self.loss_name] + UTILITY_COLUMNS[self.kind] + [
+            "seconds_mitigate", "paper_score", "run_id"]
         return [c for c in dict.fromkeys(cols) if c in self.trials.columns]
 
     def _record(self, row: pd.Series) -> dict[str, Any]:
@@ -76,7 +81,8 @@ class Report:
         params = {p: clean(row[p]) for p in self.param_names if p in row.index and not _missing(row[p])}
         rec = {"trial_id": row["trial_id"], "run_id": row["run_id"], "method": row["method"],
                "preset": row["preset"], "params": params}
-        for c in [MEM, self.loss_name] + UTILITY_COLUMNS[self.kind] + ["seconds_mitigate", "paper_score"]:
+        for c in [MEM, *INTERVAL_COLUMNS, self.loss_name] + UTILITY_COLUMNS[self.kind] + [
+                "seconds_mitigate", "paper_score", "info_unlearn_rows"]:
             if c in row.index:
                 rec[c] = clean(row[c])
         return rec
@@ -159,6 +165,17 @@ class Report:
             front = self.front
             if len(front):
                 f = front.sort_values(self.loss_name)
+                lo, hi = _interval_columns(f)
+                if lo is not None:  # 95% intervals of mem_pct: over base-model seeds, else over the rows
+                    ax.errorbar(f[self.loss_name], f[MEM], yerr=[(f[MEM] - f[lo]).clip(lower=0),
+                                                                 (f[hi] - f[MEM]).clip(lower=0)],
+                                fmt="none", ecolor="tab:red", alpha=0.5, capsize=3, zorder=2)
+                    seeds_lo = f"{self.loss_name}_seeds_ci_low"
+                    if seeds_lo in f.columns and f[seeds_lo].notna().any():
+                        hi_x = f[f"{self.loss_name}_seeds_ci_high"]
+                        ax.errorbar(f[self.loss_name], f[MEM], xerr=[(f[self.loss_name] - f[seeds_lo]).clip(lower=0),
+                                                                     (hi_x - f[self.loss_name]).clip(lower=0)],
+                                    fmt="none", ecolor="tab:red", alpha=0.5, capsize=3, zorder=2)
                 ax.step(f[self.loss_name], f[MEM], where="post", c="tab:red", lw=1.2)
                 ax.scatter(f[self.loss_name], f[MEM], s=36, c="tab:red", label="Pareto front", zorder=3)
             if self.best_index is not None:
@@ -167,7 +184,7 @@ class Report:
                            label="paper's scalar rule")
         else:
             ax.text(0.5, 0.5, "no completed trial", ha="center", va="center", transform=ax.transAxes)
-        unit = "points of test_acc" if self.kind == "math" else "% of test_ppl"
+        unit = "points of val_acc" if self.kind == "math" else "% of val_ppl"
         ax.set_xlabel(f"{self.loss_name} ({unit}; lower is better)")
         ax.set_ylabel(f"{MEM} (lower is better)")
         ax.grid(alpha=0.3)
@@ -186,6 +203,14 @@ class Report:
             set_tags(client, row["run_id"], tags)
         for name, local in self.local_files.items():
             client.log_artifact(parent_run_id, local)
+
+
+def _interval_columns(df: pd.DataFrame) -> tuple[str | None, str | None]:
+    """The columns of mem_pct's interval: over base-model seeds when the sweep repeats, else over the rows."""
+    for lo, hi in (("mem_pct_seeds_ci_low", "mem_pct_seeds_ci_high"), ("mem_pct_ci_low", "mem_pct_ci_high")):
+        if lo in df.columns and df[lo].notna().any():
+            return lo, hi
+    return None, None
 
 
 def _missing(v: Any) -> bool:

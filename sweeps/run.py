@@ -88,6 +88,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-failures", type=int, default=1,
                    help="retries of a trial that crashed (lost worker, OOM); a bad value or NaN is not retried "
                         "(default: %(default)s)")
+    p.add_argument("--repeats", type=int, default=1, metavar="N",
+                   help="evaluate each configuration on N base-model seeds (each base model trained once, up "
+                        "front); the front uses the means, the table shows their 95%% intervals (default: 1)")
+    p.add_argument("--heldout-frac", type=float, default=0.0, metavar="F",
+                   help="withhold this fraction of the memorized rows from every method and report "
+                        "heldout_mem_pct on them (default: 0, the paper's procedure)")
     p.add_argument("--device", default="auto", help="torch device inside trials: auto, cpu or cuda (default: %(default)s)")
     p.add_argument("--json", action="store_true",
                    help="print one JSON object on stdout; progress goes to stderr (default: off)")
@@ -102,7 +108,7 @@ def options_from_args(args: argparse.Namespace, argv: list[str]) -> options.Swee
         gpus_per_trial=args.gpus_per_trial, sampler=args.sampler, grid=args.grid, scheduler=args.scheduler,
         address=args.address, storage=args.storage, tracking_uri=args.tracking_uri, experiment=args.experiment,
         resume=args.resume, seed=args.seed, search_space=args.search_space, max_failures=args.max_failures,
-        device=args.device, command=shlex.join(["python", "sweeps/run.py", *argv]))
+        device=args.device, repeats=args.repeats, heldout_frac=args.heldout_frac, command=shlex.join(["python", "sweeps/run.py", *argv]))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -76,14 +76,17 @@ class SearchSpace:
     params: dict[str, Distribution]
     fixed: dict[str, Any] = field(default_factory=dict)
     paper_grid: dict[str, tuple[Any, ...]] = field(default_factory=dict)
+    paper_fixed: dict[str, Any] = field(default_factory=dict)  # what the paper held fixed, with the grid only
     source: str = ""
 
     def grid(self) -> list[dict[str, Any]]:
-        """The paper's grid: the cross product of `paper_grid`, in file order (the paper's loop order)."""
+        """The paper's grid: the cross product of `paper_grid`, in file order (the paper's loop order), each
+        point with the values the paper held fixed (`paper_fixed`), so a grid sweep is the paper's procedure."""
         if not self.paper_grid:
             return []
         keys = list(self.paper_grid)
-        return [dict(zip(keys, values)) for values in itertools.product(*(self.paper_grid[k] for k in keys))]
+        return [{**self.paper_fixed, **dict(zip(keys, values))}
+                for values in itertools.product(*(self.paper_grid[k] for k in keys))]
 
     def default_point(self) -> dict[str, Any] | None:
         """The method's default hyperparameters restricted to the searched ones, if the space contains them
@@ -103,7 +106,8 @@ class SearchSpace:
     def to_dict(self) -> dict[str, Any]:
         return {"method": self.method, "description": self.description,
                 "params": {k: d.to_dict() for k, d in self.params.items()}, "fixed": dict(self.fixed),
-                "paper_grid": {k: list(v) for k, v in self.paper_grid.items()}}
+                "paper_grid": {k: list(v) for k, v in self.paper_grid.items()},
+                "paper_fixed": dict(self.paper_fixed)}
 
 
 class SweepSpace:

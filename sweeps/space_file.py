@@ -12,6 +12,8 @@ The file format (one file per method, written next to the method)::
     paper_grid:        # lists per hyperparameter; cross product
       ratio: [1.0e-5, 1.0e-4]
       epochs: [1, 10, 20]
+    paper_fixed:       # what the paper held fixed; applied with --grid paper only (the sampler keeps ours)
+      stratified: false
 
 Everything is checked before any trial starts: every key must be a hyperparameter of the method, every
 bound, choice, fixed and grid value must pass the method's own range checks. Errors name the file, the key
@@ -34,7 +36,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 SEARCH_SPACE_DIR = REPO_ROOT / "search_spaces"
 
 PARAM_TYPES = ("float", "int", "categorical")
-TOP_LEVEL_KEYS = ("method", "description", "params", "fixed", "paper_grid")
+TOP_LEVEL_KEYS = ("method", "description", "params", "fixed", "paper_grid", "paper_fixed")
 _DIST_KEYS = {"float": {"type", "low", "high", "log", "step"}, "int": {"type", "low", "high", "log", "step"},
               "categorical": {"type", "choices"}}
 
@@ -205,9 +207,15 @@ def parse_search_space(raw: Any, path: str, method: str | None = None) -> Search
             raise SweepError(f"search space {path}: paper_grid.{name} must be a non-empty list")
         grid[name] = tuple(_check_value(cls, method, name, v, f"search space {path}: paper_grid.{name} value {v!r}")
                            for v in values)
-    try:  # fixed values must also be valid together (cross-field checks live in Params.validate)
-        cls.Params.from_dict(fixed, method)
-    except ConfigError as e:
-        raise SweepError(f"search space {path}: fixed: {e}") from None
+    paper_fixed = {name: _check_value(cls, method, name, v, f"search space {path}: paper_fixed.{name}")
+                   for name, v in section("paper_fixed").items()}
+    clash = sorted(set(grid) & set(paper_fixed))
+    if clash:
+        raise SweepError(f"search space {path}: {clash} are both in paper_grid and paper_fixed; pick one")
+    for name, values in (("fixed", fixed), ("paper_fixed", {**fixed, **paper_fixed})):
+        try:  # the values must also be valid together (cross-field checks live in Params.validate)
+            cls.Params.from_dict(values, method)
+        except ConfigError as e:
+            raise SweepError(f"search space {path}: {name}: {e}") from None
     return SearchSpace(method=method, description=_one_line(raw.get("description") or ""), params=params,
-                       fixed=fixed, paper_grid=grid, source=str(path))
+                       fixed=fixed, paper_grid=grid, paper_fixed=paper_fixed, source=str(path))

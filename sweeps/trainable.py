@@ -13,11 +13,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sweeps.bases import base_config, limit_threads
-from sweeps.pareto import MEM, utility_loss, utility_loss_name
+from sweeps.pareto import MEM, REPORT_SPLIT, utility_loss, utility_loss_name
 from sweeps.space import SweepSpace
 from tinymem.errors import TinyMemError
 from tinymem.hf.options import HFSourceOptions
 from tinymem.mitigations import get_method
+from tinymem.repeats import base_seeds, pooled_rates, seed_config, summarize_seeds
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,8 @@ class TrialStatic:
     kinds: dict[str, str]
     method_modules: tuple[str, ...] = ()
     source: HFSourceOptions = field(default_factory=HFSourceOptions)  # an hf: base model's options
+    repeats: int = 1  # base-model seeds each configuration is evaluated on (the mean is the objective)
+    heldout_frac: float = 0.0  # share of the unlearning set withheld from the method (heldout_mem_pct)
     # True when the work directory is node-local (object-store --storage): resume files travel in checkpoints.
     checkpoint_work_dir: bool = False
 
@@ -52,8 +55,9 @@ def _numeric(metrics: dict[str, Any]) -> dict[str, float]:
 def sweep_trainable(config: dict[str, Any], static: TrialStatic) -> None:
     """One trial: `run_trial` with the sampled hyperparameters; per-epoch reports, then one final report.
 
-    Final report keys: every metric of `tinymem.metrics` (after the edit), the utility loss
-    (`test_acc_drop` or `test_ppl_increase_pct`), `seconds_<phase>`, `info_<key>`, `final=1`, `failed`.
+    Final report keys: every metric of `tinymem.metrics` (after the edit), the utility loss on `val` (the
+    objective: `val_acc_drop` or `val_ppl_increase_pct`) and on `test`, `seconds_<phase>`, `info_<key>`,
+    `final=1`, `failed`. With `repeats` > 1 each is the mean over base-model seeds (`summarize_repeats`).
     """
     import ray
     from ray import tune
@@ -89,21 +93,26 @@ def sweep_trainable(config: dict[str, Any], static: TrialStatic) -> None:
 
     trial_config = {"method": method, "params": params, **base_config(preset, static.source),
                     "storage": static.storage, "device": static.device, "seed": static.seed}
+    if static.heldout_frac:
+        trial_config["heldout_frac"] = static.heldout_frac
+    seeds = base_seeds(trial_config, static.repeats) if static.repeats > 1 else []
     cpu0 = time.process_time()
+    results = []
     try:
-        result = run_trial(trial_config, callback=on_epoch, on_work_dir=resume.restore if resume else None)
+        for i, config in enumerate([seed_config(trial_config, s) for s in seeds] or [trial_config]):
+            # Per-epoch reports (and resume files) from the first base model only: one epoch axis per trial.
+            first = i == 0
+            results.append(run_trial(config, callback=on_epoch if first else None,
+                                     on_work_dir=resume.restore if resume and first else None))
     except (TinyMemError, FloatingPointError) as e:
         # Deterministic failures (bad value, NaN): record and move on; a retry would fail the same way.
         tune.report({"final": 1, "failed": 1, "error": f"{type(e).__name__}: {e}", "epoch": last_epoch,
                      MEM: math.nan, loss_name: math.nan, "ray_node_id": node_id})
         return
-    after = _numeric(result.after)
-    loss = utility_loss(after, result.before, kind)
-    final: dict[str, Any] = {**after, loss_name: loss}
-    final.update({f"seconds_{k}": float(v) for k, v in result.seconds.items()})
+    per_seed = [trial_metrics(r, kind) for r in results]
+    final: dict[str, Any] = per_seed[0] if not seeds else summarize_repeats(per_seed, seeds)
     # CPU time of the trial's process (all its threads): on a shared machine wall time says little about cost.
     final["seconds_cpu"] = time.process_time() - cpu0
-    final.update({f"info_{k}": v for k, v in _numeric(result.info).items()})
     final.update({"epoch": last_epoch, "final": 1, "failed": 0, "ray_node_id": node_id})
     # NaN/inf in an objective or a core utility metric means a broken model: a failed trial, not a front point.
     bad = [k for k in (MEM, loss_name, "test_acc", "test_ppl")
@@ -113,3 +122,27 @@ def sweep_trainable(config: dict[str, Any], static: TrialStatic) -> None:
         final.update({"failed": 1, "error": f"FloatingPointError: metrics {bad} are not finite (NaN/inf) "
                                              f"after {method}: the mitigated model is broken"})
     report(final)
+
+
+def trial_metrics(result: Any, kind: str) -> dict[str, float]:
+    """What one `run_trial` result reports: the metrics after the edit, the utility loss on the selection split
+    (an objective) and on the reported split, `seconds_<phase>` and `info_<key>`."""
+    after = _numeric(result.after)
+    out: dict[str, float] = {**after, utility_loss_name(kind): utility_loss(after, result.before, kind),
+                             utility_loss_name(kind, REPORT_SPLIT): utility_loss(after, result.before, kind,
+                                                                                 REPORT_SPLIT)}
+    out.update({f"seconds_{k}": float(v) for k, v in result.seconds.items()})
+    out.update({f"info_{k}": v for k, v in _numeric(result.info).items()})
+    return out
+
+
+def summarize_repeats(per_seed: list[dict[str, float]], seeds: list[int]) -> dict[str, float]:
+    """One configuration over several base models: every metric as the mean over seeds (what the front and the
+    sampler see) with its t-interval and per-seed values; seconds as sums (the configuration's cost);
+    memorization intervals over the pooled rows of all seeds."""
+    pooled = ("_ci_low", "_ci_high", "_rows", "_counted")  # recomputed from the pooled rows below
+    out = summarize_seeds([{k: v for k, v in d.items() if not k.endswith(pooled)} for d in per_seed], seeds)
+    for k in [k for k in per_seed[0] if k.startswith("seconds_")]:
+        out[k] = sum(d[k] for d in per_seed)
+    out.update(pooled_rates(per_seed))
+    return out

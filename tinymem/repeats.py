@@ -51,3 +51,23 @@ def summarize_seeds(per_seed: Sequence[dict[str, float]], seeds: Sequence[int]) 
         for s, v in zip(seeds, values):
             out[f"{k}_seed{s}"] = float(v)
     return out
+
+
+def pooled_rates(per_seed: Sequence[dict[str, float]]) -> dict[str, float]:
+    """Exact 95% intervals of every memorization rate over the rows of all seeds pooled (`<name>_ci_low/high`
+    from the summed `<stem>_rows` of `<stem>_counted`): the per-seed intervals do not average."""
+    from tinymem.stats import binomial_interval
+
+    out: dict[str, float] = {}
+    for key in per_seed[0] if per_seed else []:
+        if not key.endswith("_ci_low"):
+            continue
+        name = key[: -len("_ci_low")]
+        stem = name[: -len("_pct")] if name.endswith("_pct") else name
+        if not all(f"{stem}_rows" in d and f"{stem}_counted" in d for d in per_seed):
+            continue
+        rows = int(sum(d[f"{stem}_rows"] for d in per_seed))
+        counted = int(sum(d[f"{stem}_counted"] for d in per_seed))
+        out[f"{name}_ci_low"], out[f"{name}_ci_high"] = binomial_interval(rows, counted)
+        out[f"{stem}_rows"], out[f"{stem}_counted"] = float(rows), float(counted)
+    return out

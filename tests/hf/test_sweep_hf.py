@@ -105,7 +105,7 @@ def test_plan_of_an_hf_sweep(hf_args, untrained_dir, hf_data_dir, monkeypatch):
     assert Path(s.forget_file).is_absolute() and Path(s.retain_file).is_absolute()
     assert (s.prompt_len, s.k, o.preset, o.gpus_per_trial) == (8, 12, None, "auto")
     # perplexity is the utility of a Hugging Face base: test_ppl_increase_pct
-    assert plan.kinds == {s.model: "language"} and plan.objectives == ["mem_pct", "test_ppl_increase_pct"]
+    assert plan.kinds == {s.model: "language"} and plan.objectives == ["mem_pct", "val_ppl_increase_pct"]
     # the default experiment name is one directory name
     assert plan.experiment == f"balanced_subnet-{untrained_dir.name}"
     assert base_config(s.model, s) == {
@@ -179,7 +179,7 @@ def test_three_trial_sweep_on_a_tiny_neox_model(ray_runtime, tiny_neox, tmp_path
     assert code == 0, err
     assert out["experiment"] == f"balanced_subnet-{tiny_neox.model_dir.name}"
     assert (out["trials"], out["completed"], out["failed"]) == (3, 3, 0)
-    assert out["objectives"] == ["mem_pct", "test_ppl_increase_pct"]
+    assert out["objectives"] == ["mem_pct", "val_ppl_increase_pct"]
     base = out["base"]
     assert base["mem_pct"] == 100.0 and math.isfinite(base["test_ppl"])
     assert "--gpus-per-trial auto: 0" in err  # no GPU here: CPU trials
@@ -191,7 +191,7 @@ def test_three_trial_sweep_on_a_tiny_neox_model(ray_runtime, tiny_neox, tmp_path
     assert len(runs) == 3
     for r in runs:
         assert r.data.tags["state"] == "completed" and r.data.params["preset"] == tiny_neox.source
-        for key in ("mem_pct", "test_ppl_increase_pct", "test_ppl"):
+        for key in ("mem_pct", "val_ppl_increase_pct", "test_ppl_increase_pct", "test_ppl"):
             assert math.isfinite(r.data.metrics[key]), (key, r.data.metrics)
     assert min(r.data.metrics["mem_pct"] for r in runs) < base["mem_pct"]
     assert parent.data.params["gpus_per_trial"] == "0.0"

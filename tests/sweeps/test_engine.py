@@ -28,7 +28,7 @@ def test_durable_sweep_end_to_end(ray_runtime, sweep_args, tracking_uri, capsys)
     assert out["pareto"], "a completed sweep has a non-empty front"
     for rec in out["pareto"]:
         assert set(rec["params"]) >= {"ratio", "batch_size"}
-        for k in ("mem_pct", "test_acc_drop", "test_acc", "seconds_mitigate"):
+        for k in ("mem_pct", "val_acc_drop", "test_acc_drop", "test_acc", "seconds_mitigate"):
             assert isinstance(rec[k], float)
     assert Path(out["pareto_csv"]).is_file() and Path(out["pareto_png"]).stat().st_size > 1000
     assert "mlflow ui --backend-store-uri" in out["mlflow_ui"]
@@ -41,7 +41,7 @@ def test_durable_sweep_end_to_end(ray_runtime, sweep_args, tracking_uri, capsys)
     for r in runs:
         assert r.info.status == "FINISHED" and r.data.tags["state"] == "completed"
         assert r.data.tags["pareto"] == ("true" if r.info.run_id in front_ids else "false")
-        assert {"mem_pct", "test_acc", "test_acc_drop", "test_ppl", "seconds_mitigate", "seconds_load"} <= set(r.data.metrics)
+        assert {"mem_pct", "test_acc", "val_acc_drop", "test_acc_drop", "test_ppl", "seconds_mitigate", "seconds_load", "info_unlearn_rows", "mem_pct_ci_high"} <= set(r.data.metrics)
         assert r.data.params["method"] == "durable" and r.data.params["preset"] == "math-tiny"
     client = MlflowClient(tracking_uri)
     parent = client.get_run(out["mlflow_parent_run_id"])
@@ -241,7 +241,7 @@ def test_multi_objective_study_is_not_downgraded(sweep_root, spaces_dir):
                                    search_space=str(spaces_dir / "durable.yaml"),
                                    tracking_uri=f"sqlite:///{sweep_root}/unused.db"))
     searcher = make_searcher(plan, 8)
-    assert searcher.metric == ["mem_pct", "test_acc_drop"] and searcher.mode == ["min", "min"]
+    assert searcher.metric == ["mem_pct", "val_acc_drop"] and searcher.mode == ["min", "min"]
     assert len(searcher._ot_study.directions) == 2
 
 

@@ -45,33 +45,36 @@ def test_front_excludes_failed_early_stopped_and_nan():
 
 
 def test_utility_loss_math_and_language():
-    assert utility_loss({"test_acc": 96.0}, {"test_acc": 97.0}, "math") == pytest.approx(1.0)
-    assert utility_loss({"test_ppl": 11.0}, {"test_ppl": 10.0}, "language") == pytest.approx(10.0)
-    assert math.isnan(utility_loss({}, {"test_acc": 97.0}, "math"))
+    assert utility_loss({"val_acc": 96.0}, {"val_acc": 97.0}, "math") == pytest.approx(1.0)
+    assert utility_loss({"val_ppl": 11.0}, {"val_ppl": 10.0}, "language") == pytest.approx(10.0)
+    assert math.isnan(utility_loss({}, {"val_acc": 97.0}, "math"))
+    # selection reads the val split only; the test split is reported, never selected on
+    assert math.isnan(utility_loss({"test_acc": 96.0}, {"test_acc": 97.0}, "math"))
+    assert utility_loss({"test_acc": 96.0}, {"test_acc": 97.0}, "math", "test") == pytest.approx(1.0)
 
 
 def test_paper_score_math_matches_the_reconstructed_rule():
-    # paper-code.md §8.1: score = perc_mem_diff - mean(acc relative diffs); the greedy row check.
+    # the paper's rule: score = perc_mem_diff - mean(acc relative diffs); the greedy row check.
     base = {"mem_pct": 100.0, "test_acc_2": 100.0, "test_acc_7": 100.0}
     row = pd.Series({"mem_pct": 74.998, "test_acc_2": 99.887, "test_acc_7": 99.887})
-    assert paper_score(row, base, "math") == pytest.approx(-0.25002 + 0.00113, abs=1e-9)
+    assert paper_score(row, base, "math", "test") == pytest.approx(-0.25002 + 0.00113, abs=1e-9)
 
 
 def test_paper_score_penalises_no_memorization_change_and_language_form():
     base = {"mem_pct": 50.0, "test_ppl": 10.0}
     unchanged = pd.Series({"mem_pct": 50.0, "test_ppl": 10.0})
-    assert paper_score(unchanged, base, "language") == pytest.approx(100.0)
+    assert paper_score(unchanged, base, "language", "test") == pytest.approx(100.0)
     better = pd.Series({"mem_pct": 0.0, "test_ppl": 10.5})
-    assert paper_score(better, base, "language") == pytest.approx(-1.0 + 0.05)
+    assert paper_score(better, base, "language", "test") == pytest.approx(-1.0 + 0.05)
 
 
 def test_select_marks_front_and_paper_pick_per_preset_base():
     df = pd.DataFrame([
-        {"trial_id": "a", "state": "completed", "preset": "p1", "mem_pct": 0.0, "test_acc_drop": 3.0, "test_acc": 94.0},
-        {"trial_id": "b", "state": "completed", "preset": "p1", "mem_pct": 5.0, "test_acc_drop": 0.1, "test_acc": 96.9},
-        {"trial_id": "c", "state": "early_stopped", "preset": "p1", "mem_pct": 0.0, "test_acc_drop": 0.0, "test_acc": 97.0},
+        {"trial_id": "a", "state": "completed", "preset": "p1", "mem_pct": 0.0, "val_acc_drop": 3.0, "val_acc": 94.0},
+        {"trial_id": "b", "state": "completed", "preset": "p1", "mem_pct": 5.0, "val_acc_drop": 0.1, "val_acc": 96.9},
+        {"trial_id": "c", "state": "early_stopped", "preset": "p1", "mem_pct": 0.0, "val_acc_drop": 0.0, "val_acc": 97.0},
     ])
-    annotated, best = select(df, {"p1": {"mem_pct": 50.0, "test_acc": 97.0}}, "math")
+    annotated, best = select(df, {"p1": {"mem_pct": 50.0, "val_acc": 97.0}}, "math")
     assert annotated["pareto"].tolist() == [True, True, False]
     assert math.isnan(annotated.loc[2, "paper_score"])  # early-stopped trials are not scored
     # a: -1 + 3/97 ~ -0.969; b: -0.9 + 0.1/97 ~ -0.899 -> a wins

@@ -143,3 +143,27 @@ def test_sweep_space_cross_method_and_presets(tmp_path):
     assert {"method": "durable", "durable.ratio": 0.01} in [{k: v for k, v in p.items() if k != "preset"}
                                                             for p in space.grid_points()]
     assert space.decode({"method": "durable", "preset": "math-demo", "durable.ratio": 0.01})[2]["ratio"] == 0.01
+
+
+def test_paper_grid_runs_with_the_values_the_paper_held_fixed():
+    space = load_search_space(SEARCH_SPACE_DIR / "balanced_subnet.yaml", "balanced_subnet")
+    assert space.paper_fixed["stratified"] is False
+    sweep = SweepSpace([space], ["math-demo"])
+    points = sweep.grid_points()
+    assert len(points) == 90
+    # the grid is the paper's procedure (plain shuffle) ...
+    assert all(sweep.decode(p)[2]["stratified"] is False for p in points)
+    # ... while the sampler keeps our default (stratified batches)
+    assert sweep.decode({"ratio": 0.1, "epochs": 2, "loss_weighting": 0.9})[2]["stratified"] is True
+    greedy = load_search_space(SEARCH_SPACE_DIR / "greedy.yaml", "greedy")
+    assert all(p["max_iterations"] == 0 for p in greedy.grid())  # no iteration cap in the paper
+
+
+def test_paper_fixed_is_checked(tmp_path):
+    f = tmp_path / "s.yaml"
+    f.write_text("method: subnet\nparams: {}\npaper_grid: {epochs: [1]}\npaper_fixed: {epochs: 3}\n")
+    with pytest.raises(SweepError, match=r"\['epochs'\] are both in paper_grid and paper_fixed"):
+        load_search_space(f, "subnet")
+    f.write_text("method: subnet\nparams: {}\npaper_grid: {epochs: [1]}\npaper_fixed: {lr: -1}\n")
+    with pytest.raises(SweepError, match="paper_fixed.lr"):
+        load_search_space(f, "subnet")
