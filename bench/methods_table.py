@@ -202,7 +202,11 @@ def main() -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     done = load_rows(out)
     if not args.print_only:
-        todo = [t for t in plan(presets, seeds, methods) if run_key(*t[:4]) not in done]
+        todo, seen = [], set(done)
+        for t in plan(presets, seeds, methods):  # a control shared by several methods runs once
+            if run_key(*t[:4]) not in seen:
+                seen.add(run_key(*t[:4]))
+                todo.append(t)
         print(f"{len(todo)} run(s) to do, {len(done)} already in {out}", flush=True)
         for preset, seed, m, params, of in todo:
             row = run_one(preset, seed, m, params, args.root, args.timeout)
