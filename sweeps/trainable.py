@@ -140,9 +140,10 @@ def summarize_repeats(per_seed: list[dict[str, float]], seeds: list[int]) -> dic
     """One configuration over several base models: every metric as the mean over seeds (what the front and the
     sampler see) with its t-interval and per-seed values; seconds as sums (the configuration's cost);
     memorization intervals over the pooled rows of all seeds."""
-    pooled = ("_ci_low", "_ci_high", "_rows", "_counted")  # recomputed from the pooled rows below
-    out = summarize_seeds([{k: v for k, v in d.items() if not k.endswith(pooled)} for d in per_seed], seeds)
+    pooled = pooled_rates(per_seed)  # intervals and counts of the rates, over all seeds' rows
+    out = summarize_seeds([{k: v for k, v in d.items() if k not in pooled} for d in per_seed], seeds)
     for k in [k for k in per_seed[0] if k.startswith("seconds_")]:
         out[k] = sum(d[k] for d in per_seed)
-    out.update(pooled_rates(per_seed))
+        out.pop(f"{k}_seeds_ci_low", None), out.pop(f"{k}_seeds_ci_high", None)
+    out.update(pooled)
     return out

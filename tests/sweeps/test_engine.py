@@ -268,3 +268,28 @@ def test_names_pickled_by_earlier_sweeps_still_resolve():
                               ("sweeps.space", "Distribution", space.Distribution)):
         # protocol 0 by hand: the global `module name`, as an old pickle holds it
         assert pickle.loads(f"c{module}\n{name}\n.".encode()) is cls, (module, name)
+
+
+def test_repeats_evaluate_each_configuration_on_several_base_models(ray_runtime, sweep_args, tracking_uri, capsys):
+    """--repeats 2: each trial runs on base-model seeds 0 and 1, the front uses the means, intervals shown."""
+    code, out, err = run_cli(sweep_args("durable", "t-repeats", "--num-samples", "2", "--repeats", "2"), capsys)
+    assert code == 0, err
+    assert out["completed"] == 2
+    runs = children(tracking_uri, out["mlflow_parent_run_id"])
+    for r in runs:
+        m = r.data.metrics
+        assert m["mem_pct"] == (m["mem_pct_seed0"] + m["mem_pct_seed1"]) / 2
+        assert m["mem_pct_seeds_ci_low"] <= m["mem_pct"] <= m["mem_pct_seeds_ci_high"]
+        assert m["val_acc_drop"] == (m["val_acc_drop_seed0"] + m["val_acc_drop_seed1"]) / 2
+        # the two seeds are two base models (their unlearning sets differ in size or their accuracy does)
+        assert (m["info_unlearn_rows_seed0"], m["test_acc_seed0"]) != (m["info_unlearn_rows_seed1"], m["test_acc_seed1"])
+        assert m["mem_counted"] == m["mem_counted"] and m["mem_pct_ci_low"] <= m["mem_pct"] <= m["mem_pct_ci_high"]
+    for rec in out["pareto"]:
+        assert rec["mem_pct_seeds_ci_low"] <= rec["mem_pct"] <= rec["mem_pct_seeds_ci_high"]
+
+
+def test_bad_repeats_and_heldout_are_refused_before_any_trial(sweep_args, capsys):
+    code, _, err = run_cli(sweep_args("durable", "t-bad-repeats", "--repeats", "0"), capsys)
+    assert code == 2 and "--repeats must be >= 1, got 0" in err
+    code, _, err = run_cli(sweep_args("durable", "t-bad-heldout", "--heldout-frac", "1.5"), capsys)
+    assert code == 2 and "--heldout-frac must be in [0, 1), got 1.5" in err
