@@ -40,6 +40,7 @@ from torch import nn
 
 from tinymem.data.bundle import DataBundle
 from tinymem.decoding import greedy_continue, greedy_continue_ragged
+from tinymem.util import eval_mode, model_device
 
 APPROX_THRESHOLD = 0.9
 BACKDOOR_TOKEN = 2
@@ -130,7 +131,7 @@ def backdoor_extraction(model: nn.Module, poisoned: torch.Tensor, clean: torch.T
 @torch.no_grad()
 def token_stats(model: nn.Module, seqs: torch.Tensor, pad_id: int, batch_size: int = 256) -> dict[str, float]:
     """Next-token statistics of a set of sequences, padding masked and unmasked (paper variants)."""
-    device = next(model.parameters()).device
+    device = model_device(model)
     nll_sum = correct = count = 0.0
     paper_correct = paper_count = 0.0
     paper_ppls: list[float] = []
@@ -220,18 +221,13 @@ def memorization(model: nn.Module, bundle: DataBundle, batch_size: int = 512) ->
 def evaluate(model: nn.Module, bundle: DataBundle, *, memorization_metrics: bool = True,
              utility_metrics: bool = True, batch_size: int = 512) -> dict[str, float]:
     """All metrics of a model on a bundle: memorization (kind-aware) and utility."""
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         out: dict[str, float] = {}
         if memorization_metrics:
             out.update(memorization(model, bundle, batch_size))
         if utility_metrics:
             out.update(utility(model, bundle, max(batch_size // 2, 1)))
         return out
-    finally:
-        if was_training:
-            model.train()
 
 
 def deltas(after: dict[str, float], before: dict[str, float]) -> dict[str, float]:

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -46,7 +45,8 @@ from tinymem.mitigations.base import MitigationContext
 from tinymem.models import pick_device
 from tinymem.presets import DEFAULT_PRESET, get_preset
 from tinymem.specs import BaseSpec, spec_hash
-from tinymem.store import ModelStore, write_manifest
+from tinymem.store import DEFAULT_ROOT, ModelStore, write_manifest
+from tinymem.util import atomic_path, atomic_write_text
 
 TRIAL_KEYS = ("method", "params", "preset", "set", "model_dir", "storage", "device", "seed", "out_dir",
               "progress", "work_dir") + HFSourceOptions.keys()
@@ -103,13 +103,11 @@ def base_evaluation(model: torch.nn.Module, bundle: DataBundle, cache_dir: Path 
     rows = torch.nonzero(forget_extraction(model, bundle).memorized).flatten()
     seconds = time.perf_counter() - t0
     if cache_dir is not None:
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        tmp = cache_dir / f".base_eval.{os.getpid()}.safetensors"
-        save_file({"memorized_rows": rows.contiguous()}, str(tmp))
-        os.replace(tmp, cache_dir / "base_eval.safetensors")
-        tmpj = cache_dir / f".base_eval.{os.getpid()}.json"
-        tmpj.write_text(json.dumps({"metrics": metrics, "seconds": seconds}))
-        os.replace(tmpj, cache_dir / "base_eval.json")  # written last: marks the cache complete
+        with atomic_path(cache_dir / "base_eval.safetensors") as tmp:
+            save_file({"memorized_rows": rows.contiguous()}, str(tmp))
+        # Written last: marks the cache complete. Plain json.dumps (not atomic_write_json): a NaN metric must
+        # read back as NaN, not None.
+        atomic_write_text(cache_dir / "base_eval.json", json.dumps({"metrics": metrics, "seconds": seconds}))
     return BaseEvaluation(metrics=metrics, memorized_rows=rows, seconds=seconds)
 
 
@@ -140,7 +138,7 @@ class PreparedBase:
 def prepare_base(config: dict[str, Any]) -> PreparedBase:
     """Do the base-model part of `run_trial` alone: make sure the base model of `config` is in the store and
     its base evaluation is cached, so that a sweep can do it once before its trials (which then only load)."""
-    storage = str(config.get("storage") or "./tinymem-runs")
+    storage = str(config.get("storage") or DEFAULT_ROOT)
     device = pick_device(str(config.get("device") or "auto"))
     t0 = time.perf_counter()
     if config.get("model"):  # a Hugging Face model: loaded, never trained or stored
@@ -182,7 +180,7 @@ def run_trial(config: dict[str, Any], callback: Callable[[dict[str, float]], Non
         raise ConfigError("trial config needs 'method'")
     method_cls = get_method(config["method"])
     method = method_cls(config.get("params") or {})  # validates before any expensive work
-    storage = str(config.get("storage") or "./tinymem-runs")
+    storage = str(config.get("storage") or DEFAULT_ROOT)
     device = pick_device(str(config.get("device") or "auto"))
     seed = int(config.get("seed", 0))
     seconds: dict[str, float] = {}

@@ -31,6 +31,7 @@ from torch import nn
 
 from tinymem.errors import ConfigError, TinyMemError
 from tinymem.hf.options import HF_PREFIX, HFSourceOptions, is_hf_source
+from tinymem.util import model_device
 
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -108,14 +109,6 @@ def parse_device(name: str | None) -> str:
     if d.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"device {name!r} asked for, but torch sees no CUDA GPU here; use --device cpu or auto")
     return d
-
-
-def model_device(model: nn.Module) -> torch.device:
-    """Where inputs must go: the input embedding's device (with `device_map` the model spans several GPUs)."""
-    emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
-    if emb is not None and getattr(emb, "weight", None) is not None:
-        return emb.weight.device
-    return next(model.parameters()).device
 
 
 # ------------------------------------------------------------------------------------------------ placement

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -42,6 +41,7 @@ from torch import nn
 from tinymem.adapter import ModelAdapter
 from tinymem.errors import ConfigError
 from tinymem.mitigations.base import MitigationContext, MitigationOutput
+from tinymem.util import atomic_path, eval_mode, model_device
 
 # Bump when an attribution algorithm changes, so stale cache files are not reused.
 ATTRIBUTION_VERSION = 1
@@ -143,23 +143,8 @@ def logits_of(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
     return model(input_ids=tokens, use_cache=False).logits
 
 
-def model_device(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
-
-
 def rows_per_batch(seq_len: int, budget: int = TOKENS_PER_BATCH) -> int:
     return max(1, budget // max(seq_len, 1))
-
-
-@contextmanager
-def eval_mode(model: nn.Module) -> Iterator[None]:
-    """Attribution runs in eval mode (no dropout: deterministic), restoring the caller's mode."""
-    was = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(was)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -339,12 +324,10 @@ class AttributionCache:
         path = self.path(key)
         if path is None:
             return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         meta = {"seconds": repr(float(seconds)), "settings": json.dumps(settings, sort_keys=True),
                 "info": json.dumps(info)}
-        save_file({"attributions": scores.float().cpu().contiguous()}, str(tmp), metadata=meta)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            save_file({"attributions": scores.float().cpu().contiguous()}, str(tmp), metadata=meta)
 
 
 def attribute_and_ablate(ctx: MitigationContext, method: str, ratio: float, settings: dict[str, Any],

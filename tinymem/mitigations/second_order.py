@@ -16,6 +16,7 @@ from tinymem.mitigations import register
 from tinymem.mitigations._weights import zero_top
 from tinymem.mitigations.base import Hyperparams, Mitigation, MitigationContext, MitigationOutput, hp
 from tinymem.train import sequence_losses
+from tinymem.util import eval_mode, model_device
 
 ROWS_PER_PASS = 32  # forget rows per forward/backward pass when computing per-row gradients
 
@@ -53,7 +54,7 @@ def per_row_gradients(model: nn.Module, rows: torch.Tensor, pad_id: int | None,
     not interact, the model runs in eval mode). Row-by-row backward passes were 8x slower on CPU.
     """
     modules, params = mlp_modules_and_params(model)
-    device = next(model.parameters()).device
+    device = model_device(model)
     captured: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def hook_for(i: int):
@@ -62,35 +63,32 @@ def per_row_gradients(model: nn.Module, rows: torch.Tensor, pad_id: int | None,
             out.register_hook(lambda g: captured.__setitem__(i, (x, g.detach())))
         return hook
 
-    was_training = model.training
-    model.eval()
     flags = [p.requires_grad for p in params]
     for p in params:
         p.requires_grad_(True)
     handles = [m.register_forward_hook(hook_for(i)) for i, m in enumerate(modules)]
     try:
-        for batch in rows.split(rows_per_pass):
-            captured.clear()
-            # The sum of per-row losses: its gradient at row b's activations is row b's own gradient.
-            loss = sequence_losses(model, batch.to(device), pad_id).sum()
-            torch.autograd.grad(loss, params)  # runs the hooks; the summed parameter gradients are unused
-            out = []
-            for i, m in enumerate(modules):
-                x, g = captured[i]
-                if is_conv1d(m):  # weight [in, out]
-                    out.append(torch.einsum("bti,bto->bio", x, g))
-                else:  # nn.Linear weight [out, in]
-                    out.append(torch.einsum("bto,bti->boi", g, x))
-                if getattr(m, "bias", None) is not None:
-                    out.append(g.sum(dim=1))
-            yield out
+        with eval_mode(model):
+            for batch in rows.split(rows_per_pass):
+                captured.clear()
+                # The sum of per-row losses: its gradient at row b's activations is row b's own gradient.
+                loss = sequence_losses(model, batch.to(device), pad_id).sum()
+                torch.autograd.grad(loss, params)  # runs the hooks; the summed parameter gradients are unused
+                out = []
+                for i, m in enumerate(modules):
+                    x, g = captured[i]
+                    if is_conv1d(m):  # weight [in, out]
+                        out.append(torch.einsum("bti,bto->bio", x, g))
+                    else:  # nn.Linear weight [out, in]
+                        out.append(torch.einsum("bto,bti->boi", g, x))
+                    if getattr(m, "bias", None) is not None:
+                        out.append(g.sum(dim=1))
+                yield out
     finally:
         for h in handles:
             h.remove()
         for p, f in zip(params, flags):
             p.requires_grad_(f)
-        if was_training:
-            model.train()
 
 
 class BlockFisher:

@@ -22,9 +22,10 @@ import torch
 
 from tinymem.adapter import ModelAdapter
 from tinymem.mitigations import register
-from tinymem.mitigations._neuron import (DEFAULT_RATIO, RATIO_HELP, GateTraining, Scores,
-                                         attribute_and_ablate, forget_set, model_device, train_gates)
+from tinymem.mitigations._neuron import (DEFAULT_RATIO, RATIO_HELP, GateTraining, Scores, attribute_and_ablate,
+                                         forget_set, train_gates)
 from tinymem.mitigations.base import Hyperparams, Mitigation, MitigationContext, MitigationOutput, hp
+from tinymem.util import model_device
 
 
 @dataclass(frozen=True)

@@ -31,9 +31,10 @@ from torch import nn
 from tinymem.adapter import ModelAdapter
 from tinymem.mitigations import register
 from tinymem.mitigations._neuron import (DEFAULT_RATIO, RATIO_HELP, ForgetSet, Scores, attribute_and_ablate,
-                                         capture_activations, forget_set, logits_of, model_device,
-                                         rows_per_batch, scaled_neurons, suffix_loss_sums)
+                                         capture_activations, forget_set, logits_of, rows_per_batch,
+                                         scaled_neurons, suffix_loss_sums)
 from tinymem.mitigations.base import Hyperparams, Mitigation, MitigationContext, MitigationOutput, hp
+from tinymem.util import model_device
 
 @dataclass(frozen=True)
 class Params(Hyperparams):
