@@ -40,7 +40,8 @@ from torch import nn
 
 from tinymem.adapter import ModelAdapter
 from tinymem.errors import ConfigError
-from tinymem.mitigations.base import MitigationContext, MitigationOutput
+from tinymem.mitigations.base import Mitigation, MitigationContext, MitigationOutput, family_base
+from tinymem.mitigations.memory import MethodMemory
 from tinymem.util import atomic_path, eval_mode, model_device
 
 # Bump when an attribution algorithm changes, so stale cache files are not reused.
@@ -57,6 +58,20 @@ RATIO_HELP = "fraction of each layer's MLP neurons ablated: k = int(inner_dim * 
 # at most 8 points for every method, so the default would look like a no-op; at 0.05 it falls to 8-53% for
 # at most 1.9 points of accuracy.
 DEFAULT_RATIO = 0.05
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The family
+
+
+@family_base
+class NeuronMitigation(Mitigation):
+    """Base of the neuron-level unlearning methods (`unlearn_neuron`)."""
+
+    family = "unlearn_neuron"
+    # The most any neuron method holds: a backward pass over TOKENS_PER_BATCH tokens with every layer's MLP
+    # activations kept.
+    memory = MethodMemory(1, 0, True, tokens=TOKENS_PER_BATCH, captures_neurons=True)
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -26,9 +26,10 @@ import torch
 
 from tinymem.adapter import ModelAdapter
 from tinymem.mitigations import register
-from tinymem.mitigations._neuron import (DEFAULT_RATIO, RATIO_HELP, GateTraining, Scores, attribute_and_ablate,
-                                         forget_set, train_gates)
-from tinymem.mitigations.base import Hyperparams, Mitigation, MitigationContext, MitigationOutput, hp
+from tinymem.mitigations._neuron import (DEFAULT_RATIO, RATIO_HELP, GateTraining, NeuronMitigation, Scores,
+                                         attribute_and_ablate, forget_set, train_gates)
+from tinymem.mitigations.base import Hyperparams, MitigationContext, MitigationOutput, hp
+from tinymem.mitigations.memory import MethodMemory
 from tinymem.util import model_device
 
 STRETCH_LOW, STRETCH_HIGH = -0.1, 1.1  # l and r of the stretched hard-concrete distribution
@@ -85,12 +86,12 @@ def hard_concrete_scores(ctx: MitigationContext, p: Params) -> tuple[Scores, dic
 
 
 @register
-class HardConcrete(Mitigation):
+class HardConcrete(NeuronMitigation):
     """Hard Concrete: L0-sparse stochastic neuron gates trained on the memorized suffix; ablate the top gates."""
 
     name = "hard_concrete"
-    family = "unlearn_neuron"
     Params = Params
+    memory = MethodMemory(1, 0, True, rows=Params.batch_size)
     iterative = True
 
     def apply(self, ctx: MitigationContext) -> MitigationOutput:

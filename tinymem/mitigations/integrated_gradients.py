@@ -30,9 +30,10 @@ from torch import nn
 
 from tinymem.adapter import ModelAdapter
 from tinymem.mitigations import register
-from tinymem.mitigations._neuron import (DEFAULT_RATIO, RATIO_HELP, ForgetSet, Scores, attribute_and_ablate,
-                                         forget_set, logits_of, rows_per_batch)
-from tinymem.mitigations.base import Hyperparams, Mitigation, MitigationContext, MitigationOutput, hp
+from tinymem.mitigations._neuron import (DEFAULT_RATIO, RATIO_HELP, TOKENS_PER_BATCH, ForgetSet, NeuronMitigation,
+                                         Scores, attribute_and_ablate, forget_set, logits_of, rows_per_batch)
+from tinymem.mitigations.base import Hyperparams, MitigationContext, MitigationOutput, hp
+from tinymem.mitigations.memory import MethodMemory
 from tinymem.util import model_device
 
 
@@ -107,12 +108,12 @@ def ig_scores(model: nn.Module, fs: ForgetSet, steps: int, max_positions: int) -
 
 
 @register
-class IntegratedGradients(Mitigation):
+class IntegratedGradients(NeuronMitigation):
     """Integrated Gradients: ablate the neurons with the largest attribution of memorized-token probabilities."""
 
     name = "integrated_gradients"
-    family = "unlearn_neuron"
     Params = Params
+    memory = MethodMemory(1, 0, True, tokens=TOKENS_PER_BATCH)
 
     def apply(self, ctx: MitigationContext) -> MitigationOutput:
         p = self.params

@@ -14,7 +14,8 @@ from tinymem.adapter import ModelAdapter, is_conv1d
 from tinymem.errors import ConfigError
 from tinymem.mitigations import register
 from tinymem.mitigations._weights import zero_top
-from tinymem.mitigations.base import Hyperparams, Mitigation, MitigationContext, MitigationOutput, hp
+from tinymem.mitigations.base import Hyperparams, MitigationContext, MitigationOutput, WeightMitigation, hp
+from tinymem.mitigations.memory import MethodMemory
 from tinymem.train import sequence_losses
 from tinymem.util import eval_mode, model_device
 
@@ -130,7 +131,7 @@ class BlockFisher:
 
 
 @register
-class SecondOrder(Mitigation):
+class SecondOrder(WeightMitigation):
     """Second-Order Unlearning (`obs`; paper-code.md §6.4 item 9, §7.6): OBS saliency, highest removed.
 
     Saliency of weight q: w_q^2 / (2 [F^-1]_qq) with F an empirical block-diagonal Fisher (oBERT /
@@ -149,8 +150,11 @@ class SecondOrder(Mitigation):
     """
 
     name = "second_order"
-    family = "unlearn_weight"
     Params = SecondOrderParams
+    # + per MLP weight, in float64: its Fisher block's row (block_size entries) and ROWS_PER_PASS pending
+    # per-row gradients
+    memory = MethodMemory(1, 1, True, rows=1,
+                          mlp_state_bytes=8 * SecondOrderParams.block_size + 8 * ROWS_PER_PASS)
 
     def apply(self, ctx: MitigationContext) -> MitigationOutput:
         p = self.params

@@ -22,9 +22,10 @@ import torch
 
 from tinymem.adapter import ModelAdapter
 from tinymem.mitigations import register
-from tinymem.mitigations._neuron import (DEFAULT_RATIO, RATIO_HELP, GateTraining, Scores, attribute_and_ablate,
-                                         forget_set, train_gates)
-from tinymem.mitigations.base import Hyperparams, Mitigation, MitigationContext, MitigationOutput, hp
+from tinymem.mitigations._neuron import (DEFAULT_RATIO, RATIO_HELP, GateTraining, NeuronMitigation, Scores,
+                                         attribute_and_ablate, forget_set, train_gates)
+from tinymem.mitigations.base import Hyperparams, MitigationContext, MitigationOutput, hp
+from tinymem.mitigations.memory import MethodMemory
 from tinymem.util import model_device
 
 
@@ -55,12 +56,12 @@ def slimming_scores(ctx: MitigationContext, p: Params) -> tuple[Scores, dict[str
 
 
 @register
-class Slimming(Mitigation):
+class Slimming(NeuronMitigation):
     """Slimming: L1-sparse neuron coefficients trained on the memorized suffix; ablate the ones that stay."""
 
     name = "slimming"
-    family = "unlearn_neuron"
     Params = Params
+    memory = MethodMemory(1, 0, True, rows=Params.batch_size)
     iterative = True
 
     def apply(self, ctx: MitigationContext) -> MitigationOutput:

@@ -30,10 +30,11 @@ from torch import nn
 
 from tinymem.adapter import ModelAdapter
 from tinymem.mitigations import register
-from tinymem.mitigations._neuron import (DEFAULT_RATIO, RATIO_HELP, ForgetSet, Scores, attribute_and_ablate,
-                                         capture_activations, forget_set, logits_of, rows_per_batch,
-                                         scaled_neurons, suffix_loss_sums)
-from tinymem.mitigations.base import Hyperparams, Mitigation, MitigationContext, MitigationOutput, hp
+from tinymem.mitigations._neuron import (DEFAULT_RATIO, RATIO_HELP, TOKENS_PER_BATCH, ForgetSet, NeuronMitigation,
+                                         Scores, attribute_and_ablate, capture_activations, forget_set, logits_of,
+                                         rows_per_batch, scaled_neurons, suffix_loss_sums)
+from tinymem.mitigations.base import Hyperparams, MitigationContext, MitigationOutput, hp
+from tinymem.mitigations.memory import MethodMemory
 from tinymem.util import model_device
 
 @dataclass(frozen=True)
@@ -88,12 +89,12 @@ def zero_out_scores(model: nn.Module, fs: ForgetSet) -> Scores:
 
 
 @register
-class ZeroOut(Mitigation):
+class ZeroOut(NeuronMitigation):
     """Zero-Out: ablate the neurons whose individual removal raises the memorized-suffix loss most."""
 
     name = "zero_out"
-    family = "unlearn_neuron"
     Params = Params
+    memory = MethodMemory(1, 0, False, tokens=TOKENS_PER_BATCH, captures_neurons=True)
 
     def apply(self, ctx: MitigationContext) -> MitigationOutput:
         p = self.params
