@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path

@@ -22,16 +22,15 @@ from torch import nn
 from tinymem.adapter import ModelAdapter
 from tinymem.mitigations import register
 from tinymem.mitigations._neuron import (DEFAULT_RATIO, RATIO_HELP, TOKENS_PER_BATCH, ForgetSet, NeuronMitigation,
-                                         Scores, attribute_and_ablate, capture_activations, forget_set, logits_of,
-                                         rows_per_batch)
-from tinymem.mitigations.base import Hyperparams, MitigationContext, MitigationOutput, hp
+                                         Scores, capture_activations, forget_set, logits_of, rows_per_batch)
+from tinymem.mitigations.base import Hyperparams, MitigationContext, hp
 from tinymem.mitigations.memory import MethodMemory
 from tinymem.util import model_device
 
 
 @dataclass(frozen=True)
 class Params(Hyperparams):
-    ratio: float = hp(DEFAULT_RATIO, RATIO_HELP, low=0.0, high=1.0, log=True)
+    ratio: float = hp(DEFAULT_RATIO, RATIO_HELP, low=0.0, high=1.0, log=True, attribution=False)
 
 
 @torch.inference_mode()
@@ -64,6 +63,7 @@ class Activations(NeuronMitigation):
     Params = Params
     memory = MethodMemory(1, 0, False, tokens=TOKENS_PER_BATCH, captures_neurons=True)
 
-    def apply(self, ctx: MitigationContext) -> MitigationOutput:
-        return attribute_and_ablate(ctx, self.name, self.params.ratio, {},
-                                    lambda: activation_scores(ctx.model, forget_set(ctx)))
+    deterministic_attribution = True
+
+    def attribute(self, ctx: MitigationContext) -> Scores:
+        return activation_scores(ctx.model, forget_set(ctx))

@@ -44,10 +44,14 @@ FAMILIES = ("regularizer", "finetune", "unlearn_neuron", "unlearn_weight")
 
 
 def hp(default: Any, help: str, *, low: float | None = None, high: float | None = None,
-       choices: tuple | None = None, log: bool = False) -> Any:
-    """A hyperparameter field: default, meaning, and valid range (inclusive) or choices."""
+       choices: tuple | None = None, log: bool = False, attribution: bool = True) -> Any:
+    """A hyperparameter field: default, meaning, and valid range (inclusive) or choices.
+
+    `attribution=False` (neuron methods): the value is applied after the neuron attribution (`ratio`), so it
+    does not key the cached attribution; every other hyperparameter does (`NeuronMitigation`).
+    """
     return field(default=default, metadata={"help": help, "low": low, "high": high, "choices": choices,
-                                            "log": log})
+                                            "log": log, "attribution": attribution})
 
 
 @dataclass(frozen=True)

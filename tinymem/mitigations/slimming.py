@@ -23,15 +23,15 @@ import torch
 from tinymem.adapter import ModelAdapter
 from tinymem.mitigations import register
 from tinymem.mitigations._neuron import (DEFAULT_RATIO, RATIO_HELP, GateTraining, NeuronMitigation, Scores,
-                                         attribute_and_ablate, forget_set, train_gates)
-from tinymem.mitigations.base import Hyperparams, MitigationContext, MitigationOutput, hp
+                                         forget_set, train_gates)
+from tinymem.mitigations.base import Hyperparams, MitigationContext, hp
 from tinymem.mitigations.memory import MethodMemory
 from tinymem.util import model_device
 
 
 @dataclass(frozen=True)
 class Params(Hyperparams):
-    ratio: float = hp(DEFAULT_RATIO, RATIO_HELP, low=0.0, high=1.0, log=True)
+    ratio: float = hp(DEFAULT_RATIO, RATIO_HELP, low=0.0, high=1.0, log=True, attribution=False)
     epochs: int = hp(10, "passes over the forget set", low=1, high=1000)
     lr: float = hp(0.1, "Adam learning rate of the coefficients", low=1e-5, high=10.0, log=True)
     l1_lambda: float = hp(1000.0, "weight of the L1 penalty mean|c| against the suffix loss", low=0.0, high=1e6)
@@ -64,7 +64,5 @@ class Slimming(NeuronMitigation):
     memory = MethodMemory(1, 0, True, rows=Params.batch_size)
     iterative = True
 
-    def apply(self, ctx: MitigationContext) -> MitigationOutput:
-        p = self.params
-        settings = {k: v for k, v in p.to_dict().items() if k != "ratio"} | {"seed": ctx.seed}
-        return attribute_and_ablate(ctx, self.name, p.ratio, settings, lambda: slimming_scores(ctx, p))
+    def attribute(self, ctx: MitigationContext) -> tuple[Scores, dict[str, float]]:
+        return slimming_scores(ctx, self.params)
