@@ -21,6 +21,7 @@ import hashlib
 import importlib.util
 import json
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -335,13 +336,18 @@ class HFBase:
         return self.loaded.device
 
 
-def load_trial_base(config: dict[str, Any], device: str = "auto", require_forget: bool = True) -> HFBase:
-    """Load `config["model"]` (hf:...) and build its verbatim bundle from the config's files."""
+def load_trial_base(source: HFSourceOptions | Mapping[str, Any], device: str = "auto",
+                    require_forget: bool = True) -> HFBase:
+    """Load `source.model` (hf:...) and build its verbatim bundle from the source's files. A mapping (a
+    trial-config dict: its `model` and option keys) is read with `HFSourceOptions.from_object`."""
     from tinymem.memfile import bundle_from_files, check_data_options
 
-    data = HFSourceOptions.from_object(config).data_options()
+    opts = source if isinstance(source, HFSourceOptions) else HFSourceOptions.from_object(dict(source))
+    if not opts.model:
+        raise ConfigError("load_trial_base needs a Hugging Face model (model: hf:NAME_OR_PATH[@REVISION])")
+    data = opts.data_options()
     check_data_options(**data, require_forget=require_forget)  # fail before a large model loads
-    loaded = load_hf_model(str(config["model"]), dtype=str(config.get("dtype") or "float32"), device=device,
+    loaded = load_hf_model(str(opts.model), dtype=str(opts.dtype or "float32"), device=device,
                            require_adapter=require_forget)
     vocab = int(loaded.model.get_input_embeddings().weight.shape[0])
     bundle = bundle_from_files(loaded.tokenizer, vocab_size=vocab, model_config=loaded.model.config,
