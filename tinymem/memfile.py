@@ -44,7 +44,7 @@ from safetensors.torch import save_file
 
 from tinymem.data.bundle import DataBundle
 from tinymem.errors import ConfigError, TinyMemError
-from tinymem.util import atomic_path, eval_mode, sha256_file
+from tinymem.util import atomic_path, sha256_file
 
 TOKEN_FIELDS = ("tokens", "input_ids", "token_ids", "ids")
 TEXT_FIELDS = ("text",)
@@ -522,17 +522,14 @@ def bundle_from_files(tokenizer: Any, *, vocab_size: int, model_config: Any = No
 # ------------------------------------------------------------------------------------------------ selection
 
 
-def find_memorized(model: torch.nn.Module, rows: torch.Tensor, prompt_len: int, k: int,
-                   batch_size: int = 64) -> torch.Tensor:
-    """bool [N]: which candidate rows the model reproduces (greedy, exact next k tokens from the first
-    prompt_len): the paper's unlearning set `mem_seq` (§5.4). Batched KV-cache decoding on the model's device."""
-    from tinymem.metrics import verbatim_extraction
+def __getattr__(name: str) -> Any:
+    """`find_memorized` moved to `tinymem.metrics` (a metric: this data module does not import the metrics);
+    the old name keeps working for callers not yet updated (the CLI). Remove once none imports it here."""
+    if name == "find_memorized":
+        from tinymem.metrics import find_memorized
 
-    if rows.shape[1] < prompt_len + k:
-        raise ConfigError(f"candidate rows have {rows.shape[1]} tokens; prompt_len + k = {prompt_len + k} needed")
-    with eval_mode(model):
-        ex = verbatim_extraction(model, rows, prompt_len, k, eos_id=None, pad_id=None, batch_size=batch_size)
-    return ex.memorized
+        return find_memorized
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def percent(mask: torch.Tensor) -> float:

@@ -40,6 +40,7 @@ from torch import nn
 
 from tinymem.data.bundle import DataBundle
 from tinymem.decoding import greedy_continue, greedy_continue_ragged
+from tinymem.errors import ConfigError
 from tinymem.util import eval_mode, model_device
 
 APPROX_THRESHOLD = 0.9
@@ -233,3 +234,14 @@ def evaluate(model: nn.Module, bundle: DataBundle, *, memorization_metrics: bool
 def deltas(after: dict[str, float], before: dict[str, float]) -> dict[str, float]:
     """`<name>_delta` = after - before for every metric both have (NaN-safe)."""
     return {f"{k}_delta": after[k] - before[k] for k in after if k in before and not k.endswith("_delta")}
+
+
+def find_memorized(model: nn.Module, rows: torch.Tensor, prompt_len: int, k: int, batch_size: int = 64
+                   ) -> torch.Tensor:
+    """bool [N]: which candidate rows the model reproduces (greedy, exact next k tokens from the first
+    prompt_len): the paper's unlearning set `mem_seq` (§5.4). Batched KV-cache decoding on the model's device."""
+    if rows.shape[1] < prompt_len + k:
+        raise ConfigError(f"candidate rows have {rows.shape[1]} tokens; prompt_len + k = {prompt_len + k} needed")
+    with eval_mode(model):
+        ex = verbatim_extraction(model, rows, prompt_len, k, eos_id=None, pad_id=None, batch_size=batch_size)
+    return ex.memorized
