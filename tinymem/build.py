@@ -21,7 +21,7 @@ from tinymem.data import DataBundle, build_bundle
 from tinymem.metrics import evaluate
 from tinymem.models import build_model, load_model, pick_device
 from tinymem.specs import BaseSpec
-from tinymem.store import ModelStore, read_manifest
+from tinymem.store import DEFAULT_ROOT, ModelStore, read_manifest
 from tinymem.train import TrainHook, train
 
 
@@ -79,7 +79,7 @@ def train_into(directory: Path, spec: BaseSpec, *, device: str | torch.device = 
 def ensure_base_model(spec: BaseSpec, store: ModelStore | str | None = None, *, device: str = "auto",
                       progress: bool | None = None) -> StoredModel:
     """The stored model for `spec`: loaded if present, trained and published otherwise."""
-    store = store if isinstance(store, ModelStore) else ModelStore(store or "./tinymem-runs")
+    store = store if isinstance(store, ModelStore) else ModelStore(store or DEFAULT_ROOT)
     key = spec.key()
     t0 = time.perf_counter()
     ckpt = None if store.remote else Path(store.root) / "checkpoints" / key

@@ -13,6 +13,8 @@ import inspect
 import torch
 from torch import nn
 
+from tinymem.util import eval_mode, model_device
+
 
 def _cache_kwarg(model: nn.Module) -> str:
     """transformers 5 renamed `past_key_values` to `cache` in forward(); support both."""
@@ -38,33 +40,30 @@ def greedy_continue(model: nn.Module, prompts: torch.Tensor, new_tokens: int, *,
         raise ValueError(f"prompts must be [batch, prompt_len], got shape {tuple(prompts.shape)}")
     if new_tokens <= 0 or prompts.shape[0] == 0:
         return prompts.new_empty((prompts.shape[0], max(new_tokens, 0)))
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
+    device = model_device(model)
     key = _cache_kwarg(model)
     fill = pad_id if pad_id is not None else eos_id
     outs = []
-    for start in range(0, prompts.shape[0], batch_size):
-        x = prompts[start : start + batch_size].to(device)
-        b = x.shape[0]
-        out = torch.full((b, new_tokens), fill if fill is not None else 0, dtype=torch.long, device=device)
-        finished = torch.zeros(b, dtype=torch.bool, device=device)
-        res = model(input_ids=x, use_cache=True)
-        for t in range(new_tokens):
-            logits = res.logits[:, -1, :]
-            if forbid_id is not None:
-                logits = logits.index_fill(-1, torch.tensor([forbid_id], device=logits.device), float("-inf"))
-            nxt = logits.argmax(dim=-1)
-            if eos_id is not None:
-                nxt = torch.where(finished, torch.full_like(nxt, fill), nxt)
-                finished |= nxt == eos_id
-            out[:, t] = nxt
-            if t + 1 == new_tokens or (eos_id is not None and bool(finished.all())):
-                break
-            res = model(input_ids=nxt[:, None], use_cache=True, **{key: _get_cache(res)})
-        outs.append(out.cpu())
-    if was_training:
-        model.train()
+    with eval_mode(model):
+        for start in range(0, prompts.shape[0], batch_size):
+            x = prompts[start : start + batch_size].to(device)
+            b = x.shape[0]
+            out = torch.full((b, new_tokens), fill if fill is not None else 0, dtype=torch.long, device=device)
+            finished = torch.zeros(b, dtype=torch.bool, device=device)
+            res = model(input_ids=x, use_cache=True)
+            for t in range(new_tokens):
+                logits = res.logits[:, -1, :]
+                if forbid_id is not None:
+                    logits = logits.index_fill(-1, torch.tensor([forbid_id], device=logits.device), float("-inf"))
+                nxt = logits.argmax(dim=-1)
+                if eos_id is not None:
+                    nxt = torch.where(finished, torch.full_like(nxt, fill), nxt)
+                    finished |= nxt == eos_id
+                out[:, t] = nxt
+                if t + 1 == new_tokens or (eos_id is not None and bool(finished.all())):
+                    break
+                res = model(input_ids=nxt[:, None], use_cache=True, **{key: _get_cache(res)})
+            outs.append(out.cpu())
     return torch.cat(outs)
 
 

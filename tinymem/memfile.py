@@ -31,7 +31,6 @@ first half perplexity, second half retain.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -45,6 +44,7 @@ from safetensors.torch import save_file
 
 from tinymem.data.bundle import DataBundle
 from tinymem.errors import ConfigError, TinyMemError
+from tinymem.util import atomic_path, sha256_file
 
 TOKEN_FIELDS = ("tokens", "input_ids", "token_ids", "ids")
 TEXT_FIELDS = ("text",)
@@ -252,14 +252,6 @@ def load_token_rows(path: str | os.PathLike, tokenizer: Any = None, vocab_size: 
     return rows, raw.stream
 
 
-def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 # ------------------------------------------------------------------------------------------------ writing
 
 
@@ -278,23 +270,22 @@ def write_token_rows(path: str | os.PathLike, rows: torch.Tensor | list[list[int
     p = Path(path).expanduser()
     ext = _suffix(p)
     lists = rows.tolist() if isinstance(rows, torch.Tensor) else [list(map(int, r)) for r in rows]
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
-    if ext == ".safetensors":
-        if len({len(r) for r in lists}) > 1:
-            raise ConfigError(f"{p}: rows have different lengths; a safetensors file needs equal-length rows "
-                              "(write .jsonl or .parquet instead)")
-        t = torch.as_tensor(lists, dtype=torch.long).reshape(len(lists), -1)
-        save_file({"tokens": t.contiguous()}, str(tmp), metadata={k: str(v) for k, v in (metadata or {}).items()})
-    elif ext == ".jsonl":
-        tmp.write_text("".join(json.dumps({"tokens": r}) + "\n" for r in lists), encoding="utf-8")
-    elif ext == ".parquet":
-        import pandas as pd
-
-        pd.DataFrame({"tokens": lists}).to_parquet(tmp, index=False)
-    else:
+    if ext not in ROW_FORMATS:
         raise ConfigError(f"{p}: unsupported output type {ext or '(none)'!r}; allowed: {list(ROW_FORMATS)}")
-    os.replace(tmp, p)  # atomic: a reader never sees half a file
+    if ext == ".safetensors" and len({len(r) for r in lists}) > 1:
+        raise ConfigError(f"{p}: rows have different lengths; a safetensors file needs equal-length rows "
+                          "(write .jsonl or .parquet instead)")
+    with atomic_path(p) as tmp:  # a reader never sees half a file
+        if ext == ".safetensors":
+            t = torch.as_tensor(lists, dtype=torch.long).reshape(len(lists), -1)
+            save_file({"tokens": t.contiguous()}, str(tmp),
+                      metadata={k: str(v) for k, v in (metadata or {}).items()})
+        elif ext == ".jsonl":
+            tmp.write_text("".join(json.dumps({"tokens": r}) + "\n" for r in lists), encoding="utf-8")
+        else:
+            import pandas as pd
+
+            pd.DataFrame({"tokens": lists}).to_parquet(tmp, index=False)
     return p
 
 
@@ -529,23 +520,6 @@ def bundle_from_files(tokenizer: Any, *, vocab_size: int, model_config: Any = No
 
 
 # ------------------------------------------------------------------------------------------------ selection
-
-
-def find_memorized(model: torch.nn.Module, rows: torch.Tensor, prompt_len: int, k: int,
-                   batch_size: int = 64) -> torch.Tensor:
-    """bool [N]: which candidate rows the model reproduces (greedy, exact next k tokens from the first
-    prompt_len): the paper's unlearning set `mem_seq`. Batched KV-cache decoding on the model's device."""
-    from tinymem.metrics import verbatim_extraction
-
-    if rows.shape[1] < prompt_len + k:
-        raise ConfigError(f"candidate rows have {rows.shape[1]} tokens; prompt_len + k = {prompt_len + k} needed")
-    was = model.training
-    model.eval()
-    try:
-        ex = verbatim_extraction(model, rows, prompt_len, k, eos_id=None, pad_id=None, batch_size=batch_size)
-    finally:
-        model.train(was)
-    return ex.memorized
 
 
 def percent(mask: torch.Tensor) -> float:

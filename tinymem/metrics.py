@@ -41,6 +41,8 @@ from torch import nn
 
 from tinymem.data.bundle import DataBundle
 from tinymem.decoding import greedy_continue, greedy_continue_ragged
+from tinymem.errors import ConfigError
+from tinymem.util import eval_mode, model_device
 from tinymem.stats import binomial_interval
 
 APPROX_THRESHOLD = 0.9
@@ -151,7 +153,7 @@ def backdoor_extraction(model: nn.Module, poisoned: torch.Tensor, clean: torch.T
 @torch.no_grad()
 def token_stats(model: nn.Module, seqs: torch.Tensor, pad_id: int, batch_size: int = 256) -> dict[str, float]:
     """Next-token statistics of a set of sequences, padding masked and unmasked (paper variants)."""
-    device = next(model.parameters()).device
+    device = model_device(model)
     nll_sum = correct = count = 0.0
     paper_correct = paper_count = 0.0
     paper_ppls: list[float] = []
@@ -251,20 +253,26 @@ def memorization(model: nn.Module, bundle: DataBundle, batch_size: int = 512) ->
 def evaluate(model: nn.Module, bundle: DataBundle, *, memorization_metrics: bool = True,
              utility_metrics: bool = True, batch_size: int = 512) -> dict[str, float]:
     """All metrics of a model on a bundle: memorization (kind-aware) and utility."""
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         out: dict[str, float] = {}
         if memorization_metrics:
             out.update(memorization(model, bundle, batch_size))
         if utility_metrics:
             out.update(utility(model, bundle, max(batch_size // 2, 1)))
         return out
-    finally:
-        if was_training:
-            model.train()
 
 
 def deltas(after: dict[str, float], before: dict[str, float]) -> dict[str, float]:
     """`<name>_delta` = after - before for every metric both have (NaN-safe)."""
     return {f"{k}_delta": after[k] - before[k] for k in after if k in before and not k.endswith("_delta")}
+
+
+def find_memorized(model: nn.Module, rows: torch.Tensor, prompt_len: int, k: int, batch_size: int = 64
+                   ) -> torch.Tensor:
+    """bool [N]: which candidate rows the model reproduces (greedy, exact next k tokens from the first
+    prompt_len): the paper's unlearning set `mem_seq` (§5.4). Batched KV-cache decoding on the model's device."""
+    if rows.shape[1] < prompt_len + k:
+        raise ConfigError(f"candidate rows have {rows.shape[1]} tokens; prompt_len + k = {prompt_len + k} needed")
+    with eval_mode(model):
+        ex = verbatim_extraction(model, rows, prompt_len, k, eos_id=None, pad_id=None, batch_size=batch_size)
+    return ex.memorized

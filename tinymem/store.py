@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from tinymem.errors import StoreError
+from tinymem.util import atomic_write_text, sha256_file
 
 MANIFEST = "tinymem.json"
 DEFAULT_ROOT = "./tinymem-runs"
@@ -41,21 +42,11 @@ def is_uri(root: str) -> bool:
     return "://" in root and not root.startswith("file://")
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def write_manifest(directory: Path, info: dict[str, Any]) -> dict[str, Any]:
     """Checksum every file of `directory` and write `tinymem.json` (call it last)."""
     files = {p.name: sha256_file(p) for p in sorted(directory.iterdir()) if p.is_file() and p.name != MANIFEST}
     manifest = {"format_version": FORMAT_VERSION, **info, "files": files}
-    tmp = directory / f".{MANIFEST}.tmp"
-    tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True, default=str))
-    os.replace(tmp, directory / MANIFEST)
+    atomic_write_text(directory / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True, default=str))
     return manifest
 
 

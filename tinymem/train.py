@@ -28,6 +28,7 @@ from torch import nn
 
 from tinymem.data.bundle import DataBundle
 from tinymem.specs import TrainSpec
+from tinymem.util import atomic_path, model_device
 
 CHECKPOINT = "train_state.pt"
 
@@ -145,9 +146,8 @@ def _save_checkpoint(path: Path, model: nn.Module, opt: torch.optim.Optimizer, e
              "history": [{k: float(v) for k, v in h.items()} for h in history]}
     if hook_state:
         state["hook"] = hook_state
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
 
 
 def train(model: nn.Module, data: torch.Tensor, spec: TrainSpec, *, seed: int = 0, pad_id: int | None = None,
@@ -163,7 +163,7 @@ def train(model: nn.Module, data: torch.Tensor, spec: TrainSpec, *, seed: int = 
     and at the end, and an existing checkpoint there is resumed from.
     """
     hook = hook or TrainHook()
-    device = next(model.parameters()).device
+    device = model_device(model)
     model.train()
     opt = make_optimizer(model, spec)
     n = data.shape[0]

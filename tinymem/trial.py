@@ -26,9 +26,8 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -48,10 +47,72 @@ from tinymem.mitigations.base import MitigationContext
 from tinymem.models import pick_device
 from tinymem.presets import DEFAULT_PRESET, get_preset
 from tinymem.specs import BaseSpec, spec_hash
-from tinymem.store import ModelStore, write_manifest
+from tinymem.store import DEFAULT_ROOT, ModelStore, read_manifest, write_manifest
+from tinymem.util import atomic_path, atomic_write_text
 
 TRIAL_KEYS = ("method", "params", "preset", "set", "model_dir", "storage", "device", "seed", "out_dir",
               "progress", "work_dir", "heldout_frac") + HFSourceOptions.keys()
+
+
+@dataclass(frozen=True)
+class TrialConfig:
+    """A trial's configuration, typed (the keys of the module docstring). The base model is `source.model`
+    (an `hf:` model, with its data options in `source`), else `model_dir`, else `preset` (+ `set`
+    overrides; None: `DEFAULT_PRESET`). A plain dict appears only at the boundaries (the CLI, the sweep's
+    Ray trainable): `from_dict` / `to_dict` convert."""
+
+    method: str = ""  # empty for the base-model part alone (`prepare_base`)
+    params: dict[str, Any] = field(default_factory=dict)
+    preset: str | None = None
+    set: dict[str, Any] = field(default_factory=dict)
+    model_dir: str | None = None
+    source: HFSourceOptions = field(default_factory=HFSourceOptions)
+    storage: str = DEFAULT_ROOT
+    device: str = "auto"
+    seed: int = 0
+    out_dir: str | None = None
+    progress: bool = False
+    work_dir: str | None = None
+    heldout_frac: float = 0.0  # share of the unlearning set withheld from the method (heldout_mem_pct)
+
+    def __post_init__(self) -> None:
+        if self.source.model and (self.model_dir or self.preset):
+            raise ConfigError("trial config: give one base model: 'model' (hf:...), 'model_dir' or 'preset'")
+
+    @classmethod
+    def from_dict(cls, config: Mapping[str, Any], *, require_method: bool = True) -> "TrialConfig":
+        """Validate and type a dict config: unknown keys, a missing 'method' (unless `require_method` is
+        False) and more than one base model are ConfigErrors. Empty values mean the defaults."""
+        unknown = sorted(set(config) - set(TRIAL_KEYS))
+        if unknown:
+            raise ConfigError(f"unknown trial config key(s) {unknown}; allowed: {list(TRIAL_KEYS)}")
+        if require_method and "method" not in config:
+            raise ConfigError("trial config needs 'method'")
+        source = HFSourceOptions.from_object(dict(config))
+        return cls(method=config.get("method", ""), params=dict(config.get("params") or {}),
+                   preset=config.get("preset") or None, set=dict(config.get("set") or {}),
+                   model_dir=_opt_str(config.get("model_dir")), source=source,
+                   storage=str(config.get("storage") or DEFAULT_ROOT), device=str(config.get("device") or "auto"),
+                   seed=int(config.get("seed", 0)), out_dir=_opt_str(config.get("out_dir")),
+                   progress=bool(config.get("progress")), work_dir=_opt_str(config.get("work_dir")),
+                   heldout_frac=float(config.get("heldout_frac") or 0.0))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The dict form (`from_dict(c.to_dict()) == c`): unset values and an empty method left out."""
+        d = {"method": self.method or None, "params": dict(self.params), "preset": self.preset,
+             "set": dict(self.set), "model_dir": self.model_dir, "storage": self.storage, "device": self.device,
+             "seed": self.seed, "out_dir": self.out_dir, "progress": self.progress, "work_dir": self.work_dir,
+             "heldout_frac": self.heldout_frac or None, **self.source.as_config()}
+        return {k: v for k, v in d.items() if v is not None}
+
+
+def _opt_str(value: Any) -> str | None:
+    return str(value) if value else None
+
+
+def _trial_config(config: TrialConfig | Mapping[str, Any], require_method: bool = True) -> TrialConfig:
+    return config if isinstance(config, TrialConfig) else TrialConfig.from_dict(config,
+                                                                                require_method=require_method)
 
 
 @dataclass
@@ -119,27 +180,57 @@ def base_evaluation(model: torch.nn.Module, bundle: DataBundle, cache_dir: Path 
     rows = unlearning_rows(forget_extraction(model, bundle))
     seconds = time.perf_counter() - t0
     if cache_dir is not None:
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        tmp = cache_dir / f".base_eval.{os.getpid()}.safetensors"
-        save_file({"memorized_rows": rows.contiguous()}, str(tmp))
-        os.replace(tmp, cache_dir / "base_eval.safetensors")
-        tmpj = cache_dir / f".base_eval.{os.getpid()}.json"
-        tmpj.write_text(json.dumps({"metrics": metrics, "seconds": seconds}))
-        os.replace(tmpj, cache_dir / "base_eval.json")  # written last: marks the cache complete
+        with atomic_path(cache_dir / "base_eval.safetensors") as tmp:
+            save_file({"memorized_rows": rows.contiguous()}, str(tmp))
+        # Written last: marks the cache complete. Plain json.dumps (not atomic_write_json): a NaN metric must
+        # read back as NaN, not None.
+        atomic_write_text(cache_dir / "base_eval.json", json.dumps({"metrics": metrics, "seconds": seconds}))
     return BaseEvaluation(metrics=metrics, memorized_rows=rows, seconds=seconds)
 
 
-def resolve_base(config: dict[str, Any]) -> tuple[BaseSpec | None, str]:
-    """(spec, key) of the trial's base model: from `preset` + `set`, or from `model_dir`'s manifest."""
-    if config.get("model_dir"):
-        from tinymem.store import read_manifest
-
-        manifest = read_manifest(Path(config["model_dir"]), verify=False)
+def resolve_base(config: TrialConfig) -> tuple[BaseSpec | None, str]:
+    """(spec, key) of a TinyMem base model: from `preset` + `set`, or from `model_dir`'s manifest."""
+    if config.model_dir:
+        manifest = read_manifest(Path(config.model_dir), verify=False)
         spec = BaseSpec.from_dict(manifest["spec"]) if "spec" in manifest else None
-        return spec, manifest.get("key") or spec_hash(str(Path(config["model_dir"]).resolve()))
-    spec = get_preset(config.get("preset") or DEFAULT_PRESET,
-                      {k: str(v) for k, v in (config.get("set") or {}).items()})
+        return spec, manifest.get("key") or spec_hash(str(Path(config.model_dir).resolve()))
+    spec = get_preset(config.preset or DEFAULT_PRESET, {k: str(v) for k, v in config.set.items()})
     return spec, spec.key()
+
+
+@dataclass
+class LoadedBase:
+    """A trial's base model, loaded: model, bundle, spec (None for Hugging Face models), cache key, the device
+    inputs go to, its directory (the `hf:` source for Hugging Face models) and whether it was just trained."""
+
+    model: torch.nn.Module
+    bundle: DataBundle
+    spec: BaseSpec | None
+    key: str
+    device: torch.device
+    model_dir: str
+    created: bool
+
+
+def load_base(config: TrialConfig) -> LoadedBase:
+    """Load the base model of `config`: a Hugging Face model (loaded, never trained or stored), a model
+    directory, or a preset's model from the store (trained into it if missing)."""
+    device = pick_device(config.device)
+    if config.source.model:
+        hf = load_trial_base(config.source, config.device)
+        # with device_map the model spans GPUs; inputs go to its embedding's device
+        return LoadedBase(model=hf.model, bundle=hf.bundle, spec=None, key=hf.key, device=hf.device,
+                          model_dir=str(config.source.model), created=False)
+    spec, key = resolve_base(config)
+    created = False
+    if config.model_dir:
+        model_dir = Path(config.model_dir)
+    else:
+        stored = ensure_base_model(spec, config.storage, device=str(device), progress=config.progress)
+        model_dir, created = stored.directory, stored.created
+    loaded = load_model_dir(model_dir, device=str(device))
+    return LoadedBase(model=loaded.model, bundle=loaded.bundle, spec=spec, key=key, device=device,
+                      model_dir=str(model_dir), created=created)
 
 
 @dataclass
@@ -153,28 +244,16 @@ class PreparedBase:
     evaluation: BaseEvaluation
 
 
-def prepare_base(config: dict[str, Any]) -> PreparedBase:
+def prepare_base(config: TrialConfig | Mapping[str, Any]) -> PreparedBase:
     """Do the base-model part of `run_trial` alone: make sure the base model of `config` is in the store and
-    its base evaluation is cached, so that a sweep can do it once before its trials (which then only load)."""
-    storage = str(config.get("storage") or "./tinymem-runs")
-    device = pick_device(str(config.get("device") or "auto"))
+    its base evaluation is cached, so that a sweep can do it once before its trials (which then only load).
+    A dict config needs no 'method'."""
+    config = _trial_config(config, require_method=False)
     t0 = time.perf_counter()
-    if config.get("model"):  # a Hugging Face model: loaded, never trained or stored
-        hf = load_trial_base(config, str(config.get("device") or "auto"))
-        evaluation = base_evaluation(hf.model, hf.bundle, _cache_dir(storage, hf.key))
-        return PreparedBase(key=hf.key, model_dir=str(config["model"]), created=False,
-                            seconds=time.perf_counter() - t0, evaluation=evaluation)
-    spec, key = resolve_base(config)
-    created = False
-    if config.get("model_dir"):
-        model_dir = Path(config["model_dir"])
-    else:
-        stored = ensure_base_model(spec, storage, device=str(device), progress=bool(config.get("progress")))
-        model_dir, created = stored.directory, stored.created
-    loaded = load_model_dir(model_dir, device=str(device))
-    evaluation = base_evaluation(loaded.model, loaded.bundle, _cache_dir(storage, key))
-    return PreparedBase(key=key, model_dir=str(model_dir), created=created, seconds=time.perf_counter() - t0,
-                        evaluation=evaluation)
+    base = load_base(config)
+    evaluation = base_evaluation(base.model, base.bundle, _cache_dir(config.storage, base.key))
+    return PreparedBase(key=base.key, model_dir=base.model_dir, created=base.created,
+                        seconds=time.perf_counter() - t0, evaluation=evaluation)
 
 
 def split_heldout(rows: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -208,46 +287,28 @@ def _phase(seconds: dict[str, float], name: str):
         seconds[name] = seconds.get(name, 0.0) + time.perf_counter() - t0
 
 
-def run_trial(config: dict[str, Any], callback: Callable[[dict[str, float]], None] | None = None,
+def run_trial(config: TrialConfig | Mapping[str, Any], callback: Callable[[dict[str, float]], None] | None = None,
               on_work_dir: Callable[[Path], None] | None = None) -> TrialResult:
-    """Run one mitigation trial (see the module docstring). `callback` receives intermediate metrics
-    (with `epoch`) from iterative methods. `on_work_dir(path)` is called with the method's work directory
-    just before the method runs (a sweep puts a retried trial's resume files back there)."""
-    unknown = sorted(set(config) - set(TRIAL_KEYS))
-    if unknown:
-        raise ConfigError(f"unknown trial config key(s) {unknown}; allowed: {list(TRIAL_KEYS)}")
-    if "method" not in config:
-        raise ConfigError("trial config needs 'method'")
-    method_cls = get_method(config["method"])
-    method = method_cls(config.get("params") or {})  # validates before any expensive work
-    split_heldout(torch.empty(0, dtype=torch.long), float(config.get("heldout_frac") or 0.0), 0)  # range check
-    storage = str(config.get("storage") or "./tinymem-runs")
-    device = pick_device(str(config.get("device") or "auto"))
-    seed = int(config.get("seed", 0))
+    """Run one mitigation trial (see the module docstring); a dict config is read by `TrialConfig.from_dict`.
+    `callback` receives intermediate metrics (with `epoch`) from iterative methods. `on_work_dir(path)` is
+    called with the method's work directory just before the method runs (a sweep puts a retried trial's
+    resume files back there)."""
+    config = _trial_config(config)
+    method_cls = get_method(config.method)
+    method = method_cls(config.params)  # validates before any expensive work
+    storage, seed = config.storage, config.seed
+    split_heldout(torch.empty(0, dtype=torch.long), config.heldout_frac, 0)  # range check, before any work
     seconds: dict[str, float] = {}
     total0 = time.perf_counter()
 
     with _phase(seconds, "load"):
-        if config.get("model"):  # a Hugging Face model with memorized-sequence files
-            if config.get("model_dir") or config.get("preset"):
-                raise ConfigError("trial config: give one base model: 'model' (hf:...), 'model_dir' or 'preset'")
-            hf = load_trial_base(config, str(config.get("device") or "auto"))
-            model, bundle, spec, key = hf.model, hf.bundle, None, hf.key
-            device = hf.device  # with device_map the model spans GPUs; inputs go to its embedding's device
-        else:
-            spec, key = resolve_base(config)
-            if config.get("model_dir"):
-                model_dir = Path(config["model_dir"])
-            else:
-                model_dir = ensure_base_model(spec, storage, device=str(device),
-                                              progress=bool(config.get("progress"))).directory
-            loaded = load_model_dir(model_dir, device=str(device))
-            model, bundle = loaded.model, loaded.bundle
+        loaded = load_base(config)
+        model, bundle, spec, key, device = loaded.model, loaded.bundle, loaded.spec, loaded.key, loaded.device
 
     with _phase(seconds, "base_eval"):
         base = base_evaluation(model, bundle, _cache_dir(storage, key))
 
-    shown, heldout = split_heldout(base.memorized_rows, float(config.get("heldout_frac") or 0.0), seed)
+    shown, heldout = split_heldout(base.memorized_rows, config.heldout_frac, seed)
     rows = shown
     history: list[dict[str, float]] = []
 
@@ -256,12 +317,12 @@ def run_trial(config: dict[str, Any], callback: Callable[[dict[str, float]], Non
         if callback is not None:
             callback(dict(metrics))
 
-    work_dir = Path(config["work_dir"]) if config.get("work_dir") else (_cache_dir(storage, key) or Path(".")) / method.name
+    work_dir = Path(config.work_dir) if config.work_dir else (_cache_dir(storage, key) or Path(".")) / method.name
     ctx = MitigationContext(
         model=model, bundle=bundle, forget=bundle.forget[rows], forget_clean=bundle.forget_clean[rows],
         retain=bundle.retain, base_spec=spec, base_key=key, seed=seed, device=device, report=report,
         evaluate=lambda m: evaluate(m, bundle), work_dir=work_dir, store_root=storage,
-        progress=bool(config.get("progress")))
+        progress=config.progress)
     if on_work_dir is not None:
         on_work_dir(work_dir)
     torch.manual_seed(seed)
@@ -279,9 +340,9 @@ def run_trial(config: dict[str, Any], callback: Callable[[dict[str, float]], Non
         raise FloatingPointError(f"metrics {bad} are NaN after {method.name}: the mitigated model is broken")
 
     saved = None
-    if config.get("out_dir"):
+    if config.out_dir:
         with _phase(seconds, "save"):
-            saved = save_mitigated(mitigated, bundle, Path(config["out_dir"]), spec, key, method.name,
+            saved = save_mitigated(mitigated, bundle, Path(config.out_dir), spec, key, method.name,
                                    method.params.to_dict(), after)
     seconds["total"] = time.perf_counter() - total0
     # Time the method really cost, including cached work it reused (e.g. neuron attributions).

@@ -16,6 +16,7 @@ from tinymem.cli import main
 from tinymem.errors import ConfigError
 from tinymem.hf.memory import gpus_for_source
 from tinymem.hf.models import load_hf_model, load_trial_base
+from tinymem.hf.options import HFSourceOptions
 from tinymem.memfile import load_token_rows
 from tinymem.metrics import evaluate
 from tinymem.trial import run_trial
@@ -107,6 +108,7 @@ def test_base_key_covers_source_dtype_and_files(tiny_neox, tmp_path):
     cfg = hf_config(tiny_neox)
     k1 = load_trial_base(cfg, "cpu").key
     assert load_trial_base(cfg, "cpu").key == k1
+    assert load_trial_base(HFSourceOptions.from_object(cfg), "cpu").key == k1  # the typed form, the same base
     assert load_trial_base({**cfg, "dtype": "bfloat16"}, "cpu").key != k1
     assert load_trial_base({**cfg, "k": K - 1}, "cpu").key != k1
     changed = tmp_path / "forget.jsonl"

@@ -103,6 +103,35 @@ def test_estimate_gpus_for_pythia_28b():
         estimate_gpus(PYTHIA_28B, "float16", "finetune", 0)
 
 
+def test_each_method_states_its_memory():
+    """The sizing facts live on the method classes: every method that runs on Hugging Face models has a
+    `memory` (its own or its family base's), its batch is its default batch_size, and a method without a
+    registered name gets the family's worst case."""
+    import dataclasses
+
+    from tinymem.hf.memory import memory_of
+    from tinymem.mitigations import FAMILY_BASES, REGISTRY, get_family_base
+    from tinymem.mitigations._neuron import TOKENS_PER_BATCH
+
+    assert sorted(FAMILY_BASES) == ["finetune", "unlearn_neuron", "unlearn_weight"]
+    for name, cls in REGISTRY.items():
+        if cls.family == "regularizer":
+            assert cls.memory is None
+            continue
+        m = memory_of(cls.family, name)
+        assert m is (cls.memory or get_family_base(cls.family).memory)
+        if m.rows and "batch_size" in cls.Params.names():
+            assert m.rows == cls.Params().batch_size, name
+        if not m.rows:
+            assert m.tokens == TOKENS_PER_BATCH, name
+        base = get_family_base(cls.family).memory  # the family's worst case holds at least as much
+        for f in ("weight_copies", "mlp_copies"):
+            assert getattr(m, f) <= getattr(base, f), (name, f)
+    assert memory_of("finetune", "not_registered") is get_family_base("finetune").memory
+    with pytest.raises(ValueError, match="exactly one of rows"):
+        dataclasses.replace(get_family_base("finetune").memory, tokens=8)
+
+
 def test_hub_name_offline_is_one_clear_line_quickly(capsys, tmp_path):
     t0 = time.perf_counter()
     rc = main(["eval", "--model", "hf:tinymem-test/no-such-model@step1", "--test-file", str(tmp_path / "t.jsonl")])

@@ -4,8 +4,10 @@ remove memorization on a tiny memorizing model, the paper-code bug fixes, and GP
 from __future__ import annotations
 
 import copy
+import dataclasses
 import itertools
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -171,6 +173,88 @@ def test_attribution_cache_reused_when_only_ratio_changes(tiny_base, tmp_path, n
     if get_method(name).iterative:  # stochastic methods: the seed is part of the key
         fourth = apply(name, tiny_ctx(tiny_base, tmp_path / "w", seed=1), ratio=0.08)
         assert fourth.info["attribution_cached"] == 0.0
+
+
+def _key_ctx(seed: int = 0) -> SimpleNamespace:
+    """What an attribution key reads of a context (no model: the base key names it)."""
+    return SimpleNamespace(base_key="base", forget=torch.arange(12).view(3, 4), seed=seed, pad_id=0,
+                           bundle=SimpleNamespace(prompt_len=2))
+
+
+def _other_value(f: dataclasses.Field):
+    """A valid value of hyperparameter `f` other than its default."""
+    m, d = f.metadata, f.default
+    if m.get("choices"):
+        return next(c for c in m["choices"] if c != d)
+    hi, lo = m.get("high"), m.get("low")
+    v = type(d)(d * 2 if d else 1)
+    return v if hi is None or v <= hi else type(d)((d + lo) / 2 if isinstance(d, float) else lo)
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_attribution_key_derived_from_every_hyperparameter(name):
+    """Every hyperparameter keys the attribution except those declared post-attribution (`ratio`); the seed
+    keys it unless the method is deterministic. Derived from the Params dataclass, so nothing to forget."""
+    cls = get_method(name)
+    assert cls.post_attribution_fields() == {"ratio"}
+    base = cls().attribution_key(_key_ctx())
+    assert cls().attribution_key(_key_ctx()) == base  # equal configs share one cache entry
+    for f in dataclasses.fields(cls.Params):
+        changed = cls({f.name: _other_value(f)}).attribution_key(_key_ctx())
+        assert (changed != base) == (f.name != "ratio"), f.name
+    assert (cls().attribution_key(_key_ctx(seed=1)) != base) == (not cls.deterministic_attribution)
+    assert cls.deterministic_attribution == (name in ("zero_out", "activations", "integrated_gradients"))
+
+
+def test_a_new_hyperparameter_keys_the_attribution_without_further_code():
+    from tinymem.mitigations._neuron import DEFAULT_RATIO, RATIO_HELP
+    from tinymem.mitigations.base import hp
+    from tinymem.mitigations.zero_out import Params as ZeroOutParams
+    from tinymem.mitigations.zero_out import ZeroOut
+
+    @dataclasses.dataclass(frozen=True)
+    class NewParams(ZeroOutParams):
+        new_knob: float = hp(0.5, "a setting added later", low=0.0, high=1.0)
+        new_scale: float = hp(1.0, "applied after the attribution, like ratio", low=0.0, high=2.0,
+                              attribution=False)
+
+    class NewMethod(ZeroOut):
+        name = "zero_out_v2"
+        Params = NewParams
+
+    assert NewMethod.post_attribution_fields() == {"ratio", "new_scale"}
+    base = NewMethod().attribution_key(_key_ctx())
+    assert NewMethod({"new_knob": 0.25}).attribution_key(_key_ctx()) != base
+    assert NewMethod({"new_scale": 0.25, "ratio": 0.2}).attribution_key(_key_ctx()) == base
+    assert NewMethod().attribution_settings(_key_ctx()) == {"max_sequences": 16, "new_knob": 0.5}
+    # `ratio` must be declared post-attribution, and the seed is not a hyperparameter
+    with pytest.raises(TypeError, match="attribution=False"):
+        @dataclasses.dataclass(frozen=True)
+        class Forgot(ZeroOutParams):
+            ratio: float = hp(DEFAULT_RATIO, RATIO_HELP, low=0.0, high=1.0)
+
+        type("Bad", (ZeroOut,), {"name": "bad", "Params": Forgot})
+    with pytest.raises(TypeError, match="seed"):
+        @dataclasses.dataclass(frozen=True)
+        class Seeded(ZeroOutParams):
+            seed: int = hp(0, "a seed", low=0, high=10)
+
+        type("Bad", (ZeroOut,), {"name": "bad", "Params": Seeded})
+
+
+def test_attribution_keys_unchanged_for_existing_caches():
+    """The derived settings are exactly the hand-listed ones they replace, so caches written before stay valid."""
+    from tinymem.mitigations._neuron import ATTRIBUTION_VERSION, AttributionCache
+
+    ctx = _key_ctx(seed=3)
+    expected = {"zero_out": {"max_sequences": 16}, "activations": {},
+                "integrated_gradients": {"ig_steps": 20, "max_sequences": 16, "max_positions": 10},
+                "slimming": {**get_method("slimming")().params.to_dict(), "seed": 3},
+                "hard_concrete": {**get_method("hard_concrete")().params.to_dict(), "seed": 3}}
+    for name, settings in expected.items():
+        settings.pop("ratio", None)
+        assert get_method(name)().attribution_key(ctx) == AttributionCache.key(ctx, name, settings)
+    assert ATTRIBUTION_VERSION == 1
 
 
 def test_run_trial_counts_cached_attribution_seconds(tiny_store, tmp_path):

@@ -50,8 +50,9 @@ def cmd_eval_hf(args: argparse.Namespace) -> int:
 def cmd_find_memorized(args: argparse.Namespace) -> int:
     """`tinymem find-memorized`: decode each candidate's prompt and keep the rows whose continuation matches."""
     from tinymem.hf.models import load_hf_model
-    from tinymem.memfile import (ROW_FORMATS, cut_forget, find_memorized, load_token_rows, pad_rows, percent,
-                                 resolve_metric, special_ids, write_token_rows)
+    from tinymem.memfile import (ROW_FORMATS, cut_forget, load_token_rows, pad_rows, percent, resolve_metric,
+                                 special_ids, write_token_rows)
+    from tinymem.metrics import find_memorized
 
     if not is_hf_source(args.model):
         raise ConfigError(f"--model {args.model!r}: find-memorized takes a Hugging Face model, hf:NAME_OR_PATH")

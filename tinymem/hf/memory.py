@@ -9,6 +9,8 @@ from typing import Any
 
 from tinymem.errors import ConfigError
 from tinymem.hf.models import DTYPE_BYTES, count_params_meta, load_config, parse_source
+from tinymem.mitigations import FAMILY_BASES, get_family_base, get_method, method_memory
+from tinymem.mitigations.memory import MethodMemory
 
 
 @dataclass(frozen=True)
@@ -37,41 +39,24 @@ class Architecture:
         return cls(h, max(1, round(h / 80)), 4 * h, vocab)
 
 
-@dataclass(frozen=True)
-class MethodMemory:
-    """What one trial of a method holds at its peak, beyond activations (see `estimate_method_gb`)."""
-
-    weight_copies: float  # x the model's weight bytes (1 = the weights; all-parameter gradients add 1 each)
-    mlp_copies: float  # x the MLP weight bytes: per-weight state (scores, their gradients, momentum, masks)
-    backward: bool  # activations of every layer are kept for a backward pass
-    rows: int  # sequences per forward pass (default hyperparameters), 0: TOKENS_PER_BATCH tokens
-    captures_neurons: bool = False  # keeps every layer's MLP activations of a batch (zero_out, activations)
-
-
-# Peak memory per method, read off the method files (at their defaults). The neuron methods run
-# batches of `_neuron.TOKENS_PER_BATCH` (32,768) tokens, a CPU-tuned constant; it dominates on large models.
-METHOD_MEMORY: dict[str, MethodMemory] = {
-    "zero_out": MethodMemory(1, 0, False, 0, captures_neurons=True),
-    "activations": MethodMemory(1, 0, False, 0, captures_neurons=True),
-    "slimming": MethodMemory(1, 0, True, 32),
-    "hard_concrete": MethodMemory(1, 0, True, 32),
-    "integrated_gradients": MethodMemory(1, 0, True, 0),
-    "durable": MethodMemory(1, 2, True, 64),  # accumulated MLP gradients + one batch's
-    "durable_aggregate": MethodMemory(1, 2, True, 64),
-    "second_order": MethodMemory(1, 1, True, 1),  # + float64 Fisher blocks and pending gradients, below
-    "subnet": MethodMemory(1, 5, True, 64),  # scores, score grads, momentum, mask, masked weight W*M
-    "balanced_subnet": MethodMemory(1, 5, True, 64),
-    "greedy": MethodMemory(3, 0, True, 64),  # gradients of every parameter + the w*g product
-}
-FAMILY_MEMORY: dict[str, MethodMemory] = {
-    "unlearn_neuron": MethodMemory(1, 0, True, 0, captures_neurons=True),  # the most any neuron method holds
-    "unlearn_weight": MethodMemory(3, 5, True, 64),
-    "finetune": MethodMemory(4, 0, True, 128),  # weights, gradients, AdamW's two moments (parameter dtype)
-}
-NEURON_TOKENS = 32_768  # tinymem.mitigations._neuron.TOKENS_PER_BATCH
-SECOND_ORDER_BYTES_PER_MLP_WEIGHT = 8 * 50 + 8 * 32  # float64 Fisher block (50) + 32 pending float64 gradients
 OVERHEAD_GB = 2.0  # CUDA context, allocator fragmentation
 PACKINGS = (1, 2, 3, 4, 6, 8)  # trials per GPU that `--gpus-per-trial` fractions express
+
+
+def memory_of(method_family: str, method: str | None = None) -> MethodMemory:
+    """What a trial holds (`MethodMemory`): the registered method's own `memory` (or its family base's), else,
+    for no method or an unregistered one, the worst case of `method_family` (its family base class's)."""
+    if method_family == "regularizer":
+        raise ConfigError("regularizer methods train a TinyMem model from scratch; they do not apply to "
+                          "Hugging Face models")
+    m = method_memory(method) if method is not None else None
+    if m is not None:
+        return m
+    base = get_family_base(method_family)
+    if base is None or base.memory is None:
+        raise ConfigError(f"method family {method_family!r} is not allowed; choose from "
+                          f"{sorted(FAMILY_BASES) + ['regularizer']}")
+    return base.memory
 
 
 def estimate_method_gb(num_params: int, dtype: str, method_family: str, method: str | None = None, *,
@@ -85,24 +70,15 @@ def estimate_method_gb(num_params: int, dtype: str, method_family: str, method: 
     """
     if dtype not in DTYPE_BYTES:
         raise ConfigError(f"dtype {dtype!r} is not allowed; choose from {list(DTYPE_BYTES)}")
-    if method_family == "regularizer":
-        raise ConfigError("regularizer methods train a TinyMem model from scratch; they do not apply to "
-                          "Hugging Face models")
-    if method is not None and method in METHOD_MEMORY:
-        m = METHOD_MEMORY[method]
-    elif method_family in FAMILY_MEMORY:
-        m = FAMILY_MEMORY[method_family]
-    else:
-        raise ConfigError(f"method family {method_family!r} is not allowed; choose from "
-                          f"{sorted(FAMILY_MEMORY) + ['regularizer']}")
+    m = memory_of(method_family, method)
     a = arch or Architecture.from_params(num_params)
     b = DTYPE_BYTES[dtype]
     weights = num_params * b
     mlp_params = min(a.layers * a.mlp_matrices * a.hidden * a.inner, num_params)
     total = m.weight_copies * weights + m.mlp_copies * mlp_params * b
-    if method == "second_order":
-        total += mlp_params * SECOND_ORDER_BYTES_PER_MLP_WEIGHT
-    tokens = m.rows * seq_len if m.rows else NEURON_TOKENS
+    if m.mlp_state_bytes:
+        total += mlp_params * m.mlp_state_bytes
+    tokens = m.rows * seq_len if m.rows else m.tokens
     if m.backward:
         total += tokens * a.layers * a.hidden * 34 * b / 2 + tokens * a.vocab * (b + 8)
     else:
@@ -134,8 +110,6 @@ def estimate_gpus(num_params: int, dtype: str, method_family: str, gpu_mem_gb: f
 def gpus_for_source(source: str, method: str, gpu_mem_gb: float, dtype: str = "float32", seq_len: int = 80
                     ) -> float:
     """`estimate_gpus` for an `hf:` model: reads only its config (no weights) to count parameters."""
-    from tinymem.mitigations import get_method
-
     cls = get_method(method)
     cfg, _ = load_config(parse_source(source))
     return estimate_gpus(count_params_meta(cfg), dtype, cls.family, gpu_mem_gb, method, seq_len=seq_len,

@@ -20,8 +20,8 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
-import math
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,7 @@ from torch import nn
 
 from tinymem.errors import ConfigError, TinyMemError
 from tinymem.hf.options import HF_PREFIX, HFSourceOptions, is_hf_source
+from tinymem.util import model_device
 
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
@@ -108,14 +109,6 @@ def parse_device(name: str | None) -> str:
     if d.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"device {name!r} asked for, but torch sees no CUDA GPU here; use --device cpu or auto")
     return d
-
-
-def model_device(model: nn.Module) -> torch.device:
-    """Where inputs must go: the input embedding's device (with `device_map` the model spans several GPUs)."""
-    emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
-    if emb is not None and getattr(emb, "weight", None) is not None:
-        return emb.weight.device
-    return next(model.parameters()).device
 
 
 # ------------------------------------------------------------------------------------------------ placement
@@ -343,13 +336,18 @@ class HFBase:
         return self.loaded.device
 
 
-def load_trial_base(config: dict[str, Any], device: str = "auto", require_forget: bool = True) -> HFBase:
-    """Load `config["model"]` (hf:...) and build its verbatim bundle from the config's files."""
+def load_trial_base(source: HFSourceOptions | Mapping[str, Any], device: str = "auto",
+                    require_forget: bool = True) -> HFBase:
+    """Load `source.model` (hf:...) and build its verbatim bundle from the source's files. A mapping (a
+    trial-config dict: its `model` and option keys) is read with `HFSourceOptions.from_object`."""
     from tinymem.memfile import bundle_from_files, check_data_options
 
-    data = HFSourceOptions.from_object(config).data_options()
+    opts = source if isinstance(source, HFSourceOptions) else HFSourceOptions.from_object(dict(source))
+    if not opts.model:
+        raise ConfigError("load_trial_base needs a Hugging Face model (model: hf:NAME_OR_PATH[@REVISION])")
+    data = opts.data_options()
     check_data_options(**data, require_forget=require_forget)  # fail before a large model loads
-    loaded = load_hf_model(str(config["model"]), dtype=str(config.get("dtype") or "float32"), device=device,
+    loaded = load_hf_model(str(opts.model), dtype=str(opts.dtype or "float32"), device=device,
                            require_adapter=require_forget)
     vocab = int(loaded.model.get_input_embeddings().weight.shape[0])
     bundle = bundle_from_files(loaded.tokenizer, vocab_size=vocab, model_config=loaded.model.config,

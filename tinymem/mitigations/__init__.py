@@ -10,8 +10,9 @@ import importlib
 import pkgutil
 
 from tinymem.errors import ConfigError
-from tinymem.mitigations.base import (FAMILIES, Hyperparams, Mitigation, MitigationContext, MitigationOutput,
-                                      hp)
+from tinymem.mitigations.base import (FAMILIES, FAMILY_BASES, Hyperparams, Mitigation, MitigationContext,
+                                      MitigationOutput, hp)
+from tinymem.mitigations.memory import MethodMemory
 
 REGISTRY: dict[str, type[Mitigation]] = {}
 _loaded = False
@@ -32,7 +33,7 @@ def _load_all() -> None:
     if _loaded:
         return
     for info in pkgutil.iter_modules(__path__):
-        if not info.name.startswith("_") and info.name != "base":
+        if not info.name.startswith("_") and info.name not in ("base", "memory"):
             importlib.import_module(f"{__name__}.{info.name}")
     _loaded = True
 
@@ -50,5 +51,26 @@ def get_method(name: str) -> type[Mitigation]:
     return REGISTRY[name]
 
 
-__all__ = ["REGISTRY", "register", "get_method", "method_names", "Mitigation", "MitigationContext",
-           "MitigationOutput", "Hyperparams", "hp", "FAMILIES"]
+def get_family_base(family: str) -> type[Mitigation] | None:
+    """The base class of `family` (its `memory` is the family's worst case); None for a family without one
+    (`regularizer`) or an unknown name."""
+    _load_all()
+    return FAMILY_BASES.get(family)
+
+
+def method_memory(name: str) -> MethodMemory | None:
+    """What a trial of method `name` holds on a GPU: its class's `memory`, else its family base's; None for
+    an unregistered name or a method without one (regularizers)."""
+    _load_all()
+    cls = REGISTRY.get(name)
+    if cls is None:
+        return None
+    if cls.memory is not None:
+        return cls.memory
+    base = FAMILY_BASES.get(cls.family)
+    return base.memory if base is not None else None
+
+
+__all__ = ["REGISTRY", "register", "get_method", "method_names", "get_family_base", "method_memory",
+           "Mitigation", "MitigationContext", "MitigationOutput", "MethodMemory", "Hyperparams", "hp",
+           "FAMILIES", "FAMILY_BASES"]

@@ -22,6 +22,7 @@ from torch import nn
 from tinymem.errors import ConfigError
 from tinymem.mitigations.base import MitigationContext
 from tinymem.train import sequence_losses
+from tinymem.util import eval_mode, model_device
 
 PROBE_RETAIN_ROWS = 512  # retain rows in the per-epoch probe: one no-grad forward pass, a fraction of an epoch
 
@@ -107,7 +108,7 @@ def teacher_forced_memorized(model: nn.Module, seqs: torch.Tensor, target: torch
     is the target token: the same answer as `metrics.noise_extraction`, for the price of one batched forward.
     After the first EOS of the target, decoding emits PAD (generate's rule), so there the target must be PAD.
     """
-    device = next(model.parameters()).device
+    device = model_device(model)
     k = target.shape[1]
     logits = model(input_ids=seqs.to(device)).logits[:, prompt_len - 1 : prompt_len - 1 + k]
     pred = logits.argmax(dim=-1).cpu()
@@ -129,10 +130,8 @@ def epoch_probe(ctx: MitigationContext, model: nn.Module) -> dict[str, float]:
     - `forget_mem_pct`: percent of counted forget rows still extractable (teacher-forced, exact for noise
       data: equal to `mem_pct` restricted to the unlearning set); absent for backdoor data.
     """
-    was_training = model.training
-    model.eval()
-    try:
-        device = next(model.parameters()).device
+    with eval_mode(model):
+        device = model_device(model)
         out = {"forget_loss": float(sequence_losses(model, ctx.forget.to(device), ctx.pad_id).mean())}
         g = torch.Generator().manual_seed(int(ctx.seed))
         idx = torch.randperm(ctx.retain.shape[0], generator=g)[:PROBE_RETAIN_ROWS]
@@ -146,6 +145,3 @@ def epoch_probe(ctx: MitigationContext, model: nn.Module) -> dict[str, float]:
             n = int(counted.sum())
             out["forget_mem_pct"] = 100.0 * float((mem & counted).sum()) / n if n else float("nan")
         return out
-    finally:
-        if was_training:
-            model.train()

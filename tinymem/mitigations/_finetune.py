@@ -28,7 +28,8 @@ import torch
 
 from tinymem.errors import ConfigError
 from tinymem.metrics import evaluate
-from tinymem.mitigations.base import Hyperparams, Mitigation, MitigationContext, MitigationOutput, hp
+from tinymem.mitigations.base import Hyperparams, Mitigation, MitigationContext, MitigationOutput, family_base, hp
+from tinymem.mitigations.memory import MethodMemory
 from tinymem.specs import TrainSpec, spec_hash
 from tinymem.train import train
 
@@ -101,12 +102,15 @@ def clean_counterparts(ctx: MitigationContext) -> torch.Tensor:
     return ctx.bundle.forget_clean if "forget_clean" in ctx.bundle else ctx.forget_clean
 
 
+@family_base
 class FinetuneMethod(Mitigation):
     """Base of the fine-tuning methods: subclasses choose the data."""
 
     family = "finetune"
     Params = FinetuneParams
     iterative = True
+    # weights, gradients, AdamW's two moments (parameter dtype); batches of the default batch_size
+    memory = MethodMemory(4, 0, True, rows=FinetuneParams.batch_size)
 
     def data(self, ctx: MitigationContext) -> torch.Tensor:
         raise NotImplementedError

@@ -23,15 +23,15 @@ by zeroing their input weights and biases (`ModelAdapter.ablate_neurons`). What 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
-import os
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -41,7 +41,9 @@ from torch import nn
 
 from tinymem.adapter import ModelAdapter
 from tinymem.errors import ConfigError
-from tinymem.mitigations.base import MitigationContext, MitigationOutput
+from tinymem.mitigations.base import Mitigation, MitigationContext, MitigationOutput, family_base
+from tinymem.mitigations.memory import MethodMemory
+from tinymem.util import atomic_path, eval_mode, model_device
 
 # Bump when an attribution algorithm changes, so stale cache files are not reused.
 ATTRIBUTION_VERSION = 1
@@ -55,6 +57,64 @@ RATIO_HELP = "fraction of each layer's MLP neurons ablated: k = int(inner_dim * 
 # Default `ratio` of all five methods: 0.05, the top of the paper's grid {0.001, 0.01, 0.05}; at 0.01 no method
 # changed math-demo's memorization much (measured, see docs/defaults.md).
 DEFAULT_RATIO = 0.05
+
+
+# ----------------------------------------------------------------------------------------------------------
+# The family
+
+
+@family_base
+class NeuronMitigation(Mitigation):
+    """Base of the neuron-level unlearning methods (`unlearn_neuron`): implement `attribute`.
+
+    `apply` takes the attribution from the cache or from `attribute(ctx)`, then ablates the top `ratio`
+    neurons of every layer (`attribute_and_ablate`). The cache key is derived from `Params`: every
+    hyperparameter keys the attribution except those declared `hp(..., attribution=False)` (applied after
+    it: `ratio`), and so does the trial seed unless the class declares `deterministic_attribution` (no
+    sampling, no shuffling). A new hyperparameter therefore keys the cache without further code.
+    """
+
+    family = "unlearn_neuron"
+    # The most any neuron method holds: a backward pass over TOKENS_PER_BATCH tokens with every layer's MLP
+    # activations kept.
+    memory = MethodMemory(1, 0, True, tokens=TOKENS_PER_BATCH, captures_neurons=True)
+    deterministic_attribution: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        names = cls.Params.names()
+        if "ratio" not in names or "ratio" not in cls.post_attribution_fields():
+            raise TypeError(f"{cls.__name__}.Params needs `ratio` declared hp(..., attribution=False): it is "
+                            "applied after the attribution")
+        if "seed" in names:
+            raise TypeError(f"{cls.__name__}.Params: `seed` is the trial's, it cannot be a hyperparameter")
+
+    @classmethod
+    def post_attribution_fields(cls) -> frozenset[str]:
+        """The hyperparameters applied after the attribution (`hp(..., attribution=False)`)."""
+        return frozenset(f.name for f in dataclasses.fields(cls.Params)
+                         if not f.metadata.get("attribution", True))
+
+    def attribution_settings(self, ctx: MitigationContext) -> dict[str, Any]:
+        """What determines the attribution: every hyperparameter but the post-attribution ones, plus the
+        trial seed unless the attribution is deterministic."""
+        post = self.post_attribution_fields()
+        settings = {k: v for k, v in self.params.to_dict().items() if k not in post}
+        if not self.deterministic_attribution:
+            settings["seed"] = ctx.seed
+        return settings
+
+    def attribution_key(self, ctx: MitigationContext) -> str:
+        """The attribution cache key of this method, its settings and the context's model and forget set."""
+        return AttributionCache.key(ctx, self.name, self.attribution_settings(ctx))
+
+    def attribute(self, ctx: MitigationContext) -> Scores | tuple[Scores, dict[str, float]]:
+        """The attributions [num_layers, inner_dim] (and optional info) of `ctx.model` on the forget set."""
+        raise NotImplementedError
+
+    def apply(self, ctx: MitigationContext) -> MitigationOutput:
+        return attribute_and_ablate(ctx, self.name, self.params.ratio, self.attribution_settings(ctx),
+                                    lambda: self.attribute(ctx))
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -141,23 +201,8 @@ def logits_of(model: nn.Module, tokens: torch.Tensor) -> torch.Tensor:
     return model(input_ids=tokens, use_cache=False).logits
 
 
-def model_device(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
-
-
 def rows_per_batch(seq_len: int, budget: int = TOKENS_PER_BATCH) -> int:
     return max(1, budget // max(seq_len, 1))
-
-
-@contextmanager
-def eval_mode(model: nn.Module) -> Iterator[None]:
-    """Attribution runs in eval mode (no dropout: deterministic), restoring the caller's mode."""
-    was = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(was)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -337,20 +382,18 @@ class AttributionCache:
         path = self.path(key)
         if path is None:
             return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         meta = {"seconds": repr(float(seconds)), "settings": json.dumps(settings, sort_keys=True),
                 "info": json.dumps(info)}
-        save_file({"attributions": scores.float().cpu().contiguous()}, str(tmp), metadata=meta)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            save_file({"attributions": scores.float().cpu().contiguous()}, str(tmp), metadata=meta)
 
 
 def attribute_and_ablate(ctx: MitigationContext, method: str, ratio: float, settings: dict[str, Any],
                          compute: Callable[[], Scores | tuple[Scores, dict[str, float]]]) -> MitigationOutput:
     """The common `apply`: attributions from the cache or `compute()`, then the top-`ratio` ablation.
 
-    `settings` are the hyperparameters that determine the attributions (all but `ratio`, plus the seed for
-    stochastic methods). Info keys: `seconds_attribution` (miss) or `seconds_cached_work` (hit, the original
+    `settings` are what determines the attributions (`NeuronMitigation.attribution_settings`: every
+    hyperparameter but `ratio`, plus the seed for stochastic methods). Info keys: `seconds_attribution` (miss) or `seconds_cached_work` (hit, the original
     compute time), `attribution_cached`, `neurons_per_layer`, `neurons_ablated`, `forget_rows`, and whatever
     `compute` reports (e.g. `epochs_run`).
     """

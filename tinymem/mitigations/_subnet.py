@@ -19,7 +19,6 @@ batches and their loss.
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -33,6 +32,7 @@ from tinymem.errors import ConfigError
 from tinymem.mitigations._batches import epoch_probe
 from tinymem.mitigations.base import MitigationContext
 from tinymem.specs import spec_hash
+from tinymem.util import atomic_path
 
 SCORE_INITS = ("kaiming", "magnitude")
 
@@ -182,10 +182,8 @@ def _checkpoint_path(ctx: MitigationContext, method: str, params: dict[str, Any]
 
 def _save(path: Path, state: dict[str, Any]) -> None:
     """Atomic write: a crash mid-write never leaves a half checkpoint that a retry would trust."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
 
 
 def train_scores(ctx: MitigationContext, sub: ScoreSubnetwork, *, method: str, params: dict[str, Any],

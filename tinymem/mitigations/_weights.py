@@ -15,6 +15,7 @@ from torch import nn
 from tinymem.adapter import ModelAdapter
 from tinymem.errors import ConfigError
 from tinymem.train import sequence_losses
+from tinymem.util import eval_mode, model_device
 
 SCOPES = ("tensor", "global")
 
@@ -34,21 +35,18 @@ def batch_gradients(model: nn.Module, params: list[nn.Parameter], rows: torch.Te
         raise ConfigError("the forget set is empty: the base model memorizes nothing to unlearn")
     if batch_size < 1:
         raise ConfigError(f"batch_size={batch_size} is out of range; allowed: >= 1")
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
+    device = model_device(model)
     flags = [p.requires_grad for p in params]
     for p in params:
         p.requires_grad_(True)
     try:
-        for batch in rows.split(batch_size):
-            loss = sequence_losses(model, batch.to(device), pad_id).mean()
-            yield list(torch.autograd.grad(loss, params))
+        with eval_mode(model):
+            for batch in rows.split(batch_size):
+                loss = sequence_losses(model, batch.to(device), pad_id).mean()
+                yield list(torch.autograd.grad(loss, params))
     finally:
         for p, f in zip(params, flags):
             p.requires_grad_(f)
-        if was_training:
-            model.train()
 
 
 def accumulated_gradients(model: nn.Module, params: list[nn.Parameter], rows: torch.Tensor, batch_size: int,

@@ -21,15 +21,16 @@ from torch import nn
 
 from tinymem.adapter import ModelAdapter
 from tinymem.mitigations import register
-from tinymem.mitigations._neuron import (DEFAULT_RATIO, RATIO_HELP, ForgetSet, Scores, attribute_and_ablate,
-                                         capture_activations, forget_set, logits_of, model_device,
-                                         rows_per_batch)
-from tinymem.mitigations.base import Hyperparams, Mitigation, MitigationContext, MitigationOutput, hp
+from tinymem.mitigations._neuron import (DEFAULT_RATIO, RATIO_HELP, TOKENS_PER_BATCH, ForgetSet, NeuronMitigation,
+                                         Scores, capture_activations, forget_set, logits_of, rows_per_batch)
+from tinymem.mitigations.base import Hyperparams, MitigationContext, hp
+from tinymem.mitigations.memory import MethodMemory
+from tinymem.util import model_device
 
 
 @dataclass(frozen=True)
 class Params(Hyperparams):
-    ratio: float = hp(DEFAULT_RATIO, RATIO_HELP, low=0.0, high=1.0, log=True)
+    ratio: float = hp(DEFAULT_RATIO, RATIO_HELP, low=0.0, high=1.0, log=True, attribution=False)
 
 
 @torch.inference_mode()
@@ -55,13 +56,14 @@ def activation_scores(model: nn.Module, fs: ForgetSet) -> Scores:
 
 
 @register
-class Activations(Mitigation):
+class Activations(NeuronMitigation):
     """Activations: ablate the neurons most active on the memorized suffix, weighted by output-weight norm."""
 
     name = "activations"
-    family = "unlearn_neuron"
     Params = Params
+    memory = MethodMemory(1, 0, False, tokens=TOKENS_PER_BATCH, captures_neurons=True)
 
-    def apply(self, ctx: MitigationContext) -> MitigationOutput:
-        return attribute_and_ablate(ctx, self.name, self.params.ratio, {},
-                                    lambda: activation_scores(ctx.model, forget_set(ctx)))
+    deterministic_attribution = True
+
+    def attribute(self, ctx: MitigationContext) -> Scores:
+        return activation_scores(ctx.model, forget_set(ctx))

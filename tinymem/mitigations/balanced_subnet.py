@@ -10,6 +10,7 @@ import torch
 from tinymem.mitigations import register
 from tinymem.mitigations._batches import LabelledBatch, MixedBatches
 from tinymem.mitigations.base import MitigationContext, hp
+from tinymem.mitigations.memory import MethodMemory
 from tinymem.mitigations.subnet import Subnet, SubnetParams
 from tinymem.train import sequence_losses
 
@@ -59,6 +60,7 @@ class BalancedSubnet(Subnet):
 
     name = "balanced_subnet"
     Params = BalancedSubnetParams
+    memory = MethodMemory(1, 5, True, rows=BalancedSubnetParams.batch_size)  # as subnet
 
     def matched_control(self) -> tuple[str, dict[str, Any]] | None:
         """A random mask of the same fraction, then the same score training on the retain rows alone: what

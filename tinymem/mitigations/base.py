@@ -37,16 +37,21 @@ from torch import nn
 from tinymem.adapter import ModelAdapter
 from tinymem.data.bundle import DataBundle
 from tinymem.errors import ConfigError
+from tinymem.mitigations.memory import MethodMemory
 from tinymem.specs import BaseSpec, coerce
 
 FAMILIES = ("regularizer", "finetune", "unlearn_neuron", "unlearn_weight")
 
 
 def hp(default: Any, help: str, *, low: float | None = None, high: float | None = None,
-       choices: tuple | None = None, log: bool = False) -> Any:
-    """A hyperparameter field: default, meaning, and valid range (inclusive) or choices."""
+       choices: tuple | None = None, log: bool = False, attribution: bool = True) -> Any:
+    """A hyperparameter field: default, meaning, and valid range (inclusive) or choices.
+
+    `attribution=False` (neuron methods): the value is applied after the neuron attribution (`ratio`), so it
+    does not key the cached attribution; every other hyperparameter does (`NeuronMitigation`).
+    """
     return field(default=default, metadata={"help": help, "low": low, "high": high, "choices": choices,
-                                            "log": log})
+                                            "log": log, "attribution": attribution})
 
 
 @dataclass(frozen=True)
@@ -150,13 +155,19 @@ class MitigationOutput:
 
 
 class Mitigation:
-    """Base class: set `name`, `family`, `Params`, implement `apply`."""
+    """Base class: set `name`, `family`, `Params`, implement `apply`.
+
+    `memory`: what a trial holds on a GPU at its peak (`tinymem.hf.memory.estimate_method_gb`); a method
+    that leaves it None gets its family base's (`FAMILY_BASES`). Regularizers have none: they train a TinyMem
+    model from scratch and do not run on Hugging Face models.
+    """
 
     name: ClassVar[str] = ""
     family: ClassVar[str] = ""
     Params: ClassVar[type[Hyperparams]] = Hyperparams
     iterative: ClassVar[bool] = False  # reports per-epoch metrics through ctx.report
     control: ClassVar[bool] = False  # a random control (edits without looking at the forget set)
+    memory: ClassVar[MethodMemory | None] = None
 
     def __init__(self, params: Hyperparams | dict[str, Any] | None = None):
         if not isinstance(params, Hyperparams):
@@ -182,3 +193,29 @@ class Mitigation:
         doc = (cls.__doc__ or "").strip().splitlines()
         return {"name": cls.name, "family": cls.family, "iterative": cls.iterative, "control": cls.control,
                 "summary": doc[0] if doc else "", "hyperparameters": cls.Params.spec()}
+
+
+# The base class of each family whose methods run on Hugging Face models; its `memory` is the family's worst
+# case, used for a method that states none and for `estimate_method_gb` without a method.
+FAMILY_BASES: dict[str, type[Mitigation]] = {}
+
+
+def family_base(cls: type[Mitigation]) -> type[Mitigation]:
+    """Class decorator: `cls` is the base class of its family (one per family, with a `memory`)."""
+    if cls.family not in FAMILIES or cls.memory is None:
+        raise TypeError(f"{cls.__name__} needs a family in {FAMILIES} and a memory")
+    if FAMILY_BASES.get(cls.family, cls) is not cls:
+        raise TypeError(f"family {cls.family!r} has two base classes: {FAMILY_BASES[cls.family].__name__}, "
+                        f"{cls.__name__}")
+    FAMILY_BASES[cls.family] = cls
+    return cls
+
+
+@family_base
+class WeightMitigation(Mitigation):
+    """Base of the weight-level unlearning methods (`unlearn_weight`)."""
+
+    family = "unlearn_weight"
+    # The most any weight method holds: greedy's gradients of every parameter + the w*g product, subnet's
+    # scores, score gradients, momentum, mask and masked weight, 64-row batches.
+    memory = MethodMemory(3, 5, True, rows=64)

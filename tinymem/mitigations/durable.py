@@ -8,7 +8,8 @@ from typing import ClassVar
 
 from tinymem.mitigations import register
 from tinymem.mitigations._weights import accumulated_gradients, mlp_parameters, zero_top
-from tinymem.mitigations.base import Hyperparams, Mitigation, MitigationContext, MitigationOutput, hp
+from tinymem.mitigations.base import Hyperparams, MitigationContext, MitigationOutput, WeightMitigation, hp
+from tinymem.mitigations.memory import MethodMemory
 
 
 @dataclass(frozen=True)
@@ -19,7 +20,7 @@ class DurableParams(Hyperparams):
 
 
 @register
-class Durable(Mitigation):
+class Durable(WeightMitigation):
     """Durable: zero each MLP tensor's top-`ratio` entries by accumulated forget-loss |grad| (Neurotoxin reversed).
 
     Follows the paper: accumulate the gradient of the mean CE on the forget set over all batches (summed, no
@@ -31,8 +32,8 @@ class Durable(Mitigation):
     """
 
     name = "durable"
-    family = "unlearn_weight"
     Params = DurableParams
+    memory = MethodMemory(1, 2, True, rows=DurableParams.batch_size)  # accumulated MLP gradients + a batch's
     scope: ClassVar[str] = "tensor"
 
     def apply(self, ctx: MitigationContext) -> MitigationOutput:

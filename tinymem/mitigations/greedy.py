@@ -9,7 +9,8 @@ import torch
 
 from tinymem.mitigations import register
 from tinymem.mitigations._batches import MixedBatches, epoch_probe
-from tinymem.mitigations.base import Hyperparams, Mitigation, MitigationContext, MitigationOutput, hp
+from tinymem.mitigations.base import Hyperparams, MitigationContext, MitigationOutput, WeightMitigation, hp
+from tinymem.mitigations.memory import MethodMemory
 from tinymem.train import sequence_losses
 
 
@@ -51,7 +52,7 @@ def zero_most_helpful(params: list[torch.nn.Parameter], grads: list[torch.Tensor
 
 
 @register
-class Greedy(Mitigation):
+class Greedy(WeightMitigation):
     """Greedy (Maini et al. 2023): zero, one per batch, the weight whose removal most lowers a signed loss.
 
     Follows the paper: forget rows labelled +1 and retain rows -1 in batches of 64; per batch the loss is
@@ -73,8 +74,9 @@ class Greedy(Mitigation):
     """
 
     name = "greedy"
-    family = "unlearn_weight"
     Params = GreedyParams
+    # gradients of every parameter + the w*g product
+    memory = MethodMemory(3, 0, True, rows=GreedyParams.batch_size)
     iterative = True
 
     def apply(self, ctx: MitigationContext) -> MitigationOutput:

@@ -28,14 +28,16 @@ from torch import nn
 
 from tinymem.adapter import ModelAdapter
 from tinymem.mitigations import register
-from tinymem.mitigations._neuron import (DEFAULT_RATIO, RATIO_HELP, ForgetSet, Scores, attribute_and_ablate,
-                                         forget_set, logits_of, model_device, rows_per_batch)
-from tinymem.mitigations.base import Hyperparams, Mitigation, MitigationContext, MitigationOutput, hp
+from tinymem.mitigations._neuron import (DEFAULT_RATIO, RATIO_HELP, TOKENS_PER_BATCH, ForgetSet, NeuronMitigation,
+                                         Scores, forget_set, logits_of, rows_per_batch)
+from tinymem.mitigations.base import Hyperparams, MitigationContext, hp
+from tinymem.mitigations.memory import MethodMemory
+from tinymem.util import model_device
 
 
 @dataclass(frozen=True)
 class Params(Hyperparams):
-    ratio: float = hp(DEFAULT_RATIO, RATIO_HELP, low=0.0, high=1.0, log=True)
+    ratio: float = hp(DEFAULT_RATIO, RATIO_HELP, low=0.0, high=1.0, log=True, attribution=False)
     ig_steps: int = hp(20, "Riemann steps of the path integral from 0 to the activation", low=1, high=1000)
     max_sequences: int = hp(16, "forget rows attributed (evenly spaced; 0 = all)", low=0, high=1_000_000)
     max_positions: int = hp(10, "suffix positions per row (evenly spaced; 0 = all)", low=0, high=1_000_000)
@@ -104,16 +106,15 @@ def ig_scores(model: nn.Module, fs: ForgetSet, steps: int, max_positions: int) -
 
 
 @register
-class IntegratedGradients(Mitigation):
+class IntegratedGradients(NeuronMitigation):
     """Integrated Gradients: ablate the neurons with the largest attribution of memorized-token probabilities."""
 
     name = "integrated_gradients"
-    family = "unlearn_neuron"
     Params = Params
+    memory = MethodMemory(1, 0, True, tokens=TOKENS_PER_BATCH)
 
-    def apply(self, ctx: MitigationContext) -> MitigationOutput:
+    deterministic_attribution = True
+
+    def attribute(self, ctx: MitigationContext) -> Scores:
         p = self.params
-        settings = {"ig_steps": p.ig_steps, "max_sequences": p.max_sequences, "max_positions": p.max_positions}
-        return attribute_and_ablate(ctx, self.name, p.ratio, settings,
-                                    lambda: ig_scores(ctx.model, forget_set(ctx, p.max_sequences), p.ig_steps,
-                                                      p.max_positions))
+        return ig_scores(ctx.model, forget_set(ctx, p.max_sequences), p.ig_steps, p.max_positions)

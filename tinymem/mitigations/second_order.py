@@ -14,8 +14,10 @@ from tinymem.adapter import ModelAdapter, is_conv1d
 from tinymem.errors import ConfigError
 from tinymem.mitigations import register
 from tinymem.mitigations._weights import zero_top
-from tinymem.mitigations.base import Hyperparams, Mitigation, MitigationContext, MitigationOutput, hp
+from tinymem.mitigations.base import Hyperparams, MitigationContext, MitigationOutput, WeightMitigation, hp
+from tinymem.mitigations.memory import MethodMemory
 from tinymem.train import sequence_losses
+from tinymem.util import eval_mode, model_device
 
 ROWS_PER_PASS = 32  # forget rows per forward/backward pass when computing per-row gradients
 
@@ -53,7 +55,7 @@ def per_row_gradients(model: nn.Module, rows: torch.Tensor, pad_id: int | None,
     not interact, the model runs in eval mode). Row-by-row backward passes were 8x slower on CPU.
     """
     modules, params = mlp_modules_and_params(model)
-    device = next(model.parameters()).device
+    device = model_device(model)
     captured: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def hook_for(i: int):
@@ -62,35 +64,32 @@ def per_row_gradients(model: nn.Module, rows: torch.Tensor, pad_id: int | None,
             out.register_hook(lambda g: captured.__setitem__(i, (x, g.detach())))
         return hook
 
-    was_training = model.training
-    model.eval()
     flags = [p.requires_grad for p in params]
     for p in params:
         p.requires_grad_(True)
     handles = [m.register_forward_hook(hook_for(i)) for i, m in enumerate(modules)]
     try:
-        for batch in rows.split(rows_per_pass):
-            captured.clear()
-            # The sum of per-row losses: its gradient at row b's activations is row b's own gradient.
-            loss = sequence_losses(model, batch.to(device), pad_id).sum()
-            torch.autograd.grad(loss, params)  # runs the hooks; the summed parameter gradients are unused
-            out = []
-            for i, m in enumerate(modules):
-                x, g = captured[i]
-                if is_conv1d(m):  # weight [in, out]
-                    out.append(torch.einsum("bti,bto->bio", x, g))
-                else:  # nn.Linear weight [out, in]
-                    out.append(torch.einsum("bto,bti->boi", g, x))
-                if getattr(m, "bias", None) is not None:
-                    out.append(g.sum(dim=1))
-            yield out
+        with eval_mode(model):
+            for batch in rows.split(rows_per_pass):
+                captured.clear()
+                # The sum of per-row losses: its gradient at row b's activations is row b's own gradient.
+                loss = sequence_losses(model, batch.to(device), pad_id).sum()
+                torch.autograd.grad(loss, params)  # runs the hooks; the summed parameter gradients are unused
+                out = []
+                for i, m in enumerate(modules):
+                    x, g = captured[i]
+                    if is_conv1d(m):  # weight [in, out]
+                        out.append(torch.einsum("bti,bto->bio", x, g))
+                    else:  # nn.Linear weight [out, in]
+                        out.append(torch.einsum("bto,bti->boi", g, x))
+                    if getattr(m, "bias", None) is not None:
+                        out.append(g.sum(dim=1))
+                yield out
     finally:
         for h in handles:
             h.remove()
         for p, f in zip(params, flags):
             p.requires_grad_(f)
-        if was_training:
-            model.train()
 
 
 class BlockFisher:
@@ -132,7 +131,7 @@ class BlockFisher:
 
 
 @register
-class SecondOrder(Mitigation):
+class SecondOrder(WeightMitigation):
     """Second-Order Unlearning (the paper code's `obs`): zero the MLP weights of highest OBS saliency.
 
     Saliency of weight q: w_q^2 / (2 [F^-1]_qq) with F an empirical block-diagonal Fisher (oBERT /
@@ -152,8 +151,11 @@ class SecondOrder(Mitigation):
     """
 
     name = "second_order"
-    family = "unlearn_weight"
     Params = SecondOrderParams
+    # + per MLP weight, in float64: its Fisher block's row (block_size entries) and ROWS_PER_PASS pending
+    # per-row gradients
+    memory = MethodMemory(1, 1, True, rows=1,
+                          mlp_state_bytes=8 * SecondOrderParams.block_size + 8 * ROWS_PER_PASS)
 
     def apply(self, ctx: MitigationContext) -> MitigationOutput:
         p = self.params

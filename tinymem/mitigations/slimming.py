@@ -22,14 +22,16 @@ import torch
 
 from tinymem.adapter import ModelAdapter
 from tinymem.mitigations import register
-from tinymem.mitigations._neuron import (DEFAULT_RATIO, RATIO_HELP, GateTraining, Scores,
-                                         attribute_and_ablate, forget_set, model_device, train_gates)
-from tinymem.mitigations.base import Hyperparams, Mitigation, MitigationContext, MitigationOutput, hp
+from tinymem.mitigations._neuron import (DEFAULT_RATIO, RATIO_HELP, GateTraining, NeuronMitigation, Scores,
+                                         forget_set, train_gates)
+from tinymem.mitigations.base import Hyperparams, MitigationContext, hp
+from tinymem.mitigations.memory import MethodMemory
+from tinymem.util import model_device
 
 
 @dataclass(frozen=True)
 class Params(Hyperparams):
-    ratio: float = hp(DEFAULT_RATIO, RATIO_HELP, low=0.0, high=1.0, log=True)
+    ratio: float = hp(DEFAULT_RATIO, RATIO_HELP, low=0.0, high=1.0, log=True, attribution=False)
     epochs: int = hp(10, "passes over the forget set", low=1, high=1000)
     lr: float = hp(0.1, "Adam learning rate of the coefficients", low=1e-5, high=10.0, log=True)
     l1_lambda: float = hp(1000.0, "weight of the L1 penalty mean|c| against the suffix loss", low=0.0, high=1e6)
@@ -54,15 +56,13 @@ def slimming_scores(ctx: MitigationContext, p: Params) -> tuple[Scores, dict[str
 
 
 @register
-class Slimming(Mitigation):
+class Slimming(NeuronMitigation):
     """Slimming: L1-sparse neuron coefficients trained on the memorized suffix; ablate the ones that stay."""
 
     name = "slimming"
-    family = "unlearn_neuron"
     Params = Params
+    memory = MethodMemory(1, 0, True, rows=Params.batch_size)
     iterative = True
 
-    def apply(self, ctx: MitigationContext) -> MitigationOutput:
-        p = self.params
-        settings = {k: v for k, v in p.to_dict().items() if k != "ratio"} | {"seed": ctx.seed}
-        return attribute_and_ablate(ctx, self.name, p.ratio, settings, lambda: slimming_scores(ctx, p))
+    def attribute(self, ctx: MitigationContext) -> tuple[Scores, dict[str, float]]:
+        return slimming_scores(ctx, self.params)

@@ -10,7 +10,8 @@ import torch
 from tinymem.errors import ConfigError
 from tinymem.mitigations import register
 from tinymem.mitigations._subnet import SCORE_INITS, ScoreSubnetwork, train_scores
-from tinymem.mitigations.base import Hyperparams, Mitigation, MitigationContext, MitigationOutput, hp
+from tinymem.mitigations.base import Hyperparams, MitigationContext, MitigationOutput, WeightMitigation, hp
+from tinymem.mitigations.memory import MethodMemory
 from tinymem.train import sequence_losses
 
 
@@ -27,7 +28,7 @@ class SubnetParams(Hyperparams):
 
 
 @register
-class Subnet(Mitigation):
+class Subnet(WeightMitigation):
     """Subnet (the paper code's `random`): edge-popup scores, ascent on the forget set.
 
     Follows the paper: every MLP projection weight of every layer gets a score tensor (kaiming-uniform, so the
@@ -46,8 +47,9 @@ class Subnet(Mitigation):
     """
 
     name = "subnet"
-    family = "unlearn_weight"
     Params = SubnetParams
+    # scores, their gradients, momentum, mask, masked weight W*M
+    memory = MethodMemory(1, 5, True, rows=SubnetParams.batch_size)
     iterative = True
 
     def batches(self, ctx: MitigationContext):

@@ -28,14 +28,16 @@ from torch import nn
 
 from tinymem.adapter import ModelAdapter
 from tinymem.mitigations import register
-from tinymem.mitigations._neuron import (DEFAULT_RATIO, RATIO_HELP, ForgetSet, Scores, attribute_and_ablate,
-                                         capture_activations, forget_set, logits_of, model_device,
-                                         rows_per_batch, scaled_neurons, suffix_loss_sums)
-from tinymem.mitigations.base import Hyperparams, Mitigation, MitigationContext, MitigationOutput, hp
+from tinymem.mitigations._neuron import (DEFAULT_RATIO, RATIO_HELP, TOKENS_PER_BATCH, ForgetSet, NeuronMitigation,
+                                         Scores, capture_activations, forget_set, logits_of, rows_per_batch,
+                                         scaled_neurons, suffix_loss_sums)
+from tinymem.mitigations.base import Hyperparams, MitigationContext, hp
+from tinymem.mitigations.memory import MethodMemory
+from tinymem.util import model_device
 
 @dataclass(frozen=True)
 class Params(Hyperparams):
-    ratio: float = hp(DEFAULT_RATIO, RATIO_HELP, low=0.0, high=1.0, log=True)
+    ratio: float = hp(DEFAULT_RATIO, RATIO_HELP, low=0.0, high=1.0, log=True, attribution=False)
     max_sequences: int = hp(16, "forget rows scored (evenly spaced; 0 = all). Cost grows linearly with it",
                             low=0, high=1_000_000)
 
@@ -85,15 +87,14 @@ def zero_out_scores(model: nn.Module, fs: ForgetSet) -> Scores:
 
 
 @register
-class ZeroOut(Mitigation):
+class ZeroOut(NeuronMitigation):
     """Zero-Out: ablate the neurons whose individual removal raises the memorized-suffix loss most."""
 
     name = "zero_out"
-    family = "unlearn_neuron"
     Params = Params
+    memory = MethodMemory(1, 0, False, tokens=TOKENS_PER_BATCH, captures_neurons=True)
 
-    def apply(self, ctx: MitigationContext) -> MitigationOutput:
-        p = self.params
-        settings = {"max_sequences": p.max_sequences}
-        return attribute_and_ablate(ctx, self.name, p.ratio, settings,
-                                    lambda: zero_out_scores(ctx.model, forget_set(ctx, p.max_sequences)))
+    deterministic_attribution = True
+
+    def attribute(self, ctx: MitigationContext) -> Scores:
+        return zero_out_scores(ctx.model, forget_set(ctx, self.params.max_sequences))
