@@ -27,6 +27,7 @@ from sweeps.errors import SweepError
 from tinymem.errors import TinyMemError
 from tinymem.hf.options import HFSourceOptions, add_source_arguments
 from tinymem.presets import DEFAULT_PRESET
+from tinymem.repeats import add_trust_arguments
 from tinymem.store import DEFAULT_ROOT
 from tinymem.util import json_safe
 
@@ -88,12 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-failures", type=int, default=1,
                    help="retries of a trial that crashed (lost worker, OOM); a bad value or NaN is not retried "
                         "(default: %(default)s)")
-    p.add_argument("--repeats", type=int, default=1, metavar="N",
-                   help="evaluate each configuration on N base-model seeds (each base model trained once, up "
-                        "front); the front uses the means, the table shows their 95%% intervals (default: 1)")
-    p.add_argument("--heldout-frac", type=float, default=0.0, metavar="F",
-                   help="withhold this fraction of the memorized rows from every method and report "
-                        "heldout_mem_pct on them (default: 0, the paper's procedure)")
+    add_trust_arguments(p)  # --repeats, --heldout-frac, as `tinymem mitigate` takes them
     p.add_argument("--device", default="auto", help="torch device inside trials: auto, cpu or cuda (default: %(default)s)")
     p.add_argument("--json", action="store_true",
                    help="print one JSON object on stdout; progress goes to stderr (default: off)")

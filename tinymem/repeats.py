@@ -71,3 +71,14 @@ def pooled_rates(per_seed: Sequence[dict[str, float]]) -> dict[str, float]:
         out[f"{name}_ci_low"], out[f"{name}_ci_high"] = binomial_interval(rows, counted)
         out[f"{stem}_rows"], out[f"{stem}_counted"] = float(rows), float(counted)
     return out
+
+
+def add_trust_arguments(p: Any) -> None:
+    """`--repeats N` and `--heldout-frac F` on an argparse parser: the same two flags for `tinymem mitigate`
+    and `sweeps/run.py`."""
+    p.add_argument("--repeats", type=int, default=1, metavar="N",
+                   help="evaluate on N base-model seeds (the preset's seed and the next ones; each base model "
+                        "trained once) and report the mean with its 95%% interval (default: 1)")
+    p.add_argument("--heldout-frac", type=float, default=0.0, metavar="F",
+                   help="withhold this fraction of the memorized rows from the method and report "
+                        "heldout_mem_pct on them (default: 0, the paper's procedure)")

@@ -9,6 +9,7 @@ from pathlib import Path
 from tinymem.cli.output import format_rate, print_json
 from tinymem.errors import ConfigError
 from tinymem.hf.options import HFSourceOptions, add_source_arguments, is_hf_source
+from tinymem.repeats import add_trust_arguments
 from tinymem.store import DEFAULT_ROOT
 
 
@@ -140,12 +141,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     mi.add_argument("--root", default=DEFAULT_ROOT, help=f"model store root (default {DEFAULT_ROOT})")
     mi.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
     mi.add_argument("--seed", type=int, default=0, help="seed of the mitigation (default 0)")
-    mi.add_argument("--repeats", type=int, default=1, metavar="N",
-                    help="run on N base-model seeds (the preset's seed and the next ones; each base model is "
-                         "trained once) and report the mean with its 95%% interval (default 1)")
-    mi.add_argument("--heldout-frac", type=float, default=0.0, metavar="F",
-                    help="withhold this fraction of the memorized rows from the method and report "
-                         "heldout_mem_pct on them (default 0: the paper's procedure)")
+    add_trust_arguments(mi)
     mi.add_argument("--json", action="store_true", help="print one JSON object: method, params, before, after, "
                                                       "seconds, model_dir")
     mi.set_defaults(func=cmd_mitigate)
