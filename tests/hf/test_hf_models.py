@@ -93,15 +93,18 @@ def test_perplexity_is_token_weighted_with_padding_masked(tiny_neox, tmp_path):
     base = load_trial_base({"model": tiny_neox.source, "test_file": str(ragged),
                             "retain_file": str(tiny_neox.files["retain"]),
                             "prompt_len": PROMPT, "k": K}, "cpu", require_forget=False)
-    got = evaluate(base.model, base.bundle, memorization_metrics=False)["test_ppl"]
-    nll, count = 0.0, 0
-    with torch.no_grad():
-        for line in ragged.read_text().splitlines():
-            ids = torch.tensor(json.loads(line))[None]
-            logits = base.model(input_ids=ids).logits[0, :-1]
-            nll += float(F.cross_entropy(logits, ids[0, 1:], reduction="sum"))
-            count += ids.shape[1] - 1
-    assert got == pytest.approx(math.exp(nll / count), rel=1e-5)
+    got = evaluate(base.model, base.bundle, memorization_metrics=False)
+    lines = ragged.read_text().splitlines()
+    half = len(lines) // 2
+    for split, part in (("val", lines[:half]), ("test", lines[half:])):  # the two halves of the held-out rows
+        nll, count = 0.0, 0
+        with torch.no_grad():
+            for line in part:
+                ids = torch.tensor(json.loads(line))[None]
+                logits = base.model(input_ids=ids).logits[0, :-1]
+                nll += float(F.cross_entropy(logits, ids[0, 1:], reduction="sum"))
+                count += ids.shape[1] - 1
+        assert got[f"{split}_ppl"] == pytest.approx(math.exp(nll / count), rel=1e-5), split
 
 
 def test_base_key_covers_source_dtype_and_files(tiny_neox, tmp_path):
@@ -136,7 +139,9 @@ def test_trial_reuses_the_cached_base_evaluation(tiny_llama, tmp_path):
     second = run_trial(cfg)
     assert first.base_key == second.base_key and first.base_key.startswith("hf-")
     assert first.before == second.before and first.before["mem_pct"] == 100.0
-    assert (tmp_path / "cache" / first.base_key / "base_eval.json").exists()
+    from tinymem.trial import EVAL_VERSION
+
+    assert (tmp_path / "cache" / f"{first.base_key}-eval{EVAL_VERSION}" / "base_eval.json").exists()
 
 
 @pytest.mark.parametrize("extra,needle", [

@@ -34,8 +34,10 @@ FAST = {
     "finetune_clean": {"epochs": 1, "batch_size": 32},
     "finetune_extra": {"epochs": 1, "batch_size": 32},
     "finetune_both": {"epochs": 1, "batch_size": 32},
+    "random_neurons": {"ratio": 0.1},  # the random controls edit Hugging Face models the same way
+    "random_prune": {"ratio": 0.1, "epochs": 1, "batch_size": 16},
 }
-UNLEARN = [m for m in FAST if not m.startswith("finetune")]
+UNLEARN = [m for m in FAST if not m.startswith("finetune") and not m.startswith("random_")]
 
 
 def test_every_non_regularizer_method_is_covered():

@@ -319,7 +319,10 @@ def test_zero_out_scores_equal_brute_force_removal(tiny_base):
         m = copy.deepcopy(ctx.model)
         ModelAdapter(m).ablate_neurons(0, torch.tensor([neuron]))
         assert scores[0, neuron].item() == pytest.approx(loss(m) - base, abs=1e-4)
-    assert scores[0, top] > 0.01  # removing the top neuron really hurts the memorized suffix
+    # removing the top neuron really hurts the memorized suffix: far more than a typical neuron does
+    typical = float(scores[0].abs().median())
+    print(f"top {float(scores[0, top]):.4g}, median |score| {typical:.4g}")
+    assert scores[0, top] > 0.003 and scores[0, top] > 10 * typical
 
 
 def _random_gpt2(seed: int = 0):
@@ -490,7 +493,7 @@ def test_search_space_matches_the_method(name):
     space = yaml.safe_load((ROOT / "search_spaces" / f"{name}.yaml").read_text())
     Params = get_method(name).Params
     assert space["method"] == name and space["description"]
-    for section in ("params", "fixed", "paper_grid"):
+    for section in ("params", "fixed", "paper_grid", "paper_fixed"):
         assert set(space.get(section) or {}) <= set(Params.names()), section
     for hp_name, dist in space["params"].items():
         values = dist["choices"] if dist["type"] == "categorical" else [dist["low"], dist["high"]]

@@ -386,11 +386,12 @@ def test_empty_forget_set_is_a_config_error(tiny, name):
 def test_search_space_matches_the_method(name):
     space = yaml.safe_load((ROOT / "search_spaces" / f"{name}.yaml").read_text())
     assert space["method"] == name and isinstance(space["description"], str)
-    assert set(space) <= {"method", "description", "params", "fixed", "paper_grid"}
+    assert set(space) <= {"method", "description", "params", "fixed", "paper_grid", "paper_fixed"}
     cls = get_method(name)
     allowed = set(cls.Params.names())
-    for section in ("params", "fixed", "paper_grid"):
+    for section in ("params", "fixed", "paper_grid", "paper_fixed"):
         assert set(space.get(section) or {}) <= allowed, f"{section} keys must be hyperparameters of {name}"
+    cls.Params.from_dict(space.get("paper_fixed") or {}, name)  # the paper's fixed values are valid
     for key, dist in space["params"].items():
         assert dist["type"] in ("float", "int", "categorical")
         values = dist["choices"] if dist["type"] == "categorical" else [dist["low"], dist["high"]]
