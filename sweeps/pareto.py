@@ -49,6 +49,11 @@ def utility_loss_name(kind: str, split: str = SELECT_SPLIT) -> str:
     return f"{split}_acc_drop" if kind == "math" else f"{split}_ppl_increase_pct"
 
 
+def objectives_of(kind: str) -> list[str]:
+    """A sweep's two objectives, both minimised: memorization and the utility loss on the selection split."""
+    return [MEM, utility_loss_name(kind)]
+
+
 def utility_loss(after: dict[str, float], base: dict[str, float], kind: str, split: str = SELECT_SPLIT) -> float:
     """The utility loss of one trial on `split` against its base model (NaN if a metric is missing)."""
     if kind == "math":

@@ -16,7 +16,7 @@ from typing import Any
 from sweeps import storage
 from sweeps.errors import SweepError
 from sweeps.options import AUTO, GRIDS, SAMPLERS, SCHEDULERS, SWEEP_RECORD, SweepOptions, split_list
-from sweeps.pareto import MEM, task_kind, utility_loss_name
+from sweeps.pareto import objectives_of, task_kind, utility_loss_name
 from sweeps.ray_runtime import check_ray_address
 from sweeps.space import SweepSpace
 from sweeps.space_file import default_space_path, load_search_space, parse_search_space
@@ -53,7 +53,7 @@ class SweepPlan:
 
     @property
     def objectives(self) -> list[str]:
-        return [MEM, self.loss_name]
+        return objectives_of(self.kind)
 
     @property
     def sweep_dir(self) -> str:

@@ -14,7 +14,7 @@ from typing import Any
 import pandas as pd
 
 from sweeps import storage
-from sweeps.pareto import MEM, REPORT_SPLIT, utility_loss_name
+from sweeps.pareto import MEM, REPORT_SPLIT, objectives_of, utility_loss_name
 from sweeps.tracking import set_tags
 from tinymem.util import json_safe
 
@@ -49,7 +49,7 @@ class Report:
 
     @property
     def objectives(self) -> list[str]:
-        return [MEM, self.loss_name]
+        return objectives_of(self.kind)
 
     @property
     def counts(self) -> dict[str, int]:

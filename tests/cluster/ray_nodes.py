@@ -1,6 +1,6 @@
 """A real two-node Ray cluster on one Linux machine, kept on loopback, for tests and benchmarks.
 
-The recipe of `sweep-stack.md` (Appendix): the head is `ray start --head --node-ip-address=127.0.0.2`, the
+The loopback recipe: the head is `ray start --head --node-ip-address=127.0.0.2`, the
 second node `ray start --address=127.0.0.2:PORT --node-ip-address=127.0.0.3`; Ray rewrites only 127.0.0.1 /
 localhost to the machine's network address, so both nodes and their traffic stay on loopback. Each node:
 

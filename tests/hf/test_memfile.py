@@ -123,7 +123,7 @@ def test_bad_files_are_named(tmp_path):
 def test_metric_presets_and_overrides():
     assert resolve_metric() == METRIC_PRESETS["pythia"]
     p = METRIC_PRESETS["pythia"]
-    assert (p.prompt_len, p.k, p.seq_len) == (32, 40, 80)  # paper-code.md §5.4
+    assert (p.prompt_len, p.k, p.seq_len) == (32, 40, 80)  # the paper's Pythia setting
     assert (resolve_metric("pythia", k=50).seq_len) == 82  # grows to fit prompt + k
     assert resolve_metric(prompt_len=8, k=12, seq_len=24).seq_len == 24
     with pytest.raises(ConfigError, match=r"unknown metric preset 'gpt'; allowed: \['biderman', 'carlini', 'pythia'\]"):

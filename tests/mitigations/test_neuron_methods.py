@@ -1,5 +1,5 @@
 """The five neuron-level unlearning methods: what they edit, determinism, the attribution cache, that they
-remove memorization on a tiny memorizing model, the paper-code bug fixes, and GPT-NeoX / Llama support."""
+remove memorization on a tiny memorizing model, the fixes of the paper code's bugs, and GPT-NeoX / Llama support."""
 
 from __future__ import annotations
 

@@ -16,7 +16,7 @@ import pytest
 import tests.sweeps.probe_method  # noqa: F401  (registers the test-only `sweep_probe` method)
 
 os.environ.pop("RAY_ADDRESS", None)
-# Keep the test runtime on loopback and quiet (sweep-stack.md, Appendix).
+# Keep the test runtime on loopback and quiet: nothing a test starts listens on the network.
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_TRAIN_ENABLE_V2_MIGRATION_WARNINGS", "0")

@@ -232,7 +232,8 @@ def test_help_imports_no_ray_optuna_or_mlflow(monkeypatch):
 
 
 def test_multi_objective_study_is_not_downgraded(sweep_root, spaces_dir):
-    """The searcher holds both objectives and Tune's TuneConfig gets no metric/mode (sweep-stack.md §2.2)."""
+    """The searcher holds both objectives and Tune's TuneConfig gets no metric/mode (one there would make the
+    study single-objective)."""
     from sweeps.options import SweepOptions
     from sweeps.plan import plan_sweep
     from sweeps.searchers import make_searcher
