@@ -7,7 +7,6 @@ interval; the sweeps and `tinymem mitigate --repeats N` both repeat a configurat
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -46,7 +45,7 @@ def summarize_seeds(per_seed: Sequence[dict[str, float]], seeds: Sequence[int]) 
         if not all(isinstance(v, (int, float)) for v in values):
             continue
         mean, low, high = mean_interval([float(v) for v in values])
-        out[k] = mean if not math.isnan(mean) else math.nan
+        out[k] = mean
         out[f"{k}_seeds_ci_low"], out[f"{k}_seeds_ci_high"] = low, high
         for s, v in zip(seeds, values):
             out[f"{k}_seed{s}"] = float(v)
