@@ -47,6 +47,13 @@ def methods_of(family: str) -> list[str]:
             if get_method(n).family == f and not get_method(n).control]
 
 
+def parse_set(items: list[str]) -> dict:
+    """`--set k=v` values, typed like the CLI types them (the same parser `tinymem mitigate --set` uses)."""
+    from tinymem.specs import parse_set_args
+
+    return parse_set_args(items)
+
+
 def control_of(method: str, params: dict) -> tuple[str, dict] | None:
     from tinymem.mitigations import get_method
 
@@ -94,14 +101,16 @@ def load_rows(path: Path) -> dict[str, dict]:
     return done
 
 
-def plan(presets: list[str], seeds: list[int], methods: list[str]) -> list[tuple[str, int, str, dict, str | None]]:
-    """(preset, seed, method, params, controlled method) in run order: each method right before its control."""
+def plan(presets: list[str], seeds: list[int], methods: list[str],
+         params: dict | None = None) -> list[tuple[str, int, str, dict, str | None]]:
+    """(preset, seed, method, params, controlled method) in run order: each method right before its control.
+    `params` (from `--set`) replaces defaults of every listed method, and its control is matched to them."""
     todo = []
     for preset in presets:
         for seed in seeds:
             for m in methods:
-                todo.append((preset, seed, m, {}, None))
-                ctl = control_of(m, {})
+                todo.append((preset, seed, m, dict(params or {}), None))
+                ctl = control_of(m, dict(params or {}))
                 if ctl:
                     todo.append((preset, seed, ctl[0], ctl[1], m))
     return todo
@@ -116,20 +125,31 @@ def _utility_drop(row: dict, split: str) -> float:
     return math.nan
 
 
+def _base_utility(before: dict, preset: str) -> str:
+    """The base model's utility on val and test: perplexity for text presets, accuracy for math."""
+    m = "ppl" if preset.startswith("lang") else "acc"
+    return f"val {m} {before.get(f'val_{m}', math.nan):.2f} | test {m} {before.get(f'test_{m}', math.nan):.2f}"
+
+
 def _interval(values: list[float]) -> tuple[float, float, float]:
     from tinymem.stats import mean_interval
 
     return mean_interval(values)
 
 
-def _fmt(mean: float, low: float, high: float) -> str:
+def _fmt(mean: float, low: float, high: float, pct: bool = False) -> str:
+    """`mean [low, high]`; for a percentage (`pct`) the t-interval is clipped to [0, 100], the values it can take."""
     if math.isnan(mean):
         return "n/a"
+    if pct and not math.isnan(low):
+        low, high = max(low, 0.0), min(high, 100.0)
     return f"{mean:.1f} [{low:.1f}, {high:.1f}]" if not math.isnan(low) else f"{mean:.1f}"
 
 
-def table(rows: dict[str, dict], presets: list[str], seeds: list[int], methods: list[str]) -> str:
-    """The printed table: one line per method (and control) and preset, means over the seeds present."""
+def table(rows: dict[str, dict], presets: list[str], seeds: list[int], methods: list[str],
+          params: dict | None = None) -> str:
+    """The printed table: one line per method (and control) and preset, means over the seeds present.
+    With `params` (the `--set` values) the lines are those of that configuration instead of the defaults."""
     from tinymem.stats import binomial_interval
 
     lines = []
@@ -139,9 +159,11 @@ def table(rows: dict[str, dict], presets: list[str], seeds: list[int], methods: 
                 f"| test {util[preset]} | s | control: mem_pct | control: test {util[preset]} | beats control by |")
         lines += [head, "|" + "---|" * (head.count("|") - 1)]
         base = [r["before"] for k, r in rows.items() if r["preset"] == preset and r["seed"] in seeds]
+        chosen = dict(params or {})
         for m in methods:
-            for name, params, of in [(m, {}, None)] + ([(*control_of(m, {}), m)] if control_of(m, {}) else []):
-                got = [rows[k] for s in seeds if (k := run_key(preset, s, name, params)) in rows]
+            ctl_m = control_of(m, chosen)
+            for name, cfg, of in [(m, chosen, None)] + ([(*ctl_m, m)] if ctl_m else []):
+                got = [rows[k] for s in seeds if (k := run_key(preset, s, name, cfg)) in rows]
                 if not got:
                     continue
                 mem = [r["after"]["mem_pct"] for r in got]
@@ -151,21 +173,22 @@ def table(rows: dict[str, dict], presets: list[str], seeds: list[int], methods: 
                     lo, hi = binomial_interval(int(r["after"].get("mem_rows", 0)), int(n)) if n else (math.nan,) * 2
                     mem_s = _fmt(mem[0], lo, hi)
                 else:
-                    mem_s = _fmt(*_interval(mem))
-                paper = _fmt(*_interval([r["after"].get("paper_mem_pct", math.nan) for r in got]))
+                    mem_s = _fmt(*_interval(mem), pct=True)
+                paper = _fmt(*_interval([r["after"].get("paper_mem_pct", math.nan) for r in got]), pct=True)
                 val = _fmt(*_interval([_utility_drop(r, "val") for r in got]))
                 test_vals = [_utility_drop(r, "test") for r in got]
                 test = _fmt(*_interval(test_vals))
                 secs = sum(r["seconds"] for r in got) / len(got)
                 rows_u = "/".join(str(int(r["unlearn_rows"])) if r.get("unlearn_rows") is not None else "?"
                                   for r in got)
-                label = name if of is None else f"  {name} (control of {of})"
-                ctl = control_of(m, {}) if of is None else None
+                shown = "".join(f" {k}={v}" for k, v in chosen.items()) if of is None else ""
+                label = name + shown if of is None else f"  {name} (control of {of})"
+                ctl = ctl_m if of is None else None
                 c_mem = c_test = diff = ""
                 if ctl:
                     cg = [rows[k] for s in seeds if (k := run_key(preset, s, ctl[0], ctl[1])) in rows]
                     if cg:
-                        c_mem = _fmt(*_interval([r["after"]["mem_pct"] for r in cg]))
+                        c_mem = _fmt(*_interval([r["after"]["mem_pct"] for r in cg]), pct=True)
                         c_test = _fmt(*_interval([_utility_drop(r, "test") for r in cg]))
                         paired = {r["seed"]: r["after"]["mem_pct"] for r in cg}
                         d = [paired[r["seed"]] - r["after"]["mem_pct"] for r in got if r["seed"] in paired]
@@ -176,7 +199,7 @@ def table(rows: dict[str, dict], presets: list[str], seeds: list[int], methods: 
             b = base[0]
             lines.append(f"| base (seed {seeds[0]}) | | | {b['mem_pct']:.1f} ({int(b.get('mem_rows', 0))} of "
                          f"{int(b.get('mem_counted', 0))} rows) | {b.get('paper_mem_pct', math.nan):.1f} | "
-                         f"val {b.get('val_acc', math.nan):.2f} | test {b.get('test_acc', math.nan):.2f} | | | | |")
+                         f"{_base_utility(b, preset)} | | | | |")
         lines.append("")
     return "\n".join(lines)
 
@@ -189,6 +212,8 @@ def main() -> None:
     ap.add_argument("--seeds", default="0,1,2", help="base-model seeds, comma list (default 0,1,2)")
     ap.add_argument("--family", default="unlearn", choices=sorted(FAMILIES))
     ap.add_argument("--methods", default=None, help="comma list instead of --family")
+    ap.add_argument("--set", action="append", default=[], metavar="K=V",
+                    help="run the methods at this hyperparameter value instead of the default (repeatable)")
     ap.add_argument("--root", default=DEFAULT_ROOT)
     ap.add_argument("--out", default=str(DEFAULT_OUT), help="JSON-lines results file (appended; done runs skipped)")
     ap.add_argument("--timeout", type=float, default=1800.0, help="seconds per run before it is abandoned")
@@ -198,12 +223,13 @@ def main() -> None:
     presets = [p.strip() for p in args.preset.split(",") if p.strip()]
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     methods = [m.strip() for m in args.methods.split(",")] if args.methods else methods_of(args.family)
+    params = parse_set(args.set)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     done = load_rows(out)
     if not args.print_only:
         todo, seen = [], set(done)
-        for t in plan(presets, seeds, methods):  # a control shared by several methods runs once
+        for t in plan(presets, seeds, methods, params):  # a control shared by several methods runs once
             if run_key(*t[:4]) not in seen:
                 seen.add(run_key(*t[:4]))
                 todo.append(t)
@@ -217,7 +243,7 @@ def main() -> None:
                                          f"{row['seconds']:.0f} s")
             print(f"{preset} seed {seed} {m} {params or ''}: {state} (wall {row['wall']:.0f} s)", flush=True)
         done = load_rows(out)
-    print(table(done, presets, seeds, methods))
+    print(table(done, presets, seeds, methods, params))
 
 
 if __name__ == "__main__":
