@@ -17,6 +17,7 @@ class DurableAggregate(Durable):
     layers whose gradients are larger lose more weights. Departs: one `topk` over the concatenated scores
     instead of the paper's CPU concatenation plus Python set intersections (which took 170-560 s on Pythia).
     Hyperparameters: those of `durable`.
+    Defaults: those of `durable` (a point of the paper's grid), measured after the fix but not re-chosen (docs/defaults.md).
     """
 
     name = "durable_aggregate"

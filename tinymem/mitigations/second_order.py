@@ -148,6 +148,8 @@ class SecondOrder(WeightMitigation):
     and F = damp*I + (1/m) sum_i g_i g_i^T per block. Per-row gradients come from batched passes (see
     `per_row_gradients`) and diag(F^-1) from one batched Cholesky per tensor instead of m sequential
     Woodbury updates (the same matrix, computed exactly).
+    Defaults: ratio 0.01 (a point of the paper's grid), the rest the paper's; measured after the fix, not re-chosen
+    (docs/defaults.md).
     """
 
     name = "second_order"
