@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
+from sweeps import tags as T
 from tests.sweeps.conftest import REPO, run_cli
 
 
@@ -72,7 +73,7 @@ def test_interrupted_sweep_resumes_keeping_every_finished_trial_once(ray_runtime
     runs = _children(uri, out["mlflow_parent_run_id"])
     by_trial = {}
     for r in runs:
-        tid = r.data.tags["tinymem.trial_id"]
+        tid = r.data.tags[T.TRIAL_ID]
         assert tid not in by_trial, f"trial {tid} has two MLflow runs"
         by_trial[tid] = r
     assert len(by_trial) == 6
@@ -115,7 +116,7 @@ def test_sweep_against_a_real_mlflow_server(ray_runtime, sweep_args, tmp_path, c
         assert out["tracking_uri"] == uri and out["completed"] == 2
         assert out["mlflow_ui"].startswith(f"open {uri}/#/experiments/")
         runs = _children(uri, out["mlflow_parent_run_id"])
-        assert len(runs) == 2 and all(r.data.tags["state"] == "completed" for r in runs)
+        assert len(runs) == 2 and all(r.data.tags[T.STATE] == "completed" for r in runs)
         arts = {a.path for a in MlflowClient(uri).list_artifacts(out["mlflow_parent_run_id"])}
         assert {"pareto.csv", "pareto.png"} <= arts
         # The runs went over HTTP into the server's own store, and its artifacts under its destination.
