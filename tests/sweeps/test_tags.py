@@ -7,6 +7,7 @@ import getpass
 import json
 import subprocess
 import urllib.parse
+from pathlib import Path
 
 from mlflow import MlflowClient
 from mlflow.utils.mlflow_tags import (MLFLOW_GIT_BRANCH, MLFLOW_GIT_COMMIT, MLFLOW_PARENT_RUN_ID, MLFLOW_SOURCE_NAME,
@@ -51,10 +52,10 @@ def test_read_falls_back_to_the_bare_tag_of_an_older_sweep():
     assert T.read({}, T.PARETO, "false") == "false"
 
 
-def _old_sweep(client: MlflowClient) -> tuple[str, dict[str, str]]:
+def _old_sweep(client: MlflowClient, artifacts: Path) -> tuple[str, dict[str, str]]:
     """A sweep as the sweeps logged it before the `tinymem.` namespace: bare `state` / `pareto` / `error` tags
     on the children and `state` on the parent. Returns (parent run id, trial id -> run id)."""
-    exp = client.create_experiment("t-old")
+    exp = client.create_experiment("t-old", artifact_location=artifacts.as_uri())
     sweep = {"kind": "math", "objectives": ["mem_pct", "val_acc_drop"], "methods": ["durable"],
              "presets": ["math-tiny"], "searched": ["ratio"]}
     parent = client.create_run(exp, tags={T.ROLE: "sweep", T.SWEEP_ID: "old", "state": "finished",
@@ -82,7 +83,7 @@ def _old_sweep(client: MlflowClient) -> tuple[str, dict[str, str]]:
 def test_a_sweep_logged_with_bare_tags_reads_back(tmp_path, capsys):
     uri = f"sqlite:///{tmp_path / 'old.db'}"
     client = MlflowClient(uri)
-    pid, ids = _old_sweep(client)
+    pid, ids = _old_sweep(client, tmp_path / "artifacts")
     assert latest_parent_run(client, "t-old")[1] == pid
     rep = build_from_mlflow(client, pid, out_dir=str(tmp_path / "report"), tracking_uri=uri)
     assert {k: rep.counts[k] for k in ("trials", "completed", "failed", "running")} == \
@@ -93,6 +94,7 @@ def test_a_sweep_logged_with_bare_tags_reads_back(tmp_path, capsys):
     rep.publish(client, pid)
     found = client.search_runs([client.get_run(pid).info.experiment_id], filter_string=T.PARETO_FILTER)
     assert {r.info.run_id for r in found} == {ids["a"], ids["b"]}
+    assert list((tmp_path / "artifacts").rglob("pareto.csv"))  # the report went to the parent run
 
     from sweeps.report import main as report_main
 
@@ -105,7 +107,7 @@ def test_a_sweep_logged_with_bare_tags_reads_back(tmp_path, capsys):
 
 def test_ui_hint_names_the_command_the_pages_and_the_front_filter(tmp_path):
     client = MlflowClient(f"sqlite:///{tmp_path / 'm.db'}")
-    pid, _ = _old_sweep(client)
+    pid, _ = _old_sweep(client, tmp_path / "artifacts")
     exp = client.get_run(pid).info.experiment_id
     for uri, ui in (("sqlite:////tmp/x/mlflow.db", "http://127.0.0.1:5000"),
                     ("http://10.0.0.5:5001/", "http://10.0.0.5:5001")):
