@@ -18,7 +18,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT, MLFLOW_GIT_COMMIT, 
 from sweeps import tags as T
 from sweeps.readback import latest_parent_run
 from tests.sweeps.conftest import REPO, run_cli
-from tests.sweeps.mlflow_server import mlflow_server
+from tests.sweeps.mlflow_server import MlflowServer
 
 
 def _children(uri: str, parent_run_id: str):
@@ -103,7 +103,8 @@ def test_interrupted_sweep_resumes_keeping_every_finished_trial_once(ray_runtime
 
 @pytest.mark.slow
 def test_sweep_against_a_real_mlflow_server(ray_runtime, sweep_args, tmp_path, capsys):
-    with mlflow_server(f"sqlite:///{tmp_path / 'server.db'}", tmp_path) as uri:
+    with MlflowServer(f"sqlite:///{tmp_path / 'server.db'}", tmp_path) as server:
+        uri = server.wait_ready()
         args = sweep_args("durable", "t-server", "--num-samples", "2")
         args[args.index("--tracking-uri") + 1] = uri
         code, out, err = run_cli(args, capsys)
