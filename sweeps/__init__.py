@@ -8,7 +8,8 @@
 - `ray_runtime`, `bases`: the Ray runtime (and `--gpus-per-trial auto`); base models made once as Ray tasks.
 - `trainable`, `searchers`, `progress`: one trial; Optuna with two objectives or the paper's grid; trial lines.
 - `engine`: `run_sweep`, the Ray Tune experiment and the MLflow parent run.
-- `tracking`: MLflow child run per trial, run ids kept on disk for resume.
+- `tracking`, `tags`, `inputs`: MLflow child run per trial, run ids kept on disk for resume; the tag names
+  (`tinymem.*`, MLflow's system tags); the base models' data as run inputs.
 - `pareto`, `results`, `readback`, `report`: the front and the paper's rule; table, CSV and PNG from MLflow.
 - `storage`, `checkpoints`: files under the storage root (a path or an object store); resume files of trials.
 

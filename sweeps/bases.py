@@ -43,7 +43,7 @@ def _build_base(preset: str, storage_root: str, device: str, cpus: float,
     config = {**base_config(preset, source or HFSourceOptions()), "storage": storage_root, "device": device}
     prepared = prepare_base(seed_config(config, seed) if seed is not None else config)
     return {"preset": preset, "key": prepared.key, "model_dir": prepared.model_dir, "created": prepared.created,
-            "seconds": prepared.seconds, "metrics": prepared.evaluation.metrics}
+            "seconds": prepared.seconds, "metrics": prepared.evaluation.metrics, "data": prepared.data}
 
 
 def prepare_bases(plan: SweepPlan, say: Callable[[str], None]) -> dict[str, dict[str, Any]]:
@@ -88,6 +88,8 @@ def prepare_bases(plan: SweepPlan, say: Callable[[str], None]) -> dict[str, dict
     for preset in presets:
         infos = [got[(preset, s)] for s in seeds[preset]]
         out[preset] = dict(infos[0])
+        # The data of each base model (one per seed), digested where it was loaded: the MLflow run inputs.
+        out[preset]["data"] = [{"seed": s, "key": i["key"], "splits": i["data"]} for s, i in zip(seeds[preset], infos)]
         if repeats > 1:  # the base model of a repeated sweep is the mean over its seeds
             out[preset]["metrics"] = summarize_seeds([i["metrics"] for i in infos], seeds[preset])
             out[preset]["key"] = ",".join(i["key"] for i in infos)

@@ -25,7 +25,9 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from sweeps import storage
+from sweeps import tags as T
 from sweeps.bases import prepare_bases
+from sweeps.inputs import dataset_specs, log_data_inputs
 from sweeps.options import ASHA_GUARD, AUTO, DEFAULT_NUM_SAMPLES, SWEEP_RECORD
 from sweeps.plan import SweepPlan
 from sweeps.progress import ProgressLines
@@ -88,14 +90,16 @@ def sweep_record(plan: SweepPlan, experiment_id: str, parent_run_id: str, bases:
             "bases": {p: {k: v for k, v in b.items() if k != "model_dir"} for p, b in bases.items()}}
 
 
-def _start_parent(plan: SweepPlan, client: Any, experiment_id: str, bases: dict[str, Any]) -> str:
-    """Create the sweep's parent run and log what defines the sweep."""
+def _start_parent(plan: SweepPlan, client: Any, experiment_id: str, bases: dict[str, Any],
+                  system_tags: dict[str, str], inputs: dict[str, list[dict[str, Any]]]) -> str:
+    """Create the sweep's parent run and log what defines the sweep (its base models' data as inputs)."""
     import yaml
 
     o = plan.options
     run = client.create_run(experiment_id, run_name=f"sweep-{plan.sweep_id}",
-                            tags={"tinymem.role": "sweep", "tinymem.sweep_id": plan.sweep_id, "state": "running"})
+                            tags={**system_tags, T.ROLE: "sweep", T.SWEEP_ID: plan.sweep_id, T.STATE: "running"})
     rid = run.info.run_id
+    log_data_inputs(client, rid, [spec for specs in inputs.values() for spec in specs])
     log_params(client, rid, {
         "method": ",".join(plan.space.methods), "preset": ",".join(plan.space.presets),
         "sampler": "grid:paper" if o.grid else o.sampler, "scheduler": o.scheduler,
@@ -105,12 +109,12 @@ def _start_parent(plan: SweepPlan, client: Any, experiment_id: str, bases: dict[
         "command": o.command})
     set_tags(client, rid, {
         "mlflow.note.content": f"TinyMem sweep `{plan.experiment}` / `{plan.sweep_id}`\n\n    {o.command}\n",
-        "tinymem.sweep": {"kind": plan.kind, "objectives": plan.objectives, "methods": plan.space.methods,
+        T.SWEEP: {"kind": plan.kind, "objectives": plan.objectives, "methods": plan.space.methods,
                           "presets": plan.space.presets,
                           "searched": sorted({n for sp in plan.space.spaces.values()
                                               for n in (list(sp.params) + list(sp.paper_grid))})},
-        "tinymem.base": {p: b["metrics"] for p, b in bases.items()},
-        "tinymem.base_keys": {p: b["key"] for p, b in bases.items()},
+        T.BASE: {p: b["metrics"] for p, b in bases.items()},
+        T.BASE_KEYS: {p: b["key"] for p, b in bases.items()},
     })
     for preset, b in bases.items():
         prefix = "base_" if len(bases) == 1 else f"base_{preset}_"
@@ -160,20 +164,22 @@ def run_sweep(plan: SweepPlan, say: Callable[[str], None] = print, stream: str =
             resolve_auto_gpus(o, say)
         check_trial_fits(o, say)
         client = mlflow_client(plan.tracking_uri)
+        system = T.system_tags()  # once, on the driver: who ran it, from which script and commit
         if plan.resumed:
             bases = plan.record["bases"]
             experiment_id = plan.record["mlflow_experiment_id"]
             parent_run_id = plan.record["mlflow_parent_run_id"]
+            inputs = dataset_specs(bases, plan.storage, o.source)  # none if the record predates run inputs
             client.update_run(parent_run_id, status="RUNNING")
-            set_tags(client, parent_run_id, {"state": "running",
-                                             "tinymem.resumed": str(int(time.time()))})
+            set_tags(client, parent_run_id, {T.STATE: "running", T.RESUMED: str(int(time.time()))})
             # The base models may be gone from a fresh cluster's local disks; make sure (cheap if present).
             prepare_bases(plan, say)
             say(f"resuming sweep {plan.sweep_id} of {plan.experiment} (MLflow parent run {parent_run_id})")
         else:
             bases = prepare_bases(plan, say)
+            inputs = dataset_specs(bases, plan.storage, o.source)
             experiment_id = ensure_experiment(client, plan.experiment, _artifact_location(plan))
-            parent_run_id = _start_parent(plan, client, experiment_id, bases)
+            parent_run_id = _start_parent(plan, client, experiment_id, bases, system, inputs)
             storage.write_json(storage.join(plan.sweep_dir, SWEEP_RECORD),
                                sweep_record(plan, experiment_id, parent_run_id, bases))
 
@@ -192,7 +198,7 @@ def run_sweep(plan: SweepPlan, say: Callable[[str], None] = print, stream: str =
         else:
             total = o.num_samples or DEFAULT_NUM_SAMPLES
         logger = TrialLogger(plan.tracking_uri, experiment_id, parent_run_id, run_map_path, plan.space,
-                             plan.loss_name)
+                             plan.loss_name, system_tags=system, data_inputs=inputs)
         callbacks = [logger, ProgressLines(plan.space, plan.loss_name, total, stream)]
 
         if plan.resumed and tune.Tuner.can_restore(plan.ray_path):
@@ -229,10 +235,10 @@ def run_sweep(plan: SweepPlan, say: Callable[[str], None] = print, stream: str =
         c = rep.counts
         interrupted = c["completed"] + c["failed"] + c["early_stopped"] < total
         if interrupted:
-            set_tags(client, parent_run_id, {"state": "interrupted"})
+            set_tags(client, parent_run_id, {T.STATE: "interrupted"})
             client.set_terminated(parent_run_id, status="KILLED")
         else:
-            set_tags(client, parent_run_id, {"state": "finished"})
+            set_tags(client, parent_run_id, {T.STATE: "finished"})
             log_metrics(client, parent_run_id, {"trials": rep.counts["trials"], "completed": rep.counts["completed"],
                                                 "failed": rep.counts["failed"],
                                                 "early_stopped": rep.counts["early_stopped"],

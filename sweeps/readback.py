@@ -1,7 +1,8 @@
 """A sweep read back from MLflow alone: its child runs as a table, annotated with the front, as a `Report`.
 
-Everything needed is in MLflow: the child runs' params, metrics and `state` tags, and the parent run's tags
-`tinymem.sweep` (task kind, objectives) and `tinymem.base` (base metrics per preset).
+Everything needed is in MLflow: the child runs' params, metrics and `tinymem.state` tags, and the parent run's
+tags `tinymem.sweep` (task kind, objectives) and `tinymem.base` (base metrics per preset). Tags are read with
+`sweeps.tags.read`, so a sweep logged before the `tinymem.` namespace (bare `state`, ...) reads back too.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from typing import Any
 
 import pandas as pd
 
+from sweeps import tags as T
 from sweeps.errors import SweepError
 from sweeps.pareto import MEM, select, utility_loss_name
 from sweeps.results import Report
@@ -32,10 +34,10 @@ def runs_dataframe(client: Any, experiment_id: str, parent_run_id: str) -> tuple
                                   max_results=1000, page_token=token)
         for run in page:
             tags, params = run.data.tags, run.data.params
-            row: dict[str, Any] = {"trial_id": tags.get("tinymem.trial_id", ""), "run_id": run.info.run_id,
+            row: dict[str, Any] = {"trial_id": tags.get(T.TRIAL_ID, ""), "run_id": run.info.run_id,
                                    "started_ms": run.info.start_time,
-                                   "state": tags.get("state", "running"), "method": params.get("method", ""),
-                                   "preset": params.get("preset", ""), "error": tags.get("error", "")}
+                                   "state": T.read(tags, T.STATE, "running"), "method": params.get("method", ""),
+                                   "preset": params.get("preset", ""), "error": T.read(tags, T.ERROR, "")}
             for k, v in params.items():
                 if k not in ("method", "preset"):
                     row[k] = _parse_param(v)
@@ -60,8 +62,8 @@ def build_from_mlflow(client: Any, parent_run_id: str, out_dir: str | None, trac
     experiment_id = experiment_id or parent.info.experiment_id
     tags = parent.data.tags
     try:
-        sweep = json.loads(tags["tinymem.sweep"])
-        bases = json.loads(tags["tinymem.base"])
+        sweep = json.loads(tags[T.SWEEP])
+        bases = json.loads(tags[T.BASE])
     except (KeyError, ValueError):
         raise SweepError(f"run {parent_run_id} is not a TinyMem sweep parent run (no tinymem.sweep/base tags)"
                          ) from None
@@ -87,7 +89,7 @@ def latest_parent_run(client: Any, experiment: str) -> tuple[str, str]:
     if exp is None:
         names = [e.name for e in client.search_experiments()]
         raise SweepError(f"no MLflow experiment {experiment!r}; allowed: {names}")
-    runs = client.search_runs([exp.experiment_id], filter_string="tags.`tinymem.role` = 'sweep'",
+    runs = client.search_runs([exp.experiment_id], filter_string=f"tags.\"{T.ROLE}\" = 'sweep'",
                               order_by=["attributes.start_time DESC"], max_results=1)
     if not runs:
         raise SweepError(f"MLflow experiment {experiment!r} has no sweep parent run")

@@ -10,14 +10,17 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, urlencode
 
 import pandas as pd
 
 from sweeps import storage
+from sweeps import tags as T
 from sweeps.pareto import MEM, REPORT_SPLIT, objectives_of, utility_loss_name
 from sweeps.tracking import set_tags
 from tinymem.util import json_safe
 
+LOCAL_UI = "http://127.0.0.1:5000"  # where `mlflow ui --host 127.0.0.1 --port 5000` serves
 # Beside the objectives: the interval of mem_pct (over rows, or over base-model seeds with --repeats) and the
 # utility loss on the reported split, which selection never saw.
 INTERVAL_COLUMNS = ("mem_pct_ci_low", "mem_pct_ci_high", "mem_pct_seeds_ci_low", "mem_pct_seeds_ci_high")
@@ -109,11 +112,16 @@ class Report:
 
     @property
     def ui_hint(self) -> str:
-        path = f"#/experiments/{self.experiment_id}/runs/{self.parent_run_id}"
-        if self.tracking_uri.startswith(("http://", "https://")):
-            return f"open {self.tracking_uri.rstrip('/')}/{path}"
-        return (f"mlflow ui --backend-store-uri {self.tracking_uri} --host 127.0.0.1 --port 5000  "
-                f"# then open http://127.0.0.1:5000/{path}")
+        """How to see the sweep in the MLflow UI, on one line: for a local store the `mlflow ui` command, then the
+        parent run's page and the page of the front (the runs that the search filter `tags."tinymem.pareto" =
+        'true'` selects, by mem_pct). Everything after `#` is a shell comment, so the line can be pasted."""
+        remote = self.tracking_uri.startswith(("http://", "https://"))
+        base = self.tracking_uri.rstrip("/") if remote else LOCAL_UI
+        pages = (f"{base}/#/experiments/{self.experiment_id}/runs/{self.parent_run_id}  "
+                 f"(the front, filter {T.PARETO_FILTER}: {front_url(base, self.experiment_id)})")
+        if remote:
+            return f"open {pages}"
+        return f"mlflow ui --backend-store-uri {self.tracking_uri} --host 127.0.0.1 --port 5000  # then open {pages}"
 
     def summary(self) -> str:
         c = self.counts
@@ -199,14 +207,23 @@ class Report:
         plt.close(fig)
 
     def publish(self, client: Any, parent_run_id: str) -> None:
-        """Tag each child `pareto` true/false and attach the CSVs and the PNG to the parent run."""
+        """Tag each child `tinymem.pareto` true/false and attach the CSVs and the PNG to the parent run."""
         for idx, row in self.trials.iterrows():
-            tags = {"pareto": "true" if bool(row.get("pareto")) else "false"}
+            tags = {T.PARETO: "true" if bool(row.get("pareto")) else "false"}
             if idx == self.best_index:
-                tags["paper_rule_best"] = "true"
+                tags[T.PAPER_RULE_BEST] = "true"
             set_tags(client, row["run_id"], tags)
         for name, local in self.local_files.items():
             client.log_artifact(parent_run_id, local)
+
+
+def front_url(ui: str, experiment_id: str) -> str:
+    """The MLflow UI's runs page of an experiment showing only the front, sorted by mem_pct. The UI keeps its
+    search box and sort in the query string of its `#/experiments/<id>/runs` route; a sort other than by date
+    also lists child runs flat instead of folded under their parent."""
+    query = urlencode({"searchFilter": T.PARETO_FILTER, "orderByKey": f"metrics.`{MEM}`", "orderByAsc": "true"},
+                      quote_via=quote)
+    return f"{ui.rstrip('/')}/#/experiments/{experiment_id}/runs?{query}"
 
 
 def _interval_columns(df: pd.DataFrame) -> tuple[str | None, str | None]:

@@ -5,11 +5,12 @@ another node may not even see that file. Ray's own `MLflowLoggerCallback` makes 
 numeric field, and keeps run ids only in memory, so a restored experiment starts new runs. `TrialLogger`
 instead:
 
-- creates a child run (tag `mlflow.parentRunId`) when a trial starts, params = the trial's method, preset
-  and every hyperparameter;
+- creates a child run (tag `mlflow.parentRunId`, MLflow's system tags, the base model's data as run
+  inputs) when a trial starts, params = the trial's method, preset and every hyperparameter;
 - logs per-epoch metrics (step = epoch) and the final metrics under the names of `tinymem.metrics`;
-- tags `state` (running | completed | failed | early_stopped), `pareto` (set at the end), `error`, and where
-  the trial runs: `ray_node_id`, `hostname`, `node_ip` (updated if a retry moves it to another node);
+- tags (names in `sweeps.tags`) `tinymem.state` (running | completed | failed | early_stopped),
+  `tinymem.pareto` (set at the end), `tinymem.error`, and where the trial runs: `tinymem.ray_node_id`,
+  `tinymem.hostname`, `tinymem.node_ip` (updated if a retry moves it to another node);
 - keeps trial id -> run id in `mlflow_runs.json` in the sweep directory (atomic writes), so after
   `--resume` a trial continues its own run and a finished trial is never logged twice.
 
@@ -35,7 +36,9 @@ from ray.tune import Callback
 from ray.tune.result import AUTO_RESULT_KEYS
 
 from sweeps import storage
+from sweeps import tags as T
 from sweeps.errors import SweepError
+from sweeps.inputs import log_data_inputs
 from tinymem.store import DEFAULT_ROOT
 
 RUN_MAP = "mlflow_runs.json"
@@ -43,8 +46,6 @@ STATES = ("running", "completed", "failed", "early_stopped")
 # Result fields that are bookkeeping, not metrics worth a chart.
 _NOT_METRICS = set(AUTO_RESULT_KEYS) | {"done", "trial_id", "experiment_tag", "should_checkpoint", "final",
                                         "failed", "epoch", "timestamp", "time_total_s", "time_this_iter_s"}
-# Result fields that say where a trial ran, copied to tags of its run (`ray_node_id` comes from the trainable).
-WHERE_TAGS = ("ray_node_id", "hostname", "node_ip")
 TRACKING_SCHEMES = ("sqlite", "http", "https", "postgresql", "mysql", "mssql", "databricks")
 
 
@@ -178,13 +179,16 @@ class TrialLogger(Callback):
     """Tune callback that mirrors every trial into a child MLflow run of the sweep's parent run."""
 
     def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str, run_map_path: str,
-                 space: Any, loss_name: str):
+                 space: Any, loss_name: str, system_tags: dict[str, str] | None = None,
+                 data_inputs: dict[str, list[dict[str, Any]]] | None = None):
         self.tracking_uri = tracking_uri
         self.experiment_id = experiment_id
         self.parent_run_id = parent_run_id
         self.run_map_path = run_map_path
         self.space = space
         self.loss_name = loss_name
+        self.system_tags = dict(system_tags or {})  # resolved once on the driver (`sweeps.tags.system_tags`)
+        self.data_inputs = dict(data_inputs or {})  # preset -> its base model's datasets (`sweeps.inputs`)
         self._client = None
         self._map: RunIdMap | None = None
 
@@ -213,13 +217,18 @@ class TrialLogger(Callback):
         entry = self.runs.get(trial.trial_id)
         if entry is not None:
             return entry["run_id"]
+        from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
+
         method, preset, params = self.space.decode(trial.config)
+        # A logger unpickled from an experiment started before these fields existed has neither.
+        system, inputs = self.__dict__.get("system_tags", {}), self.__dict__.get("data_inputs", {})
         run = self.client.create_run(
             self.experiment_id, run_name=f"{method}-{trial.trial_id}",
-            tags={"mlflow.parentRunId": self.parent_run_id, "tinymem.trial_id": trial.trial_id,
-                  "method": method, "preset": preset, "state": "running", "pareto": "false"})
+            tags={**system, MLFLOW_PARENT_RUN_ID: self.parent_run_id, T.TRIAL_ID: trial.trial_id,
+                  T.METHOD: method, T.PRESET: preset, T.STATE: "running", T.PARETO: "false"})
         run_id = run.info.run_id
         log_params(self.client, run_id, {"method": method, "preset": preset, **params})
+        log_data_inputs(self.client, run_id, inputs.get(preset, []))
         self.runs.put(trial.trial_id, run_id=run_id, state="running")
         return run_id
 
@@ -228,7 +237,7 @@ class TrialLogger(Callback):
         run_id = self._run_for(trial)
         if entry is not None:  # a retried or resumed trial continues its run
             self.client.update_run(run_id, status="RUNNING")
-            set_tags(self.client, run_id, {"state": "running"})
+            set_tags(self.client, run_id, {T.STATE: "running"})
             self.runs.put(trial.trial_id, state="running")
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
@@ -236,7 +245,7 @@ class TrialLogger(Callback):
         step = int(result.get("epoch") or 0)
         log_metrics(self.client, run_id, result, step=step)
         # Where it runs (a retried trial may move to another node): tagged when it changes.
-        where = {k: str(result[k]) for k in WHERE_TAGS if result.get(k)}
+        where = {tag: str(result[k]) for k, tag in T.WHERE.items() if result.get(k)}
         seen = self.__dict__.setdefault("_where", {})  # not pickled; an unpickled logger re-tags once
         if where and seen.get(trial.trial_id) != where:
             set_tags(self.client, run_id, where)
@@ -247,25 +256,25 @@ class TrialLogger(Callback):
         last = trial.last_result or {}
         if last.get("failed"):
             state, status = "failed", "FAILED"
-            tags = {"state": state, "error": str(last.get("error", "unknown error"))[:8000]}
+            tags = {T.STATE: state, T.ERROR: str(last.get("error", "unknown error"))[:8000]}
         elif not last.get("final"):
             # A scheduler stopped it between epochs: its metrics are those of a partial edit.
             state, status = "early_stopped", "KILLED"
-            tags = {"state": state, "early_stopped_at_epoch": str(last.get("epoch", ""))}
+            tags = {T.STATE: state, T.EARLY_STOPPED_AT_EPOCH: str(last.get("epoch", ""))}
         else:
             state, status = "completed", "FINISHED"
-            tags = {"state": state}
+            tags = {T.STATE: state}
         set_tags(self.client, run_id, tags)
         self.client.set_terminated(run_id, status=status)
         self.runs.put(trial.trial_id, state=state)
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         run_id = self._run_for(trial)
-        set_tags(self.client, run_id, {"retries": str(trial.num_failures), "last_error": _error_line(trial)})
+        set_tags(self.client, run_id, {T.RETRIES: str(trial.num_failures), T.LAST_ERROR: _error_line(trial)})
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         run_id = self._run_for(trial)
-        set_tags(self.client, run_id, {"state": "failed", "error": _error_line(trial)})
+        set_tags(self.client, run_id, {T.STATE: "failed", T.ERROR: _error_line(trial)})
         self.client.set_terminated(run_id, status="FAILED")
         self.runs.put(trial.trial_id, state="failed")
 

@@ -242,6 +242,7 @@ class PreparedBase:
     created: bool
     seconds: float
     evaluation: BaseEvaluation
+    data: dict[str, dict[str, Any]]  # `DataBundle.digests()` of its data: which rows its numbers come from
 
 
 def prepare_base(config: TrialConfig | Mapping[str, Any]) -> PreparedBase:
@@ -253,7 +254,7 @@ def prepare_base(config: TrialConfig | Mapping[str, Any]) -> PreparedBase:
     base = load_base(config)
     evaluation = base_evaluation(base.model, base.bundle, _cache_dir(config.storage, base.key))
     return PreparedBase(key=base.key, model_dir=base.model_dir, created=base.created,
-                        seconds=time.perf_counter() - t0, evaluation=evaluation)
+                        seconds=time.perf_counter() - t0, evaluation=evaluation, data=base.bundle.digests())
 
 
 def split_heldout(rows: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

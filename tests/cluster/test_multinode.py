@@ -7,7 +7,8 @@ loopback and is stopped by process group / temp dir, never with `ray stop`. The 
 working directory is an empty folder, so anything it wrote outside `--storage` would show.
 
 1. `durable` trials on `math-tiny`, two at a time on two 1-CPU nodes: the MLflow child runs carry both
-   nodes' `ray_node_id` / `node_ip`; the base model, the Ray experiment and the reports are under `--storage`.
+   nodes' `tinymem.ray_node_id` / `tinymem.node_ip`; the base model, the Ray experiment and the reports are
+   under `--storage`.
 2. `balanced_subnet` (20 epochs, checkpointed every epoch under the storage root): the second node is
    SIGKILLed while a trial runs on it; every trial still finishes, the lost one retried on the head from its
    checkpoint, with exactly `num_samples` finished child runs in MLflow (none lost, none duplicated).
@@ -27,6 +28,7 @@ from pathlib import Path
 
 import pytest
 
+from sweeps import tags as T
 from tests.cluster.ray_nodes import HEAD_IP, WORKER_IP, LocalCluster, NodeStartError
 
 pytestmark = pytest.mark.slow
@@ -142,18 +144,19 @@ def test_trials_run_on_both_nodes(cluster, storage, tmp_path):
     assert (outcome["trials"], outcome["completed"], outcome["failed"]) == (n, n, 0), outcome
     runs = child_runs(outcome)
     assert len(runs) == n
-    tags = [r.data.tags for r in runs]
-    assert all(r.info.status == "FINISHED" and r.data.tags["state"] == "completed" for r in runs)
-    ips = {t["node_ip"] for t in tags}
+    assert all(r.info.status == "FINISHED" and r.data.tags[T.STATE] == "completed" for r in runs)
+    # where each trial ran, by result field (node_ip, ray_node_id, hostname)
+    where = [{field: r.data.tags.get(tag) for field, tag in T.WHERE.items()} for r in runs]
+    ips = {t["node_ip"] for t in where}
     assert ips == {HEAD_IP, WORKER_IP}, f"trials ran on {ips}, expected both nodes"
     node_of_ip = {}
-    for t in tags:
+    for t in where:
         assert len(t["ray_node_id"]) == 56 and t["hostname"], t
         assert node_of_ip.setdefault(t["node_ip"], t["ray_node_id"]) == t["ray_node_id"], "one node id per node"
     assert len(set(node_of_ip.values())) == 2
     check_storage_layout(storage, outcome, "spread", tmp_path / "driver-cwd")
     print(f"\nspread: {n} trials, per node: "
-          f"{ {ip: sum(t['node_ip'] == ip for t in tags) for ip in sorted(ips)} }")
+          f"{ {ip: sum(t['node_ip'] == ip for t in where) for ip in sorted(ips)} }")
 
 
 def _live_trials(client, experiment: str) -> dict[str, dict]:
@@ -165,12 +168,12 @@ def _live_trials(client, experiment: str) -> dict[str, dict]:
         exp = client.get_experiment_by_name(experiment)
         if exp is None:
             return {}
-        runs = client.search_runs([exp.experiment_id], filter_string="tags.state = 'running'", max_results=100)
+        runs = client.search_runs([exp.experiment_id], filter_string=f"tags.\"{T.STATE}\" = 'running'", max_results=100)
     except Exception:  # the driver is writing (SQLite busy) or creating the experiment: ask again
         return {}
     out = {}
     for r in runs:
-        tid = r.data.tags.get("tinymem.trial_id")
+        tid = r.data.tags.get(T.TRIAL_ID)
         if not tid or not r.data.metrics:
             continue
         # Per-epoch metrics are logged with step = epoch; a running trial has only those.
@@ -178,7 +181,7 @@ def _live_trials(client, experiment: str) -> dict[str, dict]:
             history = client.get_metric_history(r.info.run_id, sorted(r.data.metrics)[0])
         except Exception:
             continue
-        out[tid] = {"epoch": max(m.step for m in history), "node_ip": r.data.tags.get("node_ip")}
+        out[tid] = {"epoch": max(m.step for m in history), "node_ip": r.data.tags.get(T.WHERE["node_ip"])}
     return out
 
 
@@ -221,24 +224,24 @@ def test_sweep_survives_losing_a_node(cluster, storage, tmp_path):
     # Every trial finished once: none lost, none duplicated, none failed.
     assert (outcome["trials"], outcome["completed"], outcome["failed"]) == (n, n, 0), outcome
     runs = child_runs(outcome)
-    trial_ids = [r.data.tags["tinymem.trial_id"] for r in runs]
+    trial_ids = [r.data.tags[T.TRIAL_ID] for r in runs]
     assert len(runs) == n and len(set(trial_ids)) == n, f"{len(runs)} child runs for {n} trials: {trial_ids}"
-    assert all(r.info.status == "FINISHED" and r.data.tags["state"] == "completed" for r in runs), \
-        [(r.info.status, r.data.tags.get("state")) for r in runs]
+    assert all(r.info.status == "FINISHED" and r.data.tags[T.STATE] == "completed" for r in runs), \
+        [(r.info.status, r.data.tags.get(T.STATE)) for r in runs]
     run_map = json.loads((storage / "sweeps" / exp / outcome["sweep_id"] / "mlflow_runs.json").read_text())
     assert sorted(run_map["trials"]) == sorted(trial_ids)
 
     # The lost trial(s) were retried on the surviving node, resuming from the checkpoint on shared storage.
-    by_trial = {r.data.tags["tinymem.trial_id"]: r for r in runs}
+    by_trial = {r.data.tags[T.TRIAL_ID]: r for r in runs}
     retried = []
     for tid, epoch in victims.items():
         r = by_trial[tid]
-        assert int(r.data.tags.get("retries", 0)) >= 1, f"trial {tid} was on the lost node but not retried"
-        assert r.data.tags["node_ip"] == HEAD_IP, f"trial {tid} finished on {r.data.tags['node_ip']}"
+        assert int(r.data.tags.get(T.RETRIES, 0)) >= 1, f"trial {tid} was on the lost node but not retried"
+        assert r.data.tags[T.WHERE["node_ip"]] == HEAD_IP, f"trial {tid} finished on {r.data.tags[T.WHERE['node_ip']]}"
         resumed = r.data.metrics.get("info_resumed_from_epoch", 0)
         assert resumed >= 1, f"trial {tid} restarted from scratch (it had reached epoch {epoch})"
         retried.append((tid, epoch, int(resumed)))
-    other_retries = [t for t, r in by_trial.items() if t not in victims and int(r.data.tags.get("retries", 0))]
+    other_retries = [t for t, r in by_trial.items() if t not in victims and int(r.data.tags.get(T.RETRIES, 0))]
     check_storage_layout(storage, outcome, exp, tmp_path / "driver-cwd")
     print(f"\nnode loss: {n} trials, completed {outcome['completed']}, retried {len(retried)} "
           f"(trial, epoch at kill, resumed from epoch: {retried}), also retried: {other_retries}, "

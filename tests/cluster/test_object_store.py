@@ -26,6 +26,7 @@ from pathlib import Path
 
 import pytest
 
+from sweeps import tags as T
 from tests.cluster.ray_nodes import free_port
 
 pytestmark = pytest.mark.slow
@@ -128,7 +129,7 @@ def test_sweep_on_s3_storage_resumes_a_lost_trial_from_the_bucket(s3_env, tiny_s
                               filter_string=f"tags.mlflow.parentRunId = '{out['mlflow_parent_run_id']}'")
     by_fail = {r.data.params["fail"]: r for r in runs}
     lost, straight = by_fail["lose_node"], by_fail["none"]
-    assert lost.data.tags["state"] == "completed" and lost.data.tags.get("retries") == "1", lost.data.tags
+    assert lost.data.tags[T.STATE] == "completed" and lost.data.tags.get(T.RETRIES) == "1", lost.data.tags
     assert lost.data.metrics["info_resumed_from_epoch"] == 2.0
     assert straight.data.metrics["info_resumed_from_epoch"] == 0.0
     assert lost.data.metrics["info_acc"] == straight.data.metrics["info_acc"]
@@ -146,6 +147,6 @@ def test_sweep_on_s3_storage_resumes_a_lost_trial_from_the_bucket(s3_env, tiny_s
     for key in ("pareto_csv", "trials_csv"):
         assert out[key].startswith(f"s3://{ours}/") and fs.exists(out[key]), out[key]
     assert sorted(json.loads(fs.cat(f"{ours}/mlflow_runs.json"))["trials"]) == \
-        sorted(r.data.tags["tinymem.trial_id"] for r in runs)
+        sorted(r.data.tags[T.TRIAL_ID] for r in runs)
     # Finished trials leave no resume files in the bucket (their last checkpoint is emptied).
     assert not [p for p in fs.find(ray_exp) if p.rsplit("/", 1)[-1].startswith("probe-")]

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from sweeps import storage
+from sweeps import tags as T
 from sweeps.bases import base_config
 from sweeps.engine import sweep_record
 from sweeps.errors import SweepError
@@ -190,7 +191,7 @@ def test_three_trial_sweep_on_a_tiny_neox_model(ray_runtime, tiny_neox, tmp_path
                               filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
     assert len(runs) == 3
     for r in runs:
-        assert r.data.tags["state"] == "completed" and r.data.params["preset"] == tiny_neox.source
+        assert r.data.tags[T.STATE] == "completed" and r.data.params["preset"] == tiny_neox.source
         for key in ("mem_pct", "val_ppl_increase_pct", "test_ppl_increase_pct", "test_ppl"):
             assert math.isfinite(r.data.metrics[key]), (key, r.data.metrics)
     assert min(r.data.metrics["mem_pct"] for r in runs) < base["mem_pct"]

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import json
+import sys
 from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT, MLFLOW_SOURCE_NAME, MLFLOW_SOURCE_TYPE, MLFLOW_USER
 
+from sweeps import tags as T
 from tests.sweeps.conftest import run_cli
+from tinymem.data.bundle import DataBundle
+from tinymem.store import ModelStore
 
 
 def children(uri: str, parent_run_id: str):
@@ -16,7 +22,17 @@ def children(uri: str, parent_run_id: str):
     return client.search_runs([exp_id], filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'")
 
 
-def test_durable_sweep_end_to_end(ray_runtime, sweep_args, tracking_uri, capsys):
+def _inputs(run) -> dict[str, tuple[str, str, str]]:
+    """A run's dataset inputs: context (forget / retain / val / test) -> (name, digest, source)."""
+    out = {}
+    for i in run.inputs.dataset_inputs:
+        context = {t.key: t.value for t in i.tags}[MLFLOW_DATASET_CONTEXT]
+        assert context not in out, f"two inputs with context {context}"
+        out[context] = (i.dataset.name, i.dataset.digest, i.dataset.source)
+    return out
+
+
+def test_durable_sweep_end_to_end(ray_runtime, sweep_args, sweep_root, tracking_uri, capsys):
     code, out, err = run_cli(sweep_args("durable", "t-durable", "--num-samples", "4"), capsys)
     assert code == 0, err
     for key in ("experiment", "mlflow_parent_run_id", "tracking_uri", "trials", "completed", "failed",
@@ -39,13 +55,31 @@ def test_durable_sweep_end_to_end(ray_runtime, sweep_args, tracking_uri, capsys)
     assert 0.01 in ratios  # the method's default, evaluated first as a warm start
     front_ids = {rec["run_id"] for rec in out["pareto"]}
     for r in runs:
-        assert r.info.status == "FINISHED" and r.data.tags["state"] == "completed"
-        assert r.data.tags["pareto"] == ("true" if r.info.run_id in front_ids else "false")
+        assert r.info.status == "FINISHED" and r.data.tags[T.STATE] == "completed"
+        assert r.data.tags[T.PARETO] == ("true" if r.info.run_id in front_ids else "false")
         assert {"mem_pct", "test_acc", "val_acc_drop", "test_acc_drop", "test_ppl", "seconds_mitigate", "seconds_load", "info_unlearn_rows", "mem_pct_ci_high"} <= set(r.data.metrics)
         assert r.data.params["method"] == "durable" and r.data.params["preset"] == "math-tiny"
     client = MlflowClient(tracking_uri)
     parent = client.get_run(out["mlflow_parent_run_id"])
     assert parent.info.status == "FINISHED"
+    # The printed filter is MLflow's search syntax for the dotted tag: on the store it selects the front exactly.
+    assert T.PARETO_FILTER in out["mlflow_ui"]
+    found = client.search_runs([parent.info.experiment_id], filter_string=T.PARETO_FILTER)
+    assert {r.info.run_id for r in found} == front_ids
+    # MLflow's system tags, resolved once on the driver, on every run of the sweep.
+    for r in [parent, *runs]:
+        assert r.data.tags[MLFLOW_SOURCE_TYPE] == "LOCAL" and r.data.tags[MLFLOW_SOURCE_NAME] == sys.argv[0]
+        assert r.data.tags[MLFLOW_USER]
+    # The base model's data are the inputs of every run: four splits, one digest each, the same on every trial
+    # and on the parent, computed from the stored tensors.
+    contexts = [_inputs(client.get_run(r.info.run_id)) for r in [parent, *runs]]
+    assert set(contexts[0]) == {"forget", "retain", "val", "test"}
+    assert all(c == contexts[0] for c in contexts)
+    key = json.loads(parent.data.tags[T.BASE_KEYS])["math-tiny"]
+    digests = DataBundle.load(ModelStore(sweep_root).local_dir(key)).digests()
+    for split, (name, digest, source) in contexts[0].items():
+        assert name == f"math-tiny/{split}" and digests[split]["digest"].startswith(digest) and len(digest) >= 8
+        assert json.loads(source)["uri"].endswith(f"models/{key}/data.safetensors")
     assert parent.data.metrics["base_mem_pct"] == pytest.approx(out["base"]["mem_pct"])
     assert "--method durable" in parent.data.params["command"]
     arts = {a.path for a in client.list_artifacts(parent.info.run_id)}
@@ -57,8 +91,6 @@ def test_durable_sweep_end_to_end(ray_runtime, sweep_args, tracking_uri, capsys)
     capsys.readouterr()
     assert report_main(["--experiment", "t-durable", "--tracking-uri", tracking_uri, "--out",
                         str(Path(out["pareto_csv"]).parent / "rebuilt"), "--json"]) == 0
-    import json
-
     rebuilt = json.loads(capsys.readouterr().out)
     assert [r["run_id"] for r in rebuilt["pareto"]] == [r["run_id"] for r in out["pareto"]]
     assert rebuilt["best_paper_rule"]["run_id"] == out["best_paper_rule"]["run_id"]
@@ -75,13 +107,13 @@ def test_failing_and_nan_trials_are_recorded_and_the_sweep_goes_on(ray_runtime, 
     assert code == 0, err
     assert (out["trials"], out["completed"], out["failed"]) == (4, 1, 3)
     by_fail = {r.data.params["fail"]: r for r in children(tracking_uri, out["mlflow_parent_run_id"])}
-    assert by_fail["none"].data.tags["state"] == "completed"
+    assert by_fail["none"].data.tags[T.STATE] == "completed"
     for fail, needle in (("raise", "ConfigError: sweep_probe was asked to fail"),
                          ("nan", "NaN"), ("crash", "RuntimeError: sweep_probe crashed")):
         run = by_fail[fail]
-        assert run.data.tags["state"] == "failed" and run.info.status == "FAILED"
-        assert needle in run.data.tags["error"], run.data.tags["error"]
-        assert run.data.tags["pareto"] == "false"
+        assert run.data.tags[T.STATE] == "failed" and run.info.status == "FAILED"
+        assert needle in run.data.tags[T.ERROR], run.data.tags[T.ERROR]
+        assert run.data.tags[T.PARETO] == "false"
     assert [r["params"]["fail"] for r in out["pareto"]] == ["none"]
 
 
@@ -100,12 +132,12 @@ def test_asha_early_stopped_trials_are_tagged_and_never_on_the_front(ray_runtime
     assert out["early_stopped"] >= 1 and out["completed"] >= 1
     assert out["completed"] + out["early_stopped"] == 4
     runs = children(tracking_uri, out["mlflow_parent_run_id"])
-    early = {r.info.run_id for r in runs if r.data.tags["state"] == "early_stopped"}
+    early = {r.info.run_id for r in runs if r.data.tags[T.STATE] == "early_stopped"}
     assert len(early) == out["early_stopped"]
     assert not early & {rec["run_id"] for rec in out["pareto"]}
     for r in runs:
         if r.info.run_id in early:
-            assert r.data.tags["pareto"] == "false" and int(r.data.tags["early_stopped_at_epoch"]) < 3
+            assert r.data.tags[T.PARETO] == "false" and int(r.data.tags[T.EARLY_STOPPED_AT_EPOCH]) < 3
             assert "mem_pct" not in r.data.metrics  # a partial edit is never evaluated as if final
 
 

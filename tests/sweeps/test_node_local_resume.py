@@ -14,6 +14,7 @@ import pytest
 from mlflow import MlflowClient
 
 from sweeps import checkpoints
+from sweeps import tags as T
 from tests.sweeps.conftest import run_cli
 
 
@@ -45,8 +46,8 @@ def test_trial_retried_after_losing_its_node_local_work_dir_resumes(ray_runtime,
     client = MlflowClient(tracking_uri)
     runs = {r.data.params["fail"]: r for r in _children(tracking_uri, out["mlflow_parent_run_id"])}
     lost, straight = runs["lose_node"], runs["none"]
-    assert lost.data.tags["state"] == "completed" and lost.data.tags.get("retries") == "1"
-    assert "lost its node after epoch 2" in lost.data.tags.get("last_error", "")
+    assert lost.data.tags[T.STATE] == "completed" and lost.data.tags.get(T.RETRIES) == "1"
+    assert "lost its node after epoch 2" in lost.data.tags.get(T.LAST_ERROR, "")
 
     def epochs(run) -> list[int]:
         # `forget_loss` is in the probe's per-epoch reports only; logged with step = epoch, in report order.

@@ -6,29 +6,25 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT, MLFLOW_GIT_COMMIT, MLFLOW_SOURCE_NAME
 
+from sweeps import tags as T
+from sweeps.readback import latest_parent_run
 from tests.sweeps.conftest import REPO, run_cli
+from tests.sweeps.mlflow_server import MlflowServer
 
 
 def _children(uri: str, parent_run_id: str):
     client = MlflowClient(uri)
     exp_id = client.get_run(parent_run_id).info.experiment_id
     return client.search_runs([exp_id], filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _run_map(root: str, experiment: str) -> dict:
@@ -65,6 +61,22 @@ def test_interrupted_sweep_resumes_keeping_every_finished_trial_once(ray_runtime
     first = _run_map(sweep_root, experiment)
     finished = {t: e["run_id"] for t, e in first.items() if e["state"] == "completed"}
     assert 2 <= len(finished) < 6
+    client = MlflowClient(uri)
+    _, parent_id = latest_parent_run(client, experiment)
+    parent = client.get_run(parent_id)
+    # The driver (a `python sweeps/run.py` process) put MLflow's system tags on its runs.
+    assert parent.data.tags[MLFLOW_SOURCE_NAME].endswith("sweeps/run.py")
+    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True)
+    if commit.returncode == 0:
+        assert parent.data.tags[MLFLOW_GIT_COMMIT] == commit.stdout.strip()
+    # As if the first part had been logged before the `tinymem.` namespace: its finished runs and the parent
+    # carry bare tags only. The resumed sweep must still count each of them as completed, once.
+    for run_id in [*finished.values(), parent_id]:
+        tags = client.get_run(run_id).data.tags
+        for name in (T.STATE, T.PARETO, T.METHOD, T.PRESET):
+            if name in tags:
+                client.set_tag(run_id, name.removeprefix(T.PREFIX), tags[name])
+                client.delete_tag(run_id, name)
 
     code, out, err = run_cli(["--experiment", experiment, "--resume", "--storage", sweep_root, "--json"], capsys)
     assert code == 0, err
@@ -72,11 +84,10 @@ def test_interrupted_sweep_resumes_keeping_every_finished_trial_once(ray_runtime
     runs = _children(uri, out["mlflow_parent_run_id"])
     by_trial = {}
     for r in runs:
-        tid = r.data.tags["tinymem.trial_id"]
+        tid = r.data.tags[T.TRIAL_ID]
         assert tid not in by_trial, f"trial {tid} has two MLflow runs"
         by_trial[tid] = r
     assert len(by_trial) == 6
-    client = MlflowClient(uri)
     for tid, run_id in finished.items():
         assert by_trial[tid].info.run_id == run_id  # the same run, not a new one
         assert len(client.get_metric_history(run_id, "mem_pct")) == 1  # logged once, not re-run
@@ -84,30 +95,16 @@ def test_interrupted_sweep_resumes_keeping_every_finished_trial_once(ray_runtime
     for tid, entry in first.items():
         assert by_trial[tid].info.run_id == entry["run_id"]
     assert client.get_run(out["mlflow_parent_run_id"]).info.status == "FINISHED"
+    # The base model's data are the inputs of every trial's run, also of those started after the resume.
+    contexts = {r.info.run_id: sorted(t.value for i in client.get_run(r.info.run_id).inputs.dataset_inputs
+                                      for t in i.tags if t.key == MLFLOW_DATASET_CONTEXT) for r in runs}
+    assert all(c == ["forget", "retain", "test", "val"] for c in contexts.values()), contexts
 
 
 @pytest.mark.slow
 def test_sweep_against_a_real_mlflow_server(ray_runtime, sweep_args, tmp_path, capsys):
-    port = _free_port()
-    mlflow_bin = Path(sys.executable).with_name("mlflow")
-    log = open(tmp_path / "server.log", "w")
-    server = subprocess.Popen(
-        [str(mlflow_bin), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
-         "--artifacts-destination", str(tmp_path / "server-artifacts")],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    uri = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 180
-        while True:
-            try:
-                with urllib.request.urlopen(uri + "/health", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            assert server.poll() is None and time.time() < deadline, (tmp_path / "server.log").read_text()
-            time.sleep(0.5)
+    with MlflowServer(f"sqlite:///{tmp_path / 'server.db'}", tmp_path) as server:
+        uri = server.wait_ready()
         args = sweep_args("durable", "t-server", "--num-samples", "2")
         args[args.index("--tracking-uri") + 1] = uri
         code, out, err = run_cli(args, capsys)
@@ -115,16 +112,9 @@ def test_sweep_against_a_real_mlflow_server(ray_runtime, sweep_args, tmp_path, c
         assert out["tracking_uri"] == uri and out["completed"] == 2
         assert out["mlflow_ui"].startswith(f"open {uri}/#/experiments/")
         runs = _children(uri, out["mlflow_parent_run_id"])
-        assert len(runs) == 2 and all(r.data.tags["state"] == "completed" for r in runs)
+        assert len(runs) == 2 and all(r.data.tags[T.STATE] == "completed" for r in runs)
         arts = {a.path for a in MlflowClient(uri).list_artifacts(out["mlflow_parent_run_id"])}
         assert {"pareto.csv", "pareto.png"} <= arts
         # The runs went over HTTP into the server's own store, and its artifacts under its destination.
         assert (tmp_path / "server.db").stat().st_size > 0
         assert list((tmp_path / "server-artifacts").rglob("pareto.png"))
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.pid, signal.SIGKILL)
-        log.close()

@@ -19,6 +19,7 @@ Tensor names (all int64 token tensors of shape [rows, max_ctx] unless noted):
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -33,6 +34,8 @@ from tinymem.errors import StoreError
 MANIFEST = "data.json"
 TENSORS = "data.safetensors"
 FORMAT_VERSION = 1
+# The splits a trial's numbers come from, in the order `DataBundle.digests` reports them.
+SPLITS = ("forget", "retain", "val", "test")
 
 
 @dataclass
@@ -145,6 +148,36 @@ class DataBundle:
         except FileNotFoundError as e:
             raise StoreError(f"data bundle in {d} is incomplete: {e.filename} is missing") from None
         return cls(tensors=tensors, meta=manifest["meta"], files=files)
+
+    def _split_parts(self, split: str) -> dict[str, torch.Tensor]:
+        """The tensors that make up `split` (one of `SPLITS`): `forget`, `retain`, or the `val` / `test` halves
+        of every held-out set (`test/<name>`, in `test_names` order)."""
+        if split in ("forget", "retain"):
+            return {split: self[split]}
+        if split in ("val", "test"):
+            return {f"test/{name}": self.test(name, split) for name in self.test_names}
+        raise ValueError(f"unknown split {split!r}; allowed: {list(SPLITS)}")
+
+    def digests(self) -> dict[str, dict[str, Any]]:
+        """Per split of `SPLITS`: `digest` (sha256 hex over each part's name, dtype, shape and bytes: the same
+        data always gives the same digest), `shape` (rows summed over the parts), `dtype` and the part names in
+        `tensors`. What a tracker records to say which data a number came from. A split without tensors (a bundle
+        with no held-out set) is left out."""
+        out: dict[str, dict[str, Any]] = {}
+        for split in SPLITS:
+            parts = self._split_parts(split) if split in ("val", "test") or split in self.tensors else {}
+            if not parts:
+                continue
+            h = hashlib.sha256()
+            for name, t in parts.items():
+                t = t.detach().to("cpu").contiguous()
+                h.update(f"{name}|{t.dtype}|{list(t.shape)}|".encode())
+                h.update(t.view(torch.uint8).numpy() if t.numel() else b"")
+            first = next(iter(parts.values()))
+            out[split] = {"digest": h.hexdigest(), "shape": [sum(int(t.shape[0]) for t in parts.values()),
+                                                             *map(int, first.shape[1:])],
+                          "dtype": str(first.dtype).removeprefix("torch."), "tensors": list(parts)}
+        return out
 
     def summary(self) -> dict[str, Any]:
         """Row counts per tensor, for printing."""
