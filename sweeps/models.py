@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -85,6 +86,7 @@ def kept_trials(rep: Any, keep: str) -> list[str]:
 def keep_models(sweep_dir: str, keep: str, rep: Any, client: Any, say: Callable[[str], None]) -> dict[str, dict]:
     """Delete the model directories of trials not kept, log each kept one as a logged model of its run (once: a
     resumed sweep reuses the model of a run that has one); trial id -> {model_dir, model_id, run_id}."""
+    t0 = time.perf_counter()
     root = storage.join(sweep_dir, MODELS)
     present = storage.list_dirs(root)
     wanted = kept_trials(rep, keep)
@@ -104,7 +106,8 @@ def keep_models(sweep_dir: str, keep: str, rep: Any, client: Any, say: Callable[
         set_tags(client, run.info.run_id, {MODEL_DIR_TAG: target, MODEL_ID_TAG: model_id})
         kept[trial_id] = {"model_dir": target, "model_id": model_id, "run_id": run.info.run_id}
     if kept:
-        say(f"kept {len(kept)} model(s) (--keep-models {keep}) under {root}, logged to their MLflow runs")
+        say(f"kept {len(kept)} model(s) (--keep-models {keep}) under {root}, logged to their MLflow runs "
+            f"({time.perf_counter() - t0:.1f} s)")
     if missing:
         say(f"no model directory for trial(s) {missing} (the sweep ran them without keeping models); "
             f"`tinymem mitigate --from-run RUN_ID` rebuilds one")

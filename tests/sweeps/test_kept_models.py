@@ -172,3 +172,32 @@ def test_the_report_rebuilt_from_mlflow_shows_the_models_and_their_commands(kept
     table = capsys.readouterr().out
     for rec in _front_and_pick(data).values():
         assert f"  {rec['trial_id']}: {rec['model_dir']}\n    {rec['mitigate_command']}\n" in table
+
+
+def test_which_trials_each_keep_mode_keeps(kept_sweep):
+    from sweeps.models import kept_trials
+    from sweeps.readback import build_from_mlflow
+
+    data, uri, _sweep_dir = kept_sweep
+    rep = build_from_mlflow(MlflowClient(uri), data["mlflow_parent_run_id"], None)
+    assert sorted(kept_trials(rep, "pareto")) == sorted(_front_and_pick(data))
+    assert sorted(kept_trials(rep, "all")) == sorted(rep.trials["trial_id"])  # all 3 completed
+    assert kept_trials(rep, "none") == []
+
+
+def test_model_flags_are_checked_before_any_trial(sweep_args, capsys):
+    from tests.sweeps.conftest import run_cli
+
+    code, _, err = run_cli(sweep_args("durable", "t-kept-bad", "--keep-models", "none", "--register-model", "m"),
+                           capsys)
+    assert code == 2 and "--keep-models none keeps none; allowed with --register-model: ['pareto', 'all']" in err
+    code, _, err = run_cli(sweep_args("durable", "t-kept-bad", "--register-model", "m:"), capsys)
+    assert code == 2 and "bad --register-model 'm:'; expected NAME or NAME:TRIAL_ID" in err
+
+
+def test_a_sweep_record_without_the_model_options_resumes_with_the_defaults():
+    from sweeps.options import SweepOptions
+
+    old = {"method": "durable", "preset": "math-tiny", "seed": 3, "command": "python sweeps/run.py"}
+    opts = SweepOptions.from_record(old)
+    assert (opts.keep_models, opts.register_model, opts.seed) == ("pareto", None, 3)
