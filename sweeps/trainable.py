@@ -197,7 +197,7 @@ def summarize_repeats(per_seed: list[dict[str, float]], seeds: list[int]) -> dic
     pooled = pooled_rates(per_seed)  # intervals and counts of the rates, over all seeds' rows
     out = summarize_seeds([{k: v for k, v in d.items() if k not in pooled} for d in per_seed], seeds)
     for k in [k for k in per_seed[0] if k.startswith("seconds_")]:
-        out[k] = sum(d[k] for d in per_seed)
+        out[k] = sum(d.get(k, 0.0) for d in per_seed)  # seconds_save: only the kept (first) seed saves
         out.pop(f"{k}_seeds_ci_low", None), out.pop(f"{k}_seeds_ci_high", None)
     out.update(pooled)
     return out
