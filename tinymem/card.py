@@ -104,8 +104,9 @@ def render_card(config: Mapping[str, Any], *, method: str, params: Mapping[str, 
     tags = ["tinymem", "memorization", "unlearning", method] + ([family] if family else [])
     front = ["---", "library_name: transformers", "pipeline_tag: text-generation", "tags:"]
     front += [f"- {t}" for t in dict.fromkeys(tags)]
-    if config.get("model"):  # a hub (or local) Hugging Face model: the card's base_model field names it
-        front.append(f"base_model: {str(config['model'])[len('hf:'):].split('@')[0]}")
+    hub_name = str(config.get("model") or "")[len("hf:"):].split("@")[0]
+    if hub_name and not hub_name.startswith(("/", ".", "~")):  # base_model names a hub model, never a local path
+        front.append(f"base_model: {hub_name}")
     front.append("---")
     if config.get("model"):
         where = f"the Hugging Face model `{base}`"

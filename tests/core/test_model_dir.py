@@ -97,4 +97,7 @@ def test_the_card_command_parses_back_to_the_same_configuration():
                        params={}, key="k", base_key="b", before={}, after={"mem_pct": 0.0}, out_dir="o",
                        tokenizer=False)
     assert "\nbase_model: EleutherAI/pythia-70m\n" in card and "AutoTokenizer.from_pretrained" not in card
+    local = render_card({"method": "durable", "model": "hf:/models/mine"}, method="durable", params={}, key="k",
+                        base_key="b", before={}, after={}, out_dir="o")
+    assert "base_model:" not in local and "the Hugging Face model `hf:/models/mine`" in local  # a path is no hub id
     assert json.dumps(config)  # the dict form a sweep stores in its runs
