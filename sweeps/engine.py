@@ -10,6 +10,7 @@ side effect that costs time, and before any trial):
 4. Ray Tune: the trainable of `sweeps.trainable`, a searcher of `sweeps.searchers`, per-trial resources,
    `reuse_actors`, `FailureConfig` retries, storage under the root so `--resume` restores with `Tuner.restore`.
 5. `sweeps.readback`: trials read back from MLflow, Pareto front, CSV, PNG, tags.
+6. `sweeps.models`: the kept models (front + pick by default) logged to their runs, registered on request.
 
 A trial that fails deterministically is recorded as failed and not retried; any other exception is retried
 `max_failures` times (a lost node, an OOM under GPU packing) and then recorded as failed.
@@ -21,13 +22,14 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from sweeps import storage
 from sweeps import tags as T
 from sweeps.bases import prepare_bases
 from sweeps.inputs import dataset_specs, log_data_inputs
+from sweeps.models import TrialConfigTags, detail_lines, keep_models, model_details, register_model, with_details
 from sweeps.options import ASHA_GUARD, AUTO, DEFAULT_NUM_SAMPLES, SWEEP_RECORD
 from sweeps.plan import SweepPlan
 from sweeps.progress import ProgressLines
@@ -51,6 +53,8 @@ class SweepOutcome:
     interrupted: bool
     wall_seconds: float
     ray_start_seconds: float
+    models: dict[str, dict[str, Any]] = field(default_factory=dict)  # front + pick: model_dir, model_id, command
+    registered: dict[str, Any] | None = None  # the Model Registry version that --register-model made
 
     def to_json(self) -> dict[str, Any]:
         rep = self.report
@@ -68,8 +72,9 @@ class SweepOutcome:
             "interrupted": self.interrupted,
             "objectives": self.plan.objectives,
             "base": bases[self.plan.space.presets[0]] if len(bases) == 1 else bases,
-            "pareto": rep.pareto_records(),
-            "best_paper_rule": rep.best_record(),
+            "pareto": [with_details(r, self.models) for r in rep.pareto_records()],
+            "best_paper_rule": with_details(rep.best_record(), self.models),
+            "registered_model": self.registered,
             "pareto_csv": rep.csv_path,
             "pareto_png": rep.png_path,
             "trials_csv": rep.trials_csv_path,
@@ -188,7 +193,8 @@ def run_sweep(plan: SweepPlan, say: Callable[[str], None] = print, stream: str =
                              cpus=o.cpus_per_trial, kinds=plan.kinds,
                              method_modules=extra_method_modules(plan.space.methods), source=o.source,
                              repeats=o.repeats, heldout_frac=o.heldout_frac,
-                             checkpoint_work_dir=checkpoints.work_dir_is_node_local(plan.storage))
+                             checkpoint_work_dir=checkpoints.work_dir_is_node_local(plan.storage),
+                             models_dir=storage.join(plan.sweep_dir, "models") if o.keep_models != "none" else None)
         resources = {"cpu": o.cpus_per_trial, "gpu": o.gpus_per_trial}
         trainable = tune.with_resources(tune.with_parameters(trainable_fn or sweep_trainable, static=static), resources)
 
@@ -199,7 +205,8 @@ def run_sweep(plan: SweepPlan, say: Callable[[str], None] = print, stream: str =
             total = o.num_samples or DEFAULT_NUM_SAMPLES
         logger = TrialLogger(plan.tracking_uri, experiment_id, parent_run_id, run_map_path, plan.space,
                              plan.loss_name, system_tags=system, data_inputs=inputs)
-        callbacks = [logger, ProgressLines(plan.space, plan.loss_name, total, stream)]
+        callbacks = [logger, TrialConfigTags(plan.tracking_uri, run_map_path),
+                     ProgressLines(plan.space, plan.loss_name, total, stream)]
 
         if plan.resumed and tune.Tuner.can_restore(plan.ray_path):
             # Our callbacks come back unpickled from the experiment: they keep no state beyond files.
@@ -232,6 +239,7 @@ def run_sweep(plan: SweepPlan, say: Callable[[str], None] = print, stream: str =
         rep = build_from_mlflow(client, parent_run_id, out_dir=plan.sweep_dir,
                                 tracking_uri=plan.tracking_uri, experiment_id=experiment_id)
         rep.publish(client, parent_run_id)
+        kept = keep_models(plan.sweep_dir, o.keep_models, rep, client, say)
         c = rep.counts
         interrupted = c["completed"] + c["failed"] + c["early_stopped"] < total
         if interrupted:
@@ -244,9 +252,13 @@ def run_sweep(plan: SweepPlan, say: Callable[[str], None] = print, stream: str =
                                                 "early_stopped": rep.counts["early_stopped"],
                                                 "wall_seconds": time.time() - t_start})
             client.set_terminated(parent_run_id, status="FINISHED")
+        registered = register_model(o.register_model, rep, kept, client, plan.tracking_uri) \
+            if o.register_model else None
+        models = model_details(client, rep, plan.storage)
+        rep.notes.extend(detail_lines(models, registered))
         return SweepOutcome(plan=plan, experiment_id=experiment_id, parent_run_id=parent_run_id, bases=bases,
                             report=rep, interrupted=interrupted, wall_seconds=time.time() - t_start,
-                            ray_start_seconds=ray_start)
+                            ray_start_seconds=ray_start, models=models, registered=registered)
     finally:
         if started:
             ray.shutdown()

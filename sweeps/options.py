@@ -14,6 +14,7 @@ from tinymem.store import DEFAULT_ROOT
 SAMPLERS = ("tpe", "nsga2", "random")
 SCHEDULERS = ("none", "asha")
 GRIDS = ("paper",)
+KEEP_MODELS = ("pareto", "all", "none")  # which trials' mitigated models stay as model directories (sweeps.models)
 # Sized so that the default sweep (`--method balanced_subnet` on math-demo) fits 15 minutes of a 2-core CPU.
 DEFAULT_NUM_SAMPLES = 12
 ASHA_GUARD = "retain_loss"  # what iterative methods report per epoch and rises when an edit breaks the model
@@ -52,6 +53,10 @@ class SweepOptions:
     warm_start: bool = True  # evaluate each method's default hyperparameters first (Optuna samplers only)
     repeats: int = 1  # base-model seeds per configuration; objectives are the means over them
     heldout_frac: float = 0.0  # share of the unlearning set withheld from each method (heldout_mem_pct)
+    keep_models: str = "pareto"  # pareto: the front and the paper rule's pick; all: every completed trial; none
+    # Register the paper rule's pick (NAME) or one trial (NAME:TRIAL_ID) in the MLflow Model Registry. An action of
+    # the command that asks for it, not part of the sweep: `--resume` takes it from its own command line.
+    register_model: str | None = None
     # A Hugging Face base model (`--model hf:...`) instead of a preset, with its memorized-sequence options.
     source: HFSourceOptions = field(default_factory=HFSourceOptions)
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from sweeps import storage
 from sweeps.errors import SweepError
+from sweeps.models import check_model_options
 from sweeps.options import AUTO, GRIDS, SAMPLERS, SCHEDULERS, SWEEP_RECORD, SweepOptions, split_list
 from sweeps.pareto import objectives_of, task_kind, utility_loss_name
 from sweeps.ray_runtime import check_ray_address
@@ -129,6 +130,7 @@ def plan_sweep(opts: SweepOptions) -> SweepPlan:
                          f"--repeats {opts.repeats}")
     if not 0.0 <= opts.heldout_frac < 1.0:
         raise SweepError(f"--heldout-frac must be in [0, 1), got {opts.heldout_frac}")
+    check_model_options(opts)
     files = split_list(opts.search_space)
     if files and len(files) != len(methods):
         raise SweepError(f"--search-space names {len(files)} file(s) for {len(methods)} method(s); "
@@ -237,6 +239,8 @@ def _plan_resume(opts: SweepOptions, storage_root: str) -> SweepPlan:
     saved.address = opts.address
     saved.resume = sweep_id
     saved.command = opts.command
+    saved.register_model = opts.register_model  # an action of this command, not part of the sweep
+    check_model_options(saved)
     tracking_uri = record["tracking_uri"]
     if opts.tracking_uri and opts.tracking_uri != tracking_uri:
         raise SweepError(f"sweep {sweep_id!r} logs to {tracking_uri}; resume it without --tracking-uri "

@@ -3,7 +3,9 @@
     python sweeps/report.py --experiment balanced_subnet-math-demo [--tracking-uri URI] [--run-id PARENT]
 
 (default: the latest sweep of that experiment in the default SQLite file under the default storage root,
-`tinymem.store.DEFAULT_ROOT`). A finished sweep builds the same report itself (`sweeps.readback`).
+`tinymem.store.DEFAULT_ROOT`). A finished sweep builds the same report itself (`sweeps.readback`). For each
+member of the front (and the paper rule's pick) it shows the kept model directory and the `tinymem mitigate`
+command that rebuilds the model (`sweeps.models`, from the runs' tags).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ if __package__ in (None, ""):
 
 from sweeps import storage
 from sweeps.errors import SweepError
+from sweeps.models import detail_lines, model_details, with_details
 from sweeps.readback import build_from_mlflow, latest_parent_run
 from sweeps.tracking import check_tracking_uri, default_tracking_uri, mlflow_client
 from tinymem.store import DEFAULT_ROOT
@@ -51,13 +54,17 @@ def main(argv: list[str] | None = None) -> int:
             experiment_id, run_id = latest_parent_run(client, args.experiment)
         out = args.out or storage.join(storage.normalize_root(DEFAULT_ROOT), "reports", args.experiment, run_id)
         rep = build_from_mlflow(client, run_id, out, tracking_uri=uri, experiment_id=experiment_id)
+        storage_root = client.get_run(run_id).data.params.get("storage", storage.normalize_root(DEFAULT_ROOT))
+        models = model_details(client, rep, storage_root)
+        rep.notes.extend(detail_lines(models))
     except SweepError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.json:
         print(json.dumps(json_safe({"experiment": args.experiment, "mlflow_parent_run_id": run_id,
-                                    "tracking_uri": uri, **rep.counts, "pareto": rep.pareto_records(),
-                                    "best_paper_rule": rep.best_record(), "pareto_csv": rep.csv_path,
+                                    "tracking_uri": uri, **rep.counts,
+                                    "pareto": [with_details(r, models) for r in rep.pareto_records()],
+                                    "best_paper_rule": with_details(rep.best_record(), models), "pareto_csv": rep.csv_path,
                                     "pareto_png": rep.png_path}), indent=1, default=str))
     else:
         print(rep.summary())

@@ -45,6 +45,7 @@ class Report:
     png_path: str | None = None
     trials_csv_path: str | None = None
     local_files: dict[str, str] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # more lines for `summary` (kept models: sweeps.models)
 
     @property
     def loss_name(self) -> str:
@@ -135,6 +136,7 @@ class Report:
             lines.append(self.table(self.trials.loc[[self.best_index]]))
         if self.csv_path:
             lines.append(f"CSV: {self.csv_path}   PNG: {self.png_path}   all trials: {self.trials_csv_path}")
+        lines.extend(self.notes)
         lines.append(f"MLflow: {self.ui_hint}")
         return "\n".join(lines)
 

@@ -89,6 +89,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-failures", type=int, default=1,
                    help="retries of a trial that crashed (lost worker, OOM); a bad value or NaN is not retried "
                         "(default: %(default)s)")
+    p.add_argument("--keep-models", default="pareto", choices=options.KEEP_MODELS,
+                   help="which trials' mitigated models stay as model directories (HF model, tokenizer, model "
+                        "card) under <storage>/sweeps/<experiment>/<sweep id>/models/<trial id>/, each logged to "
+                        "its MLflow run as a logged model: pareto (the front and the paper rule's pick), all "
+                        "(every completed trial) or none (default: %(default)s)")
+    p.add_argument("--register-model", default=None, metavar="NAME[:TRIAL_ID]",
+                   help="register the paper rule's pick (or the kept model of trial TRIAL_ID) in the MLflow Model "
+                        "Registry as a new version of NAME; works with --resume on a finished sweep (default: off)")
     add_trust_arguments(p)  # --repeats, --heldout-frac, as `tinymem mitigate` takes them
     p.add_argument("--device", default="auto", help="torch device inside trials: auto, cpu or cuda (default: %(default)s)")
     p.add_argument("--json", action="store_true",
@@ -104,7 +112,8 @@ def options_from_args(args: argparse.Namespace, argv: list[str]) -> options.Swee
         gpus_per_trial=args.gpus_per_trial, sampler=args.sampler, grid=args.grid, scheduler=args.scheduler,
         address=args.address, storage=args.storage, tracking_uri=args.tracking_uri, experiment=args.experiment,
         resume=args.resume, seed=args.seed, search_space=args.search_space, max_failures=args.max_failures,
-        device=args.device, repeats=args.repeats, heldout_frac=args.heldout_frac, command=shlex.join(["python", "sweeps/run.py", *argv]))
+        device=args.device, repeats=args.repeats, heldout_frac=args.heldout_frac, keep_models=args.keep_models,
+        register_model=args.register_model, command=shlex.join(["python", "sweeps/run.py", *argv]))
 
 
 def main(argv: list[str] | None = None) -> int:

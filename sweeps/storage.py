@@ -129,3 +129,48 @@ def local_dir(target: str) -> Path:
     d = cache / "sweeps" / hashlib.sha256(target.encode()).hexdigest()[:16]
     d.mkdir(parents=True, exist_ok=True)
     return d
+
+
+def upload_dir(local: str | Path, target: str) -> str:
+    """Copy a local directory's files to `target` (a directory path or URI), `tinymem.json` last when present (it
+    marks a model directory complete); returns `target`."""
+    files = sorted((p for p in Path(local).iterdir() if p.is_file()), key=lambda p: (p.name == "tinymem.json", p.name))
+    if not is_remote(target):
+        Path(target).mkdir(parents=True, exist_ok=True)
+    for f in files:
+        upload(f, join(target, f.name))
+    return target
+
+
+def download_dir(target: str, local: str | Path) -> Path:
+    """Copy the files of directory `target` (path or URI) into the local directory `local`; returns it."""
+    local = Path(local)
+    local.mkdir(parents=True, exist_ok=True)
+    if is_remote(target):
+        fs, path = _fs(target)
+        for p in fs.ls(path, detail=False):
+            if fs.isfile(p):
+                fs.get_file(p, str(local / p.rstrip("/").rsplit("/", 1)[-1]))
+        return local
+    for f in Path(target).iterdir():
+        if f.is_file():
+            shutil.copyfile(f, local / f.name)
+    return local
+
+
+def remove_dir(target: str) -> None:
+    """Delete directory `target` (path or URI) and everything in it; nothing if it is not there."""
+    if is_remote(target):
+        fs, path = _fs(target)
+        if fs.exists(path):
+            fs.rm(path, recursive=True)
+        return
+    shutil.rmtree(target, ignore_errors=True)
+
+
+def is_file(target: str) -> bool:
+    """Whether file `target` (path or URI) exists."""
+    if is_remote(target):
+        fs, path = _fs(target)
+        return fs.exists(path)
+    return Path(target).is_file()

@@ -13,6 +13,8 @@ from __future__ import annotations
 import sys
 from collections.abc import Mapping
 
+from tinymem.store import TRIAL_CONFIG_TAG
+
 PREFIX = "tinymem."
 
 # Parent run (the sweep).
@@ -34,6 +36,9 @@ ERROR = "tinymem.error"
 RETRIES = "tinymem.retries"
 LAST_ERROR = "tinymem.last_error"
 EARLY_STOPPED_AT_EPOCH = "tinymem.early_stopped_at_epoch"
+TRIAL_CONFIG = TRIAL_CONFIG_TAG  # JSON: the trial's config, what `tinymem mitigate --from-run` rebuilds from
+MODEL_DIR = "tinymem.model_dir"  # where the trial's kept model directory is
+MODEL_ID = "tinymem.model_id"  # its MLflow logged model
 # Where a trial runs: result field (Ray's `hostname` / `node_ip`, the trainable's `ray_node_id`) -> tag.
 WHERE = {"ray_node_id": "tinymem.ray_node_id", "hostname": "tinymem.hostname", "node_ip": "tinymem.node_ip"}
 

@@ -39,7 +39,7 @@ from sweeps import storage
 from sweeps import tags as T
 from sweeps.errors import SweepError
 from sweeps.inputs import log_data_inputs
-from tinymem.store import DEFAULT_ROOT
+from tinymem.store import default_tracking_uri as store_default_tracking_uri
 
 RUN_MAP = "mlflow_runs.json"
 STATES = ("running", "completed", "failed", "early_stopped")
@@ -52,8 +52,7 @@ TRACKING_SCHEMES = ("sqlite", "http", "https", "postgresql", "mysql", "mssql", "
 def default_tracking_uri(storage_root: str) -> str:
     """A SQLite file under the storage root, or under the default local root (`DEFAULT_ROOT`) when the root is
     an object store (SQLite needs a local file; the driver is its only writer)."""
-    base = storage_root if not storage.is_remote(storage_root) else storage.normalize_root(DEFAULT_ROOT)
-    return f"sqlite:///{Path(base, 'mlflow.db')}"
+    return store_default_tracking_uri(storage_root)  # the one rule, shared with `tinymem mitigate --from-run`
 
 
 def check_tracking_uri(uri: str, timeout: float = 5.0) -> None:

@@ -2,16 +2,26 @@
 
 A trial that raises a `TinyMemError` or produces NaN objectives reports itself as failed with its reason and
 is not retried (it would fail the same way); any other exception reaches Tune, which retries it.
+
+With `models_dir` set, the trial saves its mitigated model (of the first base-model seed, with `--repeats`) as a
+model directory `<models_dir>/<trial id>/` before its final report; after the sweep the driver keeps the ones
+asked for (`sweeps.models`). Saving at trial end costs a write of the weights and the data bundle, far less than
+rebuilding a model after the sweep, which would rerun the whole trial. The final report also carries
+`trial_config`: the config that rebuilds that model (JSON), which the driver stores in the trial's MLflow run.
 """
 
 from __future__ import annotations
 
 import importlib
+import json
 import math
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from sweeps import storage
 from sweeps.bases import base_config, limit_threads
 from sweeps.pareto import MEM, REPORT_SPLIT, utility_loss, utility_loss_name
 from sweeps.space import SweepSpace
@@ -37,6 +47,7 @@ class TrialStatic:
     heldout_frac: float = 0.0  # share of the unlearning set withheld from the method (heldout_mem_pct)
     # True when the work directory is node-local (object-store --storage): resume files travel in checkpoints.
     checkpoint_work_dir: bool = False
+    models_dir: str | None = None  # where each trial saves its model (`<sweep dir>/models`); None: not saved
 
 
 def extra_method_modules(methods: list[str]) -> tuple[str, ...]:
@@ -96,15 +107,21 @@ def sweep_trainable(config: dict[str, Any], static: TrialStatic) -> None:
     if static.heldout_frac:
         trial_config["heldout_frac"] = static.heldout_frac
     seeds = base_seeds(trial_config, static.repeats) if static.repeats > 1 else []
+    configs = [seed_config(trial_config, s) for s in seeds] or [trial_config]
     cpu0 = time.process_time()
     results = []
+    saving = ModelSaver(static.models_dir, tune.get_context().get_trial_id())
     try:
-        for i, config in enumerate([seed_config(trial_config, s) for s in seeds] or [trial_config]):
-            # Per-epoch reports (and resume files) from the first base model only: one epoch axis per trial.
+        for i, config in enumerate(configs):
+            # Per-epoch reports (and resume files) from the first base model only: one epoch axis per trial;
+            # the first base model's mitigated model is the one kept.
             first = i == 0
-            results.append(run_trial(config, callback=on_epoch if first else None,
+            results.append(run_trial({**config, **(saving.out_config() if first else {})},
+                                     callback=on_epoch if first else None,
                                      on_work_dir=resume.restore if resume and first else None))
+        upload_seconds = saving.publish()
     except (TinyMemError, FloatingPointError) as e:
+        saving.discard()
         # Deterministic failures (bad value, NaN): record and move on; a retry would fail the same way.
         tune.report({"final": 1, "failed": 1, "error": f"{type(e).__name__}: {e}", "epoch": last_epoch,
                      MEM: math.nan, loss_name: math.nan, "ray_node_id": node_id})
@@ -113,6 +130,10 @@ def sweep_trainable(config: dict[str, Any], static: TrialStatic) -> None:
     final: dict[str, Any] = per_seed[0] if not seeds else summarize_repeats(per_seed, seeds)
     # CPU time of the trial's process (all its threads): on a shared machine wall time says little about cost.
     final["seconds_cpu"] = time.process_time() - cpu0
+    if upload_seconds is not None:
+        final["seconds_upload"] = upload_seconds
+    # What rebuilds the kept model (`tinymem mitigate --from-run`): its config with every hyperparameter.
+    final["trial_config"] = json.dumps({**configs[0], "params": results[0].params})
     final.update({"epoch": last_epoch, "final": 1, "failed": 0, "ray_node_id": node_id})
     # NaN/inf in an objective or a core utility metric means a broken model: a failed trial, not a front point.
     bad = [k for k in (MEM, loss_name, "test_acc", "test_ppl")
@@ -122,6 +143,39 @@ def sweep_trainable(config: dict[str, Any], static: TrialStatic) -> None:
         final.update({"failed": 1, "error": f"FloatingPointError: metrics {bad} are not finite (NaN/inf) "
                                              f"after {method}: the mitigated model is broken"})
     report(final)
+
+
+class ModelSaver:
+    """Where a trial saves its model: `<models_dir>/<trial id>/` directly on a local root; on an object store, a
+    local temporary directory first, uploaded by `publish` (`run_trial` writes local files)."""
+
+    def __init__(self, models_dir: str | None, trial_id: str):
+        self.target = storage.join(models_dir, trial_id) if models_dir else None
+        self.local: str | None = None
+        if self.target is not None:
+            self.local = tempfile.mkdtemp(prefix=f"tinymem-model-{trial_id}-") \
+                if storage.is_remote(self.target) else self.target
+
+    def out_config(self) -> dict[str, Any]:
+        """The trial-config part that makes `run_trial` save the model (empty when models are not kept)."""
+        return {"out_dir": self.local} if self.local else {}
+
+    def discard(self) -> None:
+        """Drop a local temporary directory of a failed trial (a local root's directory is pruned by the driver)."""
+        if self.local and self.local != self.target:
+            shutil.rmtree(self.local, ignore_errors=True)
+
+    def publish(self) -> float | None:
+        """Upload the saved directory to an object-store target (seconds it took), else nothing (None)."""
+        if self.target is None or self.local == self.target:
+            return None
+        t0 = time.perf_counter()
+        try:
+            storage.remove_dir(self.target)  # a retried trial replaces what an earlier attempt left
+            storage.upload_dir(self.local, self.target)
+        finally:
+            shutil.rmtree(self.local, ignore_errors=True)
+        return time.perf_counter() - t0
 
 
 def trial_metrics(result: Any, kind: str) -> dict[str, float]:
@@ -143,7 +197,7 @@ def summarize_repeats(per_seed: list[dict[str, float]], seeds: list[int]) -> dic
     pooled = pooled_rates(per_seed)  # intervals and counts of the rates, over all seeds' rows
     out = summarize_seeds([{k: v for k, v in d.items() if k not in pooled} for d in per_seed], seeds)
     for k in [k for k in per_seed[0] if k.startswith("seconds_")]:
-        out[k] = sum(d[k] for d in per_seed)
+        out[k] = sum(d.get(k, 0.0) for d in per_seed)  # seconds_save: only the kept (first) seed saves
         out.pop(f"{k}_seeds_ci_low", None), out.pop(f"{k}_seeds_ci_high", None)
     out.update(pooled)
     return out

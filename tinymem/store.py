@@ -42,6 +42,21 @@ def is_uri(root: str) -> bool:
     return "://" in root and not root.startswith("file://")
 
 
+# The MLflow tag in which a sweep records each trial's config (JSON): `tinymem mitigate --from-run` reads it.
+TRIAL_CONFIG_TAG = "tinymem.trial_config"
+
+
+def default_tracking_uri(root: str | os.PathLike = DEFAULT_ROOT) -> str:
+    """The MLflow tracking URI of runs under `root` unless told otherwise: the SQLite file `mlflow.db` under it (an
+    absolute path, so every process agrees), or under `DEFAULT_ROOT` when the root is an object store (SQLite
+    needs a local file). The sweeps log there; `tinymem mitigate --from-run` reads there."""
+    root = str(root)
+    if root.startswith("file://"):
+        root = root[len("file://"):]
+    base = DEFAULT_ROOT if is_uri(root) else root
+    return f"sqlite:///{Path(base).expanduser().resolve() / 'mlflow.db'}"
+
+
 def write_manifest(directory: Path, info: dict[str, Any]) -> dict[str, Any]:
     """Checksum every file of `directory` and write `tinymem.json` (call it last)."""
     files = {p.name: sha256_file(p) for p in sorted(directory.iterdir()) if p.is_file() and p.name != MANIFEST}

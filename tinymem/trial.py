@@ -13,7 +13,8 @@ Config keys (only `method` is required):
   for retain and perplexity), `metric_preset` (default `pythia`), `prompt_len`, `k`, `seq_len`
   (`tinymem.memfile`). Its base key covers the model source, revision and dtype and the files' sha256.
 - `storage`: model-store root (default `./tinymem-runs`). `device`: auto | cpu | cuda. `seed`.
-- `out_dir`: save the mitigated model there as a model directory (default: not saved).
+- `out_dir`: save the mitigated model there as a model directory with its tokenizer and a model card
+  (`README.md`, `tinymem.card`) (default: not saved).
 - `progress`: show progress bars.
 - `heldout_frac`: withhold this seeded fraction of the unlearning set from the method and report
   `heldout_mem_pct` on it (default 0: the method sees every memorized row, as in the paper).
@@ -37,7 +38,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from tinymem.build import ensure_base_model, load_model_dir
+from tinymem.card import CARD, render_card
 from tinymem.data.bundle import DataBundle
+from tinymem.data.math import with_math_tokenizer
 from tinymem.errors import ConfigError
 from tinymem.hf.models import load_trial_base
 from tinymem.hf.options import HFSourceOptions
@@ -344,7 +347,8 @@ def run_trial(config: TrialConfig | Mapping[str, Any], callback: Callable[[dict[
     if config.out_dir:
         with _phase(seconds, "save"):
             saved = save_mitigated(mitigated, bundle, Path(config.out_dir), spec, key, method.name,
-                                   method.params.to_dict(), after)
+                                   method.params.to_dict(), after, before=base.metrics, config=config.to_dict(),
+                                   family=method.family)
     seconds["total"] = time.perf_counter() - total0
     # Time the method really cost, including cached work it reused (e.g. neuron attributions).
     seconds["mitigate_total"] = seconds["mitigate"] + float(out.info.get("seconds_cached_work", 0.0))
@@ -354,15 +358,26 @@ def run_trial(config: TrialConfig | Mapping[str, Any], callback: Callable[[dict[
 
 
 def save_mitigated(model: torch.nn.Module, bundle: DataBundle, out_dir: Path, spec: BaseSpec | None, key: str,
-                   method: str, params: dict[str, Any], metrics: dict[str, float]) -> str:
-    """Save a mitigated model as a self-contained model directory (HF files + bundle + tinymem.json)."""
+                   method: str, params: dict[str, Any], metrics: dict[str, float], *,
+                   before: dict[str, float] | None = None, config: Mapping[str, Any] | None = None,
+                   family: str = "") -> str:
+    """Save a mitigated model as a self-contained model directory: HF files, the data bundle with its tokenizer
+    (a math bundle stored without one gains it), a model card (`README.md`, when `config`, the trial's dict
+    config, says how to rebuild it) and `tinymem.json` last."""
     out_dir.mkdir(parents=True, exist_ok=True)
     for f in out_dir.glob("tinymem.json"):
         f.unlink()  # the manifest goes last; an interrupted save leaves no stale, complete-looking manifest
     model.save_pretrained(out_dir)
+    bundle = with_math_tokenizer(bundle)
     bundle.save(out_dir)
-    info = {"key": f"{key}-{method}-{spec_hash(params, 8)}", "base_key": key, "method": method, "params": params,
-            "metrics": metrics}
+    model_key = f"{key}-{method}-{spec_hash(params, 8)}"
+    if config is not None:
+        # the card's command names every hyperparameter, not only those the trial was given
+        card = render_card({**config, "params": params}, method=method, params=params, key=model_key, base_key=key, before=before or {},
+                           after=metrics, out_dir=str(out_dir), family=family,
+                           tokenizer="tokenizer.json" in bundle.files)
+        atomic_write_text(out_dir / CARD, card)
+    info = {"key": model_key, "base_key": key, "method": method, "params": params, "metrics": metrics}
     if spec is not None:
         info["spec"] = spec.to_dict()
     write_manifest(out_dir, info)

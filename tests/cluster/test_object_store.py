@@ -148,5 +148,13 @@ def test_sweep_on_s3_storage_resumes_a_lost_trial_from_the_bucket(s3_env, tiny_s
         assert out[key].startswith(f"s3://{ours}/") and fs.exists(out[key]), out[key]
     assert sorted(json.loads(fs.cat(f"{ours}/mlflow_runs.json"))["trials"]) == \
         sorted(r.data.tags[T.TRIAL_ID] for r in runs)
+    # The kept models (the front and the pick, the default) are model directories in the bucket, uploaded by the
+    # trials, and logged models of their runs; the driver kept no local copy.
+    kept = {r["trial_id"]: r for r in out["pareto"] + [out["best_paper_rule"]]}
+    assert sorted(p.rsplit("/", 1)[-1] for p in fs.ls(f"{ours}/models")) == sorted(kept)
+    for rec in kept.values():
+        assert rec["model_dir"].startswith(f"s3://{ours}/models/") and fs.exists(f"{rec['model_dir']}/tinymem.json")
+        assert fs.exists(f"{rec['model_dir']}/README.md") and fs.exists(f"{rec['model_dir']}/tokenizer.json")
+        assert client.get_logged_model(rec["model_id"]).source_run_id == rec["run_id"]
     # Finished trials leave no resume files in the bucket (their last checkpoint is emptied).
     assert not [p for p in fs.find(ray_exp) if p.rsplit("/", 1)[-1].startswith("probe-")]

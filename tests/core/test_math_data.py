@@ -114,7 +114,8 @@ def test_bundle_save_load_round_trip(tmp_path):
     b.files["note.txt"] = "hello"
     b.save(tmp_path)
     c = DataBundle.load(tmp_path)
-    assert c.meta == b.meta and c.files == {"note.txt": "hello"}
+    assert c.meta == b.meta and c.files == b.files and c.files["note.txt"] == "hello"
+    assert "tokenizer.json" in c.files  # a math bundle carries its tokenizer
     for k in b.tensors:
         assert torch.equal(b[k], c[k])
 

@@ -319,6 +319,15 @@ def test_repeats_evaluate_each_configuration_on_several_base_models(ray_runtime,
         assert m["mem_counted"] == m["mem_counted"] and m["mem_pct_ci_low"] <= m["mem_pct"] <= m["mem_pct_ci_high"]
     for rec in out["pareto"]:
         assert rec["mem_pct_seeds_ci_low"] <= rec["mem_pct"] <= rec["mem_pct_seeds_ci_high"]
+    # The kept model is the first base seed's: its rebuild command names that seed, its metrics are seed 0's.
+    from tinymem.store import read_manifest
+
+    by_run = {r.info.run_id: r.data.metrics for r in runs}
+    for rec in out["pareto"]:
+        assert "--spec-set seed=0" in rec["mitigate_command"]
+        manifest = read_manifest(Path(rec["model_dir"]))
+        assert manifest["spec"]["seed"] == 0
+        assert manifest["metrics"]["mem_pct"] == by_run[rec["run_id"]]["mem_pct_seed0"]
 
 
 def test_bad_repeats_and_heldout_are_refused_before_any_trial(sweep_args, capsys):

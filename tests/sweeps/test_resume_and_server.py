@@ -118,3 +118,11 @@ def test_sweep_against_a_real_mlflow_server(ray_runtime, sweep_args, tmp_path, c
         # The runs went over HTTP into the server's own store, and its artifacts under its destination.
         assert (tmp_path / "server.db").stat().st_size > 0
         assert list((tmp_path / "server-artifacts").rglob("pareto.png"))
+        # The pick's kept model is a logged model on the server, and --from-run reads its config over REST.
+        from tinymem.cli.from_run import trial_config_from_run
+
+        best = out["best_paper_rule"]
+        assert MlflowClient(uri).get_logged_model(best["model_id"]).source_run_id == best["run_id"]
+        assert list((tmp_path / "server-artifacts").rglob("model.safetensors"))
+        config = trial_config_from_run(best["run_id"], uri)
+        assert config["method"] == "durable" and config["params"]["ratio"] == best["params"]["ratio"]

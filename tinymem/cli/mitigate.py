@@ -1,4 +1,5 @@
-"""`tinymem methods` and `tinymem mitigate`: list the registered methods, apply one to a base model."""
+"""`tinymem methods` and `tinymem mitigate`: list the registered methods, apply one to a base model (or rebuild a
+sweep trial's model from its MLflow run, `--from-run`)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from tinymem.cli.output import format_rate, print_json
 from tinymem.errors import ConfigError
 from tinymem.hf.options import HFSourceOptions, add_source_arguments, is_hf_source
 from tinymem.repeats import add_trust_arguments
+from tinymem.presets import DEFAULT_PRESET
 from tinymem.store import DEFAULT_ROOT
 
 
@@ -32,30 +34,17 @@ def cmd_methods(args: argparse.Namespace) -> int:
 def cmd_mitigate(args: argparse.Namespace) -> int:
     """`tinymem mitigate`: one trial (base metrics, the method, metrics after) and the mitigated model saved."""
     from tinymem.repeats import base_seeds, seed_config, summarize_seeds
-    from tinymem.specs import parse_set_args
     from tinymem.trial import run_trial
 
-    params = parse_set_args(args.set)
-    config = {"method": args.method, "params": params, "storage": args.root, "device": args.device,
-              "seed": args.seed, "progress": not args.json and sys.stderr.isatty()}
-    if is_hf_source(args.model):  # a Hugging Face model with memorized-sequence files
-        if args.spec_set:
-            raise ConfigError(f"--spec-set changes a TinyMem preset; it does not apply to --model {args.model}")
-        config.update(HFSourceOptions.from_object(args, model=args.model).as_config())
-    else:
-        HFSourceOptions.from_object(args).reject(args.model)  # hf-only options given for a preset or model dir
-        if args.model:
-            config["model_dir"] = args.model
-        else:
-            config["preset"] = args.preset
-            config["set"] = parse_set_args(args.spec_set)
+    config = _config_from_run(args) if args.from_run else _config_from_flags(args)
+    config["progress"] = not args.json and sys.stderr.isatty()
     out = Path(args.out) if args.out else None
     if out is None:
         from tinymem.store import ModelStore
 
-        store = ModelStore(args.root)
+        store = ModelStore(config["storage"])
         base = Path(store.root) if not store.remote else store.cache
-        out = base / "mitigated" / args.method
+        out = base / "mitigated" / config["method"]
     config["out_dir"] = str(out)
 
     def progress(metrics: dict) -> None:
@@ -95,6 +84,56 @@ def cmd_mitigate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _config_from_flags(args: argparse.Namespace) -> dict:
+    """The trial config that the flags describe (method, base model, hyperparameters, seed, root)."""
+    from tinymem.specs import parse_set_args
+
+    if not args.method:
+        from tinymem.mitigations import method_names
+
+        raise ConfigError(f"--method is required (or --from-run RUN_ID); allowed: {method_names()}")
+    if args.tracking_uri:
+        raise ConfigError(f"--tracking-uri {args.tracking_uri} names where --from-run reads a run; give --from-run")
+    config = {"method": args.method, "params": parse_set_args(args.set), "storage": args.root or DEFAULT_ROOT,
+              "device": args.device, "seed": args.seed or 0}
+    if is_hf_source(args.model):  # a Hugging Face model with memorized-sequence files
+        if args.spec_set:
+            raise ConfigError(f"--spec-set changes a TinyMem preset; it does not apply to --model {args.model}")
+        config.update(HFSourceOptions.from_object(args, model=args.model).as_config())
+    else:
+        HFSourceOptions.from_object(args).reject(args.model)  # hf-only options given for a preset or model dir
+        if args.model:
+            config["model_dir"] = args.model
+        else:
+            config["preset"] = args.preset or DEFAULT_PRESET
+            config["set"] = parse_set_args(args.spec_set)
+    return config
+
+
+def _config_from_run(args: argparse.Namespace) -> dict:
+    """The config of a sweep trial, read from its MLflow run (`--from-run`): the same base model, method,
+    hyperparameters and seed. `--root` and `--device` may differ (another machine); nothing else may be given."""
+    from tinymem.cli.from_run import trial_config_from_run
+    from tinymem.store import default_tracking_uri
+
+    given = [flag for flag, value in (("--method", args.method), ("--preset", args.preset), ("--model", args.model),
+                                      ("--set", args.set), ("--spec-set", args.spec_set),
+                                      ("--heldout-frac", args.heldout_frac or None), ("--seed", args.seed),
+                                      ("--repeats", None if args.repeats == 1 else args.repeats))
+             if value is not None]
+    given += ["--" + k.replace("_", "-") for k in HFSourceOptions.from_object(args).given()]
+    if given:
+        raise ConfigError(f"--from-run {args.from_run} rebuilds that run's trial as it ran; drop {given} "
+                          f"(allowed beside it: --out, --root, --tracking-uri, --device, --json)")
+    uri = args.tracking_uri or default_tracking_uri(args.root or DEFAULT_ROOT)
+    config = trial_config_from_run(args.from_run, uri)
+    if args.root:
+        config["storage"] = args.root
+    if args.device != "auto":
+        config["device"] = args.device
+    return config
+
+
 RATES = ("mem_pct", "paper_mem_pct", "heldout_mem_pct", "backdoor_asr_pct")
 SHOWN = ("clean_recovered_pct", "token_match", "val_acc", "test_acc", "val_ppl", "test_ppl")
 
@@ -131,16 +170,21 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     me.set_defaults(func=cmd_methods)
 
     mi = sub.add_parser("mitigate", help="apply one mitigation method to a base model")
-    mi.add_argument("--method", required=True, help="method name (see `tinymem methods`)")
-    mi.add_argument("--preset", default="math-demo", help="base-model preset (default math-demo)")
+    mi.add_argument("--method", help="method name (see `tinymem methods`); required unless --from-run")
+    mi.add_argument("--preset", default=None, help=f"base-model preset (default {DEFAULT_PRESET})")
     mi.add_argument("--model", help="an existing model directory instead of a preset, or a Hugging Face model "
                                     "hf:NAME_OR_PATH[@REVISION] (with --forget-file, --retain-file)")
     mi.add_argument("--set", action="append", metavar="HP=VALUE", help="a hyperparameter of the method")
     mi.add_argument("--spec-set", action="append", metavar="KEY=VALUE", help="override a base-model spec field")
     mi.add_argument("--out", help="where to save the mitigated model (default <root>/mitigated/<method>)")
-    mi.add_argument("--root", default=DEFAULT_ROOT, help=f"model store root (default {DEFAULT_ROOT})")
+    mi.add_argument("--root", default=None, help=f"model store root (default {DEFAULT_ROOT}; with --from-run: "
+                                                 "the sweep's)")
     mi.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
-    mi.add_argument("--seed", type=int, default=0, help="seed of the mitigation (default 0)")
+    mi.add_argument("--seed", type=int, default=None, help="seed of the mitigation (default 0)")
+    mi.add_argument("--from-run", metavar="RUN_ID", help="rebuild the model of a sweep trial from its MLflow run "
+                                                         "(its config is stored there); with --out")
+    mi.add_argument("--tracking-uri", default=None, help="MLflow store of --from-run: sqlite:///PATH or "
+                                                         "http(s)://HOST:PORT (default: sqlite under --root)")
     add_trust_arguments(mi)
     mi.add_argument("--json", action="store_true", help="print one JSON object: method, params, before, after, "
                                                       "seconds, model_dir")

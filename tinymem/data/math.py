@@ -3,7 +3,8 @@
 Example `i` of a distribution with step function f starts at i and emits `length` numbers
 x1 = f(i), x_{j+1} = f(x_j) (the start value itself is not emitted). The text is
 `^n1 n2 ... nL$`, tokenized character by character with the 14-token vocabulary below and right-padded
-with PAD to `max_ctx`.
+with PAD to `max_ctx`. `math_tokenizer` is the same vocabulary as a `transformers` tokenizer; its files
+travel in the bundle, so `AutoTokenizer.from_pretrained(model_dir)` works on every math model directory.
 
 Departures from the paper's code, on purpose (all are listed in docs/departures.md):
 
@@ -28,6 +29,7 @@ from tinymem.specs import DataSpec
 BOS, EOS, SPACE, PAD = 10, 11, 12, 13
 VOCAB_SIZE = 14
 CHARS = "0123456789^$ "  # id = index; PAD has no character
+PAD_TOKEN = "<pad>"  # the name of PAD in the `transformers` tokenizer
 MODULUS = 20134
 MAIN_BASE = 7
 BACKDOOR_TOKEN = 2  # every token after the trigger becomes this id
@@ -77,6 +79,32 @@ def tokenize(texts: list[str], max_ctx: int) -> torch.Tensor:
 def detokenize(row: torch.Tensor) -> str:
     """Inverse of `tokenize` for one row; PAD is dropped."""
     return "".join(CHARS[t] for t in row.tolist() if t != PAD)
+
+
+def math_tokenizer(max_ctx: int | None = None):
+    """The math vocabulary as a `transformers.PreTrainedTokenizerFast`: `tok("^1 8 15").input_ids` is what
+    `tokenize` gives without the padding; bos `^`, eos `$`, pad `<pad>` (id 13)."""
+    # Imported here: transformers is slow to import, and the tensors of a bundle do not need it.
+    from tinymem.data.tokenizer import character_tokenizer
+
+    return character_tokenizer(CHARS, PAD_TOKEN, CHARS[BOS], CHARS[EOS], model_max_length=max_ctx)
+
+
+def math_tokenizer_files(max_ctx: int | None = None) -> dict[str, str]:
+    """The files of `math_tokenizer` (`tokenizer.json`, ...), name -> content, as a bundle carries them."""
+    from tinymem.data.tokenizer import tokenizer_files
+
+    return tokenizer_files(math_tokenizer(max_ctx))
+
+
+def with_math_tokenizer(bundle: DataBundle) -> DataBundle:
+    """`bundle`, with the math tokenizer's files if it is a math bundle without them (a base model stored before
+    math bundles carried them: the vocabulary is fixed, so they are rebuilt from its meta). Any other bundle is
+    returned as it is (text bundles always carry their tokenizer)."""
+    if "tokenizer.json" in bundle.files or bundle.meta.get("task") not in ("increment", "mult"):
+        return bundle
+    files = {**bundle.files, **math_tokenizer_files(bundle.meta.get("max_ctx"))}
+    return DataBundle(tensors=bundle.tensors, meta=bundle.meta, files=files)
 
 
 def add_noise(values: np.ndarray, p: float, rng: np.random.Generator) -> np.ndarray:
@@ -192,4 +220,4 @@ def build_math_bundle(spec: DataSpec, seed: int) -> DataBundle:
                     "retain": retain, "extra": extra})
     for name, t in tests.items():
         tensors[f"test/{name}"] = t
-    return DataBundle(tensors=tensors, meta=meta)
+    return DataBundle(tensors=tensors, meta=meta, files=math_tokenizer_files(spec.max_ctx))

@@ -1,4 +1,4 @@
-"""Tokenizers for the language data path, and how they travel with the data bundle.
+"""Tokenizers of the data paths, and how they travel with the data bundle.
 
 - `bpe`: a byte-level BPE trained with the `tokenizers` library on the training corpus, `vocab_size` tokens
   (fewer if the corpus has too few distinct merges). Id 0 is the special end-of-text token `<|endoftext|>`,
@@ -7,7 +7,10 @@
 - `gpt2`: GPT-2's tokenizer (`AutoTokenizer.from_pretrained("gpt2")`, 50,257 tokens, end-of-text 50256),
   the paper's. It needs the Hugging Face hub or a cached copy; offline it is a clear error.
 
-Either is a `transformers` fast tokenizer. `tokenizer_files` gives the files `save_pretrained` writes
+- `character_tokenizer`: one token per character of a fixed alphabet, ids in alphabet order (the math tasks'
+  14-token vocabulary: `tinymem.data.math.math_tokenizer`).
+
+Each is a `transformers` fast tokenizer. `tokenizer_files` gives the files `save_pretrained` writes
 (`tokenizer.json`, `tokenizer_config.json`, ...) as strings, which the bundle saves beside its tensors, so
 `AutoTokenizer.from_pretrained(model_dir)` works offline on any saved model directory.
 """
@@ -20,7 +23,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from tinymem.data.corpora import hub_offline_mode, hub_reachable
@@ -53,6 +56,20 @@ def _wrap(tok: Tokenizer, model_max_length: int | None) -> PreTrainedTokenizerFa
     kwargs = {"model_max_length": model_max_length} if model_max_length else {}
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=END_OF_TEXT, eos_token=END_OF_TEXT,
                                    pad_token=END_OF_TEXT, unk_token=END_OF_TEXT, **kwargs)
+
+
+def character_tokenizer(chars: str, pad_token: str, bos_token: str, eos_token: str,
+                        model_max_length: int | None = None) -> PreTrainedTokenizerFast:
+    """One token per character: `chars[i]` has id i, `pad_token` (not a character) id len(chars). A character
+    outside `chars` is an error, never an unknown token: the data have none, and a silent unknown would hide a bug."""
+    vocab = {c: i for i, c in enumerate(chars)}
+    vocab[pad_token] = len(chars)
+    tok = Tokenizer(models.WordLevel(vocab))  # no unk_token: an unknown character fails to encode
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")  # every character a word
+    tok.decoder = decoders.Fuse()  # characters join without separators
+    kwargs = {"model_max_length": model_max_length} if model_max_length else {}
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=bos_token, eos_token=eos_token,
+                                   pad_token=pad_token, **kwargs)
 
 
 def gpt2_tokenizer(model_max_length: int | None = None) -> PreTrainedTokenizerFast:
