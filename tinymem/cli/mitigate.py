@@ -35,9 +35,13 @@ def cmd_mitigate(args: argparse.Namespace) -> int:
     from tinymem.specs import parse_set_args
     from tinymem.trial import run_trial
 
+    from tinymem.util import library_bars
+
     params = parse_set_args(args.set)
+    show = not args.json and sys.stderr.isatty()  # bars on a terminal's stderr only
+    library_bars(show)
     config = {"method": args.method, "params": params, "storage": args.root, "device": args.device,
-              "seed": args.seed, "progress": not args.json and sys.stderr.isatty()}
+              "seed": args.seed, "progress": show}
     if is_hf_source(args.model):  # a Hugging Face model with memorized-sequence files
         if args.spec_set:
             raise ConfigError(f"--spec-set changes a TinyMem preset; it does not apply to --model {args.model}")
@@ -59,7 +63,8 @@ def cmd_mitigate(args: argparse.Namespace) -> int:
     config["out_dir"] = str(out)
 
     def progress(metrics: dict) -> None:
-        if not args.json:
+        # Per-epoch metrics only when asked: on a terminal the bars show progress, in a log they are noise.
+        if args.verbose and not args.json:
             shown = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float))
             print(f"  {shown}", file=sys.stderr)
 
@@ -142,6 +147,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     mi.add_argument("--device", default="auto", help="auto | cpu | cuda (default auto)")
     mi.add_argument("--seed", type=int, default=0, help="seed of the mitigation (default 0)")
     add_trust_arguments(mi)
+    mi.add_argument("--verbose", action="store_true",
+                    help="print an iterative method's metrics after every epoch on stderr (default: off; on a "
+                         "terminal, progress bars show on stderr)")
     mi.add_argument("--json", action="store_true", help="print one JSON object: method, params, before, after, "
                                                       "seconds, model_dir")
     mi.set_defaults(func=cmd_mitigate)
