@@ -30,8 +30,12 @@ REFRESH_S = 1.0  # redraw the bar at least this often, so elapsed time and ETA s
 
 def live_stream(stream: str) -> TextIO | None:
     """The stream to draw live bars on, or None for plain lines: only stdout, and only on a terminal (`stream`
-    is stderr with `--json`, whose lines are for logs)."""
-    out = sys.stdout if stream == "stdout" else None
+    is stderr with `--json`, whose lines are for logs).
+
+    With `--json` run.py also points stdout at stderr while the sweep runs; a callback restored by `--resume`
+    keeps the stream of the first run, so stdout being stderr means `--json` too: lines, no bar.
+    """
+    out = sys.stdout if stream == "stdout" and sys.stdout is not sys.stderr else None
     return out if out is not None and out.isatty() else None
 
 

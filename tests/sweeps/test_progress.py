@@ -110,6 +110,8 @@ def test_bars_only_on_a_terminal_stdout(monkeypatch):
     assert live_stream("stdout") is sys.stdout
     assert live_stream("stderr") is None  # --json: lines for logs, even on a terminal
     assert live_stream("none") is None
+    monkeypatch.setattr(sys, "stdout", sys.stderr)  # run.py --json: stdout pointed at stderr (a resumed callback)
+    assert live_stream("stdout") is None
     monkeypatch.setattr(sys, "stdout", io.StringIO())
     assert live_stream("stdout") is None
 
