@@ -6,7 +6,7 @@
 - `space_file`, `space`: search-space YAML files -> validated distributions and grids; a sweep's joint space.
 - `plan`: every input check, before Ray starts; `--resume` rebuilds the plan from the sweep record.
 - `ray_runtime`, `bases`: the Ray runtime (and `--gpus-per-trial auto`); base models made once as Ray tasks.
-- `trainable`, `searchers`, `progress`: one trial; Optuna with two objectives or the paper's grid; trial lines.
+- `trainable`, `searchers`, `progress`: one trial; Optuna with two objectives or the paper's grid; bar or lines.
 - `engine`: `run_sweep`, the Ray Tune experiment and the MLflow parent run.
 - `tracking`, `tags`, `inputs`: MLflow child run per trial, run ids kept on disk for resume; the tag names
   (`tinymem.*`, MLflow's system tags); the base models' data as run inputs.

@@ -1,7 +1,8 @@
 """Base models made once per sweep, as Ray tasks, before any trial: trials then only load them from the store.
 
 On a cluster the tasks run on workers, and several presets train in parallel. A Hugging Face model is never
-trained or stored: it is loaded and its base evaluation cached.
+trained or stored: it is loaded and its base evaluation cached. While they are made, a live bar with the
+elapsed time shows on a terminal (`sweeps.progress.live_stream`); elsewhere a line says what is being made.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 from sweeps.errors import SweepError
 from sweeps.pareto import MEM
 from sweeps.plan import SweepPlan
+from sweeps.progress import live_stream
 from tinymem.errors import TinyMemError
 from tinymem.hf.options import HFSourceOptions, is_hf_source
 from tinymem.repeats import base_seeds, seed_config, summarize_seeds
@@ -46,9 +48,11 @@ def _build_base(preset: str, storage_root: str, device: str, cpus: float,
             "seconds": prepared.seconds, "metrics": prepared.evaluation.metrics, "data": prepared.data}
 
 
-def prepare_bases(plan: SweepPlan, say: Callable[[str], None]) -> dict[str, dict[str, Any]]:
-    """Make every base model up front, in parallel, as Ray tasks; returns preset -> info with base metrics."""
+def prepare_bases(plan: SweepPlan, say: Callable[[str], None], stream: str = "none") -> dict[str, dict[str, Any]]:
+    """Make every base model up front, in parallel, as Ray tasks; returns preset -> info with base metrics.
+    `stream` is where the sweep's progress goes (`sweeps.progress.ProgressLines`): a bar there on a terminal."""
     import ray
+    from tqdm.auto import tqdm
 
     presets = plan.space.presets
     repeats = plan.options.repeats
@@ -70,20 +74,32 @@ def prepare_bases(plan: SweepPlan, say: Callable[[str], None]) -> dict[str, dict
     refs = {(p, s): task.remote(p, plan.storage, plan.options.device, cpus, plan.options.source, s)
             for p, s in jobs}
     got: dict[tuple[str, int | None], dict[str, Any]] = {}
-    for (preset, seed), ref in refs.items():
-        try:
-            info = ray.get(ref)
-        except ray.exceptions.RayTaskError as e:
-            cause = e.cause if getattr(e, "cause", None) is not None else e
-            if isinstance(cause, TinyMemError):
-                raise SweepError(f"base model {preset!r}: {cause}") from None
-            raise
-        verb = "trained" if info["created"] else "loaded"
-        say(f"base model {preset}{f' seed {seed}' if seed is not None else ''} ({info['key']}): {verb} in "
-            f"{info['seconds']:.1f} s; mem_pct {info['metrics'].get(MEM, math.nan):.2f}, "
-            + (f"test_acc {info['metrics'].get('test_acc', math.nan):.2f}" if plan.kinds[preset] == "math"
-               else f"test_ppl {info['metrics'].get('test_ppl', math.nan):.2f}"))
-        got[(preset, seed)] = info
+    live = live_stream(stream)
+    # Training math-demo takes minutes: a bar whose clock keeps running says the sweep is not stuck.
+    bar = tqdm(total=len(refs), desc="base models", unit="model", file=live, disable=live is None,
+               dynamic_ncols=True, leave=False)
+    try:
+        for (preset, seed), ref in refs.items():
+            try:
+                while not ray.wait([ref], timeout=1.0)[0]:
+                    bar.refresh()
+                info = ray.get(ref)
+            except ray.exceptions.RayTaskError as e:
+                cause = e.cause if getattr(e, "cause", None) is not None else e
+                if isinstance(cause, TinyMemError):
+                    raise SweepError(f"base model {preset!r}: {cause}") from None
+                raise
+            bar.update(1)
+            verb = "trained" if info["created"] else "loaded"
+            bar.clear()  # the line goes where the bar was; the bar redraws below it
+            say(f"base model {preset}{f' seed {seed}' if seed is not None else ''} ({info['key']}): {verb} in "
+                f"{info['seconds']:.1f} s; mem_pct {info['metrics'].get(MEM, math.nan):.2f}, "
+                + (f"test_acc {info['metrics'].get('test_acc', math.nan):.2f}" if plan.kinds[preset] == "math"
+                   else f"test_ppl {info['metrics'].get('test_ppl', math.nan):.2f}"))
+            bar.refresh()
+            got[(preset, seed)] = info
+    finally:
+        bar.close()
     out = {}
     for preset in presets:
         infos = [got[(preset, s)] for s in seeds[preset]]

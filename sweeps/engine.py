@@ -178,10 +178,10 @@ def run_sweep(plan: SweepPlan, say: Callable[[str], None] = print, stream: str =
             client.update_run(parent_run_id, status="RUNNING")
             set_tags(client, parent_run_id, {T.STATE: "running", T.RESUMED: str(int(time.time()))})
             # The base models may be gone from a fresh cluster's local disks; make sure (cheap if present).
-            prepare_bases(plan, say)
+            prepare_bases(plan, say, stream)
             say(f"resuming sweep {plan.sweep_id} of {plan.experiment} (MLflow parent run {parent_run_id})")
         else:
-            bases = prepare_bases(plan, say)
+            bases = prepare_bases(plan, say, stream)
             inputs = dataset_specs(bases, plan.storage, o.source)
             experiment_id = ensure_experiment(client, plan.experiment, _artifact_location(plan))
             parent_run_id = _start_parent(plan, client, experiment_id, bases, system, inputs)

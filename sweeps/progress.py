@@ -1,6 +1,14 @@
-"""Per-trial progress lines of a sweep: one line per finished trial, on stdout or stderr.
+"""A sweep's progress on the driver: one live bar on a terminal, else one plain line per finished trial.
 
-Tune's own status table is off: it is noisy in logs.
+Both show the same fields: trials done of the total, running, failed, elapsed time, ETA and the size of the
+Pareto front so far (the non-dominated completed trials on the sweep's two objectives, by
+`sweeps.pareto.non_dominated`, updated as each trial finishes). The bar is drawn only on stdout when it is a
+terminal; with `--json` the lines go to stderr and stdout holds only the JSON. Tune's own status table is
+off: it is noisy in logs.
+
+Ray pickles callbacks into the experiment and a resumed sweep uses the unpickled copy: only configuration is
+pickled (`__getstate__`); the bar, the clock and the counts are rebuilt in the resumed process, where the
+trials restored as finished are counted again from Tune's trial list.
 """
 
 from __future__ import annotations
@@ -8,39 +16,170 @@ from __future__ import annotations
 import math
 import sys
 import time
-from typing import Any
+from typing import Any, TextIO
 
+import numpy as np
 from ray.tune import Callback
 
-from sweeps.pareto import MEM
+from sweeps.pareto import MEM, non_dominated
 from sweeps.space import SweepSpace
+
+CONFIG_FIELDS = ("space", "loss_name", "total", "stream")
+REFRESH_S = 1.0  # redraw the bar at least this often, so elapsed time and ETA stay live between trial events
+
+
+def live_stream(stream: str) -> TextIO | None:
+    """The stream to draw live bars on, or None for plain lines: only stdout, and only on a terminal (`stream`
+    is stderr with `--json`, whose lines are for logs).
+
+    With `--json` run.py also points stdout at stderr while the sweep runs; a callback restored by `--resume`
+    keeps the stream of the first run, so stdout being stderr means `--json` too: lines, no bar.
+    """
+    out = sys.stdout if stream == "stdout" and sys.stdout is not sys.stderr else None
+    return out if out is not None and out.isatty() else None
+
+
+class ParetoFront:
+    """The non-dominated points seen so far (all objectives minimised). A dominated point can never return to
+    the front (dominance is transitive), so keeping only the front points is enough."""
+
+    def __init__(self) -> None:
+        self.points = np.empty((0, 2))
+
+    def add(self, point: tuple[float, float]) -> None:
+        pts = np.vstack([self.points, np.asarray(point, dtype=float)[None, :]])
+        self.points = pts[non_dominated(pts)]
+
+    def __len__(self) -> int:
+        return int(self.points.shape[0])
+
+
+def _clock(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    m, s = divmod(int(round(seconds)), 60)
+    return f"{m // 60}:{m % 60:02d}:{s:02d}" if m >= 60 else f"{m:02d}:{s:02d}"
 
 
 class ProgressLines(Callback):
-    """One line per finished trial on stdout or stderr, counting the trials done.
+    """The sweep's progress (module docstring) on stdout or stderr (`stream`; `none` prints nothing).
 
-    Only picklable configuration is kept: Ray pickles callbacks into the experiment and a resumed sweep
-    uses the unpickled copy.
+    The name is kept from when it printed lines only: sweeps pickled then refer to it.
     """
 
     def __init__(self, space: SweepSpace, loss_name: str, total: int, stream: str = "stdout"):
         self.space, self.loss_name, self.total, self.stream = space, loss_name, total, stream
-        self.t0 = time.time()
+        self._start()
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: self.__dict__[k] for k in CONFIG_FIELDS}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self.t0 = time.time()  # a resumed sweep counts its own time
+        self.__dict__.update({k: state[k] for k in CONFIG_FIELDS})
+        self._start()  # a resumed sweep counts its own time
 
-    def _line(self, trials: list, trial: Any, text: str) -> None:
+    def _start(self) -> None:
+        self.t0 = time.time()
+        self.outcomes: dict[str, str] = {}  # trial id -> completed | failed | early_stopped
+        self.front = ParetoFront()
+        self.done_at_start: int | None = None  # finished before this process began (a resume)
+        self._bar: Any = None
+        self._drawn = 0.0
+
+    # -- counting
+
+    def _record(self, trial: Any, errored: bool = False) -> None:
+        """Count a finished trial once; a completed one with finite objectives may join the front."""
+        if trial.trial_id in self.outcomes:
+            return
+        last = trial.last_result or {}
+        if errored or last.get("failed"):
+            self.outcomes[trial.trial_id] = "failed"
+        elif not last.get("final"):
+            self.outcomes[trial.trial_id] = "early_stopped"
+        else:
+            self.outcomes[trial.trial_id] = "completed"
+            point = (float(last.get(MEM, math.nan)), float(last.get(self.loss_name, math.nan)))
+            if all(math.isfinite(v) for v in point):
+                self.front.add(point)
+
+    def _sync(self, trials: list) -> None:
+        """Count trials that finished before this process saw them (restored by `--resume`)."""
         from ray.tune.experiment.trial import Trial
 
-        done = sum(t.status in (Trial.TERMINATED, Trial.ERROR) for t in trials)
-        if self.stream in ("stdout", "stderr"):
-            print(f"[{time.time() - self.t0:6.0f} s] trial {done}/{self.total} {trial.trial_id}: {text}",
-                  file=getattr(sys, self.stream), flush=True)
+        for t in trials:
+            if t.status in (Trial.TERMINATED, Trial.ERROR):
+                self._record(t, errored=t.status == Trial.ERROR)
+        if self.done_at_start is None:
+            self.done_at_start = len(self.outcomes)
+
+    def counts(self, trials: list) -> dict[str, Any]:
+        """done, running, failed, front, elapsed and ETA (seconds; NaN before the first trial of this run)."""
+        from ray.tune.experiment.trial import Trial
+
+        done = len(self.outcomes)
+        running = sum(t.status == Trial.RUNNING and t.trial_id not in self.outcomes for t in trials)
+        elapsed = time.time() - self.t0
+        here = done - (self.done_at_start or 0)
+        eta = elapsed / here * max(self.total - done, 0) if here > 0 else math.nan
+        failed = sum(v == "failed" for v in self.outcomes.values())
+        return {"done": done, "running": running, "failed": failed, "front": len(self.front),
+                "elapsed": elapsed, "eta": eta}
+
+    # -- drawing
+
+    def _postfix(self, c: dict[str, Any]) -> str:
+        return f"running {c['running']}, failed {c['failed']}, front {c['front']}"
+
+    def _draw(self, trials: list) -> None:
+        out = live_stream(self.stream)
+        if out is None:
+            return
+        from tqdm.auto import tqdm
+
+        c = self.counts(trials)
+        if self._bar is None:
+            self._bar = tqdm(total=self.total, initial=c["done"], desc="sweep", unit="trial", file=out,
+                             dynamic_ncols=True, mininterval=0)
+        self._bar.update(c["done"] - self._bar.n)
+        self._bar.set_postfix_str(self._postfix(c), refresh=False)
+        self._bar.refresh()
+        self._drawn = time.time()
+
+    def _say(self, text: str) -> None:
+        """A line: above the bar on a terminal, else plainly on the stream."""
+        if self.stream not in ("stdout", "stderr"):
+            return
+        out = getattr(sys, self.stream)
+        if self._bar is not None:
+            self._bar.write(text, file=out)
+        else:
+            print(text, file=out, flush=True)
+
+    def _line(self, trials: list, trial: Any, text: str) -> None:
+        c = self.counts(trials)
+        self._say(f"[{c['elapsed']:6.0f} s] trial {c['done']}/{self.total} {trial.trial_id}: {text} | "
+                  f"{self._postfix(c)}, ETA {_clock(c['eta'])}")
+
+    # -- Tune's events
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._sync(trials)
+        self._draw(trials)
+
+    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        if self._bar is not None and time.time() - self._drawn >= REFRESH_S:
+            self._draw(trials)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._sync(trials)
+        self._record(trial)
         last = trial.last_result or {}
+        if live_stream(self.stream) is not None:
+            if last.get("failed"):  # a failure is worth a line above the bar; results are in the report
+                self._say(f"trial {trial.trial_id} failed: {last.get('error')}")
+            self._draw(trials)
+            return
         shown = {k: (float(f"{v:.4g}") if isinstance(v, float) else v) for k, v in trial.config.items()}
         if last.get("failed"):
             self._line(trials, trial, f"{shown} failed: {last.get('error')}")
@@ -48,8 +187,27 @@ class ProgressLines(Callback):
             self._line(trials, trial, f"{shown} early-stopped at epoch {last.get('epoch')}")
         else:
             self._line(trials, trial, f"{shown} -> {MEM} {last.get(MEM, math.nan):.2f}, "
-                              f"{self.loss_name} {last.get(self.loss_name, math.nan):.3f} "
-                              f"({last.get('seconds_mitigate', math.nan):.1f} s mitigate)")
+                                      f"{self.loss_name} {last.get(self.loss_name, math.nan):.3f} "
+                                      f"({last.get('seconds_mitigate', math.nan):.1f} s mitigate)")
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._line(trials, trial, "errored (recorded as failed)")
+        self._sync(trials)
+        self._record(trial, errored=True)
+        if live_stream(self.stream) is not None:
+            self._say(f"trial {trial.trial_id} errored (recorded as failed)")
+            self._draw(trials)
+        else:
+            self._line(trials, trial, "errored (recorded as failed)")
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        """Leave the final bar on screen, or print the same fields as one closing line."""
+        self._sync(trials)
+        if self._bar is not None:
+            self._draw(trials)
+            self._bar.close()
+            self._bar = None
+            return
+        if live_stream(self.stream) is None:
+            c = self.counts(trials)
+            self._say(f"[{c['elapsed']:6.0f} s] sweep: {c['done']}/{self.total} trials done, "
+                      f"{self._postfix(c)}")

@@ -1,8 +1,11 @@
-"""`python sweeps/run.py --method NAME`: a memorization-mitigation sweep (Ray Tune + Optuna + MLflow).
+"""`python sweeps/run.py --method NAME` or `tinymem-sweep`: a memorization-mitigation sweep (Ray Tune + Optuna + MLflow).
 
 A thin command line over `sweeps.plan` and `sweeps.engine`: parse flags, plan (every input check, in seconds,
 before any trial), run, print the Pareto table (or one JSON object with --json). Bad input prints one line
 naming the problem and the allowed values, and exits with status 2. `--help` imports no Ray, Optuna or MLflow.
+
+Output: on a terminal one live progress bar (`sweeps.progress`); in a pipe or log one line per finished trial;
+with --json the JSON object alone on stdout and every human line on stderr.
 """
 
 from __future__ import annotations
@@ -32,9 +35,18 @@ from tinymem.store import DEFAULT_ROOT
 from tinymem.util import json_safe
 
 
+SCRIPT, CONSOLE = "python sweeps/run.py", "tinymem-sweep"
+
+
+def invoked_as() -> str:
+    """How the user started the sweep, to repeat it in help, the recorded command and the resume hint: the
+    console script `tinymem-sweep` (pyproject.toml) or the repository's script."""
+    return CONSOLE if Path(sys.argv[0]).name == CONSOLE else SCRIPT
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python sweeps/run.py",
+        prog=invoked_as(),
         description="Sweep a memorization-mitigation method's hyperparameters with Ray Tune + Optuna, log every "
                     "trial to MLflow, and print the Pareto front of memorization vs utility loss.",
         epilog="Example: python sweeps/run.py --method balanced_subnet   (then open MLflow as printed at the end); "
@@ -113,7 +125,7 @@ def options_from_args(args: argparse.Namespace, argv: list[str]) -> options.Swee
         address=args.address, storage=args.storage, tracking_uri=args.tracking_uri, experiment=args.experiment,
         resume=args.resume, seed=args.seed, search_space=args.search_space, max_failures=args.max_failures,
         device=args.device, repeats=args.repeats, heldout_frac=args.heldout_frac, keep_models=args.keep_models,
-        register_model=args.register_model, command=shlex.join(["python", "sweeps/run.py", *argv]))
+        register_model=args.register_model, command=shlex.join([*invoked_as().split(), *argv]))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -145,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         print(outcome.report.summary())
         print(f"wall time {outcome.wall_seconds:.0f} s (Ray start {outcome.ray_start_seconds:.1f} s)")
     if outcome.interrupted:
-        print(f"interrupted: resume with  python sweeps/run.py --experiment {plan.experiment} --resume "
+        print(f"interrupted: resume with  {invoked_as()} --experiment {plan.experiment} --resume "
               f"{plan.sweep_id} --storage {plan.storage}",
               file=sys.stderr)
         return 130

@@ -18,10 +18,14 @@ The file format (one file per method, written next to the method)::
 Everything is checked before any trial starts: every key must be a hyperparameter of the method, every
 bound, choice, fixed and grid value must pass the method's own range checks. Errors name the file, the key
 and what is allowed, on one line.
+
+The files ship with the project as the package data `sweeps.search_spaces` (pyproject.toml maps it onto the
+repository's top-level `search_spaces/`), so an installed project finds them from any directory.
 """
 
 from __future__ import annotations
 
+import importlib.resources
 from pathlib import Path
 from typing import Any
 
@@ -32,8 +36,23 @@ from sweeps.space import Distribution, SearchSpace
 from tinymem.errors import ConfigError
 from tinymem.mitigations import get_method
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-SEARCH_SPACE_DIR = REPO_ROOT / "search_spaces"
+SPACES_PACKAGE = "sweeps.search_spaces"
+_CHECKOUT_SPACES = Path(__file__).resolve().parent.parent / "search_spaces"
+
+
+def search_space_dir() -> Path:
+    """The directory of the shipped search spaces.
+
+    In a checkout (run as `python sweeps/run.py`, or installed editable, whose package data maps onto the
+    same directory) it is the checkout's own `search_spaces/`, beside this package: a worktree never reads
+    another checkout's files. In an installed wheel it is the package data `sweeps.search_spaces`.
+    """
+    if (_CHECKOUT_SPACES / "__init__.py").is_file():
+        return _CHECKOUT_SPACES
+    return Path(str(importlib.resources.files(SPACES_PACKAGE)))
+
+
+SEARCH_SPACE_DIR = search_space_dir()
 
 PARAM_TYPES = ("float", "int", "categorical")
 TOP_LEVEL_KEYS = ("method", "description", "params", "fixed", "paper_grid", "paper_fixed")
@@ -42,7 +61,7 @@ _DIST_KEYS = {"float": {"type", "low", "high", "log", "step"}, "int": {"type", "
 
 
 def default_space_path(method: str) -> Path:
-    """`search_spaces/<method>.yaml` in the repository (independent of the working directory)."""
+    """`<method>.yaml` among the shipped search spaces (independent of the working directory)."""
     return SEARCH_SPACE_DIR / f"{method}.yaml"
 
 

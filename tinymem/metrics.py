@@ -42,7 +42,7 @@ from torch import nn
 from tinymem.data.bundle import DataBundle
 from tinymem.decoding import greedy_continue, greedy_continue_ragged
 from tinymem.errors import ConfigError
-from tinymem.util import eval_mode, model_device
+from tinymem.util import eval_mode, model_device, progress_bar
 from tinymem.stats import binomial_interval
 
 APPROX_THRESHOLD = 0.9
@@ -251,14 +251,24 @@ def memorization(model: nn.Module, bundle: DataBundle, batch_size: int = 512) ->
 
 
 def evaluate(model: nn.Module, bundle: DataBundle, *, memorization_metrics: bool = True,
-             utility_metrics: bool = True, batch_size: int = 512) -> dict[str, float]:
-    """All metrics of a model on a bundle: memorization (kind-aware) and utility."""
+             utility_metrics: bool = True, batch_size: int = 512, progress: bool = False) -> dict[str, float]:
+    """All metrics of a model on a bundle: memorization (kind-aware) and utility.
+
+    `progress`: a bar on stderr over the two phases (greedy decoding of the forget set, then the held-out
+    sets), for the command line; a sweep's per-epoch evaluations leave it off.
+    """
+    phases = [p for p, on in (("memorization", memorization_metrics), ("utility", utility_metrics)) if on]
+    bar = progress_bar(len(phases), "eval", "phase", progress)
     with eval_mode(model):
         out: dict[str, float] = {}
-        if memorization_metrics:
-            out.update(memorization(model, bundle, batch_size))
-        if utility_metrics:
-            out.update(utility(model, bundle, max(batch_size // 2, 1)))
+        for phase in phases:
+            bar.set_postfix_str(phase)
+            if phase == "memorization":
+                out.update(memorization(model, bundle, batch_size))
+            else:
+                out.update(utility(model, bundle, max(batch_size // 2, 1)))
+            bar.update(1)
+        bar.close()
         return out
 
 

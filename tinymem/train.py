@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import math
 import os
-import sys
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
@@ -28,7 +27,7 @@ from torch import nn
 
 from tinymem.data.bundle import DataBundle
 from tinymem.specs import TrainSpec
-from tinymem.util import atomic_path, model_device
+from tinymem.util import atomic_path, model_device, progress_bar
 
 CHECKPOINT = "train_state.pt"
 
@@ -181,12 +180,7 @@ def train(model: nn.Module, data: torch.Tensor, spec: TrainSpec, *, seed: int = 
         if "hook" in state:
             hook.load_state_dict(state["hook"])
 
-    show = sys.stderr.isatty() if progress is None else progress
-    bar = None
-    if show:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=spec.epochs, initial=start_epoch, desc="train", unit="epoch", leave=False)
+    bar = progress_bar(spec.epochs, "train", "epoch", progress, initial=start_epoch)
     t0 = time.perf_counter()
     last_loss = float("nan")
     for epoch in range(start_epoch, spec.epochs):
@@ -226,11 +220,9 @@ def train(model: nn.Module, data: torch.Tensor, spec: TrainSpec, *, seed: int = 
             _save_checkpoint(ckpt, model, opt, done, step, history, hook.state_dict())
         if entry is not None and callback is not None:
             callback(done, entry)
-        if bar is not None:
-            bar.update(1)
-            bar.set_postfix(loss=f"{last_loss:.4f}")
-    if bar is not None:
-        bar.close()
+        bar.update(1)
+        bar.set_postfix(loss=f"{last_loss:.4f}")
+    bar.close()
     model.eval()
     return TrainResult(steps=step, epochs=spec.epochs, final_loss=last_loss, seconds=time.perf_counter() - t0,
                        history=history, resumed_from_epoch=start_epoch)

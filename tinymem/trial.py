@@ -172,14 +172,15 @@ def unlearning_rows(extraction: Extraction) -> torch.Tensor:
     return torch.nonzero(extraction.memorized & extraction.counted).flatten()
 
 
-def base_evaluation(model: torch.nn.Module, bundle: DataBundle, cache_dir: Path | None) -> BaseEvaluation:
-    """Metrics of the base model plus which forget rows it memorizes; cached in `cache_dir`."""
+def base_evaluation(model: torch.nn.Module, bundle: DataBundle, cache_dir: Path | None,
+                    progress: bool = False) -> BaseEvaluation:
+    """Metrics of the base model plus which forget rows it memorizes; cached in `cache_dir` (`progress`: a bar)."""
     if cache_dir is not None and (cache_dir / "base_eval.json").exists():
         meta = json.loads((cache_dir / "base_eval.json").read_text())
         rows = load_file(str(cache_dir / "base_eval.safetensors"))["memorized_rows"]
         return BaseEvaluation(metrics=meta["metrics"], memorized_rows=rows, seconds=meta["seconds"])
     t0 = time.perf_counter()
-    metrics = evaluate(model, bundle)
+    metrics = evaluate(model, bundle, progress=progress)
     rows = unlearning_rows(forget_extraction(model, bundle))
     seconds = time.perf_counter() - t0
     if cache_dir is not None:
@@ -310,7 +311,7 @@ def run_trial(config: TrialConfig | Mapping[str, Any], callback: Callable[[dict[
         model, bundle, spec, key, device = loaded.model, loaded.bundle, loaded.spec, loaded.key, loaded.device
 
     with _phase(seconds, "base_eval"):
-        base = base_evaluation(model, bundle, _cache_dir(storage, key))
+        base = base_evaluation(model, bundle, _cache_dir(storage, key), config.progress)
 
     shown, heldout = split_heldout(base.memorized_rows, config.heldout_frac, seed)
     rows = shown
@@ -335,7 +336,7 @@ def run_trial(config: TrialConfig | Mapping[str, Any], callback: Callable[[dict[
     mitigated = out.model.eval()
 
     with _phase(seconds, "eval"):
-        after = evaluate(mitigated, bundle)
+        after = evaluate(mitigated, bundle, progress=config.progress)
         if heldout.numel():
             after.update(heldout_memorization(mitigated, bundle, heldout))
     bad = [k for k in ("mem_pct", "test_acc", "test_ppl") if k in after and isinstance(after[k], float)

@@ -102,3 +102,27 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
         yield model
     finally:
         model.train(was)
+
+
+def progress_bar(total: int | None, desc: str, unit: str = "it", show: bool | None = None, initial: int = 0) -> Any:
+    """A tqdm bar on stderr for a long phase (training, evaluation, attributions), or a silent one.
+
+    `show=None` draws it only when stderr is a terminal: in logs and pipes a redrawn bar is only noise.
+    The bar disappears when closed (`leave=False`): the phase's result line is what stays on screen. A disabled
+    tqdm accepts every call and prints nothing, so callers need no branch.
+    """
+    import sys
+
+    from tqdm.auto import tqdm
+
+    enabled = sys.stderr.isatty() if show is None else show
+    return tqdm(total=total, desc=desc, unit=unit, initial=initial, leave=False, file=sys.stderr,
+                disable=not enabled, dynamic_ncols=True)
+
+
+def library_bars(show: bool) -> None:
+    """Let transformers draw its own bars (loading and writing weights) only when ours are drawn: it draws them
+    even into a pipe, where a redrawn bar is only noise in a log."""
+    from transformers.utils import logging
+
+    (logging.enable_progress_bar if show else logging.disable_progress_bar)()

@@ -81,6 +81,8 @@ def test_interrupted_sweep_resumes_keeping_every_finished_trial_once(ray_runtime
     code, out, err = run_cli(["--experiment", experiment, "--resume", "--storage", sweep_root, "--json"], capsys)
     assert code == 0, err
     assert (out["trials"], out["completed"]) == (6, 6)
+    # the progress callback, unpickled from the experiment, counted the trials finished before the interruption
+    assert "sweep: 6/6 trials done, running 0, failed 0" in err, err[-2000:]
     runs = _children(uri, out["mlflow_parent_run_id"])
     by_trial = {}
     for r in runs:

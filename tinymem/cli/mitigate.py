@@ -35,9 +35,12 @@ def cmd_mitigate(args: argparse.Namespace) -> int:
     """`tinymem mitigate`: one trial (base metrics, the method, metrics after) and the mitigated model saved."""
     from tinymem.repeats import base_seeds, seed_config, summarize_seeds
     from tinymem.trial import run_trial
+    from tinymem.util import library_bars
 
+    show = not args.json and sys.stderr.isatty()  # bars on a terminal's stderr only
+    library_bars(show)
     config = _config_from_run(args) if args.from_run else _config_from_flags(args)
-    config["progress"] = not args.json and sys.stderr.isatty()
+    config["progress"] = show
     out = Path(args.out) if args.out else None
     if out is None:
         from tinymem.store import ModelStore
@@ -48,7 +51,8 @@ def cmd_mitigate(args: argparse.Namespace) -> int:
     config["out_dir"] = str(out)
 
     def progress(metrics: dict) -> None:
-        if not args.json:
+        # Per-epoch metrics only when asked: on a terminal the bars show progress, in a log they are noise.
+        if args.verbose and not args.json:
             shown = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if isinstance(v, float))
             print(f"  {shown}", file=sys.stderr)
 
@@ -186,6 +190,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     mi.add_argument("--tracking-uri", default=None, help="MLflow store of --from-run: sqlite:///PATH or "
                                                          "http(s)://HOST:PORT (default: sqlite under --root)")
     add_trust_arguments(mi)
+    mi.add_argument("--verbose", action="store_true",
+                    help="print an iterative method's metrics after every epoch on stderr (default: off; on a "
+                         "terminal, progress bars show on stderr)")
     mi.add_argument("--json", action="store_true", help="print one JSON object: method, params, before, after, "
                                                       "seconds, model_dir")
     mi.set_defaults(func=cmd_mitigate)

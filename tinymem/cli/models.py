@@ -33,8 +33,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     from tinymem.presets import get_preset
     from tinymem.specs import parse_set_args
     from tinymem.store import ModelStore
+    from tinymem.util import library_bars
 
     spec = get_preset(args.preset, parse_set_args(args.set))
+    library_bars(not args.json and sys.stderr.isatty())
     store = ModelStore(args.root)
     if not args.json:
         print(f"preset {args.preset} (key {spec.key()}) in store {store.root}", file=sys.stderr)
@@ -51,6 +53,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     """`tinymem eval`: the metrics of a TinyMem model directory, or of an `hf:` model on its sequence files."""
+    from tinymem.util import library_bars
+
+    show = not args.json and sys.stderr.isatty()  # bars on a terminal's stderr only
+    library_bars(show)
     if is_hf_source(args.model):  # a Hugging Face model with memorized-sequence files
         return cmd_eval_hf(args)
     HFSourceOptions.from_object(args).reject(args.model)
@@ -59,7 +65,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from tinymem.metrics import evaluate
 
     loaded = load_model_dir(args.model, device=args.device)
-    metrics = evaluate(loaded.model, loaded.bundle)
+    metrics = evaluate(loaded.model, loaded.bundle, progress=show)
     if args.json:
         print_json({"model_dir": str(loaded.directory), "metrics": metrics})
     else:

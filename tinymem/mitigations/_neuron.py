@@ -43,7 +43,7 @@ from tinymem.adapter import ModelAdapter
 from tinymem.errors import ConfigError
 from tinymem.mitigations.base import Mitigation, MitigationContext, MitigationOutput, family_base
 from tinymem.mitigations.memory import MethodMemory
-from tinymem.util import atomic_path, eval_mode, model_device
+from tinymem.util import atomic_path, eval_mode, model_device, progress_bar
 
 # Bump when an attribution algorithm changes, so stale cache files are not reused.
 ATTRIBUTION_VERSION = 1
@@ -270,6 +270,7 @@ def train_gates(ctx: MitigationContext, fs: ForgetSet, gates: list[torch.Tensor]
     gen = torch.Generator().manual_seed(cfg.seed)
     n = len(fs)
     epochs_run, reg, mean_ce = 0, float(penalty().detach()), float("nan")
+    bar = progress_bar(cfg.epochs, "gates", "epoch", ctx.progress)
     for epoch in range(1, cfg.epochs + 1):
         order = torch.randperm(n, generator=gen)
         ce_sum, tok_sum = 0.0, 0.0
@@ -295,8 +296,10 @@ def train_gates(ctx: MitigationContext, fs: ForgetSet, gates: list[torch.Tensor]
         reg = float(penalty().detach())
         mean_ce = ce_sum / max(tok_sum, 1.0)
         ctx.report({"epoch": float(epoch), "train_loss": mean_ce, penalty_name: reg})
+        bar.update(1)
         if reg < cfg.stop_loss:
             break
+    bar.close()
     return {"epochs_run": float(epochs_run), f"final_{penalty_name}": reg, "final_train_loss": mean_ce}
 
 

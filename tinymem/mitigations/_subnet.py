@@ -32,7 +32,7 @@ from tinymem.errors import ConfigError
 from tinymem.mitigations._batches import epoch_probe
 from tinymem.mitigations.base import MitigationContext
 from tinymem.specs import spec_hash
-from tinymem.util import atomic_path
+from tinymem.util import atomic_path, progress_bar
 
 SCORE_INITS = ("kaiming", "magnitude")
 
@@ -209,6 +209,7 @@ def train_scores(ctx: MitigationContext, sub: ScoreSubnetwork, *, method: str, p
         opt.load_state_dict(state["optimizer"])
         start, steps = int(state["epoch"]), int(state["steps"])
     probe: dict[str, float] = {}
+    bar = progress_bar(epochs, method, "epoch", ctx.progress, initial=start)
     for epoch in range(start, epochs):
         for batch in epoch_batches(epoch):
             loss = step_loss(batch)
@@ -225,6 +226,8 @@ def train_scores(ctx: MitigationContext, sub: ScoreSubnetwork, *, method: str, p
             _save(path, {"epoch": epoch + 1, "steps": steps, "scores": [s.detach() for s in scores],
                          "optimizer": opt.state_dict()})
         ctx.report({"epoch": float(epoch + 1), **probe})
+        bar.update(1)
+    bar.close()
     if path is not None:
         path.unlink(missing_ok=True)  # finished: the baked model is the result; keep the cache small
     return {"steps": float(steps), "resumed_from_epoch": float(start), **{f"final_{k}": v for k, v in probe.items()}}

@@ -32,7 +32,7 @@ from tinymem.mitigations._neuron import (DEFAULT_RATIO, RATIO_HELP, TOKENS_PER_B
                                          Scores, forget_set, logits_of, rows_per_batch)
 from tinymem.mitigations.base import Hyperparams, MitigationContext, hp
 from tinymem.mitigations.memory import MethodMemory
-from tinymem.util import model_device
+from tinymem.util import model_device, progress_bar
 
 
 @dataclass(frozen=True)
@@ -58,8 +58,9 @@ def ig_pairs(fs: ForgetSet, max_positions: int) -> tuple[torch.Tensor, torch.Ten
     return rows_t[order], pos_t[order]
 
 
-def ig_scores(model: nn.Module, fs: ForgetSet, steps: int, max_positions: int) -> Scores:
-    """[num_layers, inner_dim]: integrated gradients averaged over positions, then rows."""
+def ig_scores(model: nn.Module, fs: ForgetSet, steps: int, max_positions: int, progress: bool = False) -> Scores:
+    """[num_layers, inner_dim]: integrated gradients averaged over positions, then rows (`progress`: a bar over
+    the layers)."""
     adapter = ModelAdapter(model)
     device = model_device(model)
     n_rows = len(fs)
@@ -67,6 +68,7 @@ def ig_scores(model: nn.Module, fs: ForgetSet, steps: int, max_positions: int) -
     per_row = torch.zeros(adapter.num_layers, n_rows, adapter.inner_dim, dtype=torch.float64)
     count = torch.bincount(rows, minlength=n_rows).double()
     alphas = torch.arange(1, steps + 1, dtype=torch.float32, device=device) / steps
+    bar = progress_bar(adapter.num_layers, "integrated_gradients", "layer", progress)
     for layer in range(adapter.num_layers):
         b = 0
         while b < rows.numel():
@@ -99,6 +101,8 @@ def ig_scores(model: nn.Module, fs: ForgetSet, steps: int, max_positions: int) -
             grad = grad.view(n_c, steps, -1).mean(dim=1)
             clean = held["clean"].view(n_c, steps, -1)[:, 0]
             per_row[layer].index_add_(0, r_c, (clean * grad).double().cpu())
+        bar.update(1)
+    bar.close()
     has = count > 0
     if not has.any():
         return torch.zeros(adapter.num_layers, adapter.inner_dim)
@@ -117,4 +121,4 @@ class IntegratedGradients(NeuronMitigation):
 
     def attribute(self, ctx: MitigationContext) -> Scores:
         p = self.params
-        return ig_scores(ctx.model, forget_set(ctx, p.max_sequences), p.ig_steps, p.max_positions)
+        return ig_scores(ctx.model, forget_set(ctx, p.max_sequences), p.ig_steps, p.max_positions, ctx.progress)

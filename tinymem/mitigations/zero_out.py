@@ -33,7 +33,7 @@ from tinymem.mitigations._neuron import (DEFAULT_RATIO, RATIO_HELP, TOKENS_PER_B
                                          scaled_neurons, suffix_loss_sums)
 from tinymem.mitigations.base import Hyperparams, MitigationContext, hp
 from tinymem.mitigations.memory import MethodMemory
-from tinymem.util import model_device
+from tinymem.util import model_device, progress_bar
 
 @dataclass(frozen=True)
 class Params(Hyperparams):
@@ -49,8 +49,9 @@ def last_counted_position(fs: ForgetSet) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def zero_out_scores(model: nn.Module, fs: ForgetSet) -> Scores:
-    """[num_layers, inner_dim]: rise of the mean suffix loss when each neuron alone is zeroed."""
+def zero_out_scores(model: nn.Module, fs: ForgetSet, progress: bool = False) -> Scores:
+    """[num_layers, inner_dim]: rise of the mean suffix loss when each neuron alone is zeroed (`progress`: a bar
+    over the layers)."""
     adapter = ModelAdapter(model)
     device = model_device(model)
     n_rows, seq_len = fs.tokens.shape
@@ -72,6 +73,7 @@ def zero_out_scores(model: nn.Module, fs: ForgetSet) -> Scores:
             active[layer, sl] = ((a != 0) & r).any(dim=1).cpu()
 
     scores = torch.zeros(adapter.num_layers, adapter.inner_dim, dtype=torch.float64)
+    bar = progress_bar(adapter.num_layers, "zero_out", "layer", progress)
     for layer in range(adapter.num_layers):
         pairs = torch.nonzero(active[layer])  # (row, neuron) pairs where zeroing can change the loss
         for b in range(0, pairs.shape[0], batch):
@@ -83,6 +85,8 @@ def zero_out_scores(model: nn.Module, fs: ForgetSet) -> Scores:
                 logits = logits_of(model, toks)
             ablated = suffix_loss_sums(logits, toks, fs.mask[rows].to(device)).double().cpu()
             scores[layer].index_add_(0, neurons, ablated - base[rows])
+        bar.update(1)
+    bar.close()
     return (scores / fs.mask.sum().clamp(min=1)).float()
 
 
@@ -97,4 +101,4 @@ class ZeroOut(NeuronMitigation):
     deterministic_attribution = True
 
     def attribute(self, ctx: MitigationContext) -> Scores:
-        return zero_out_scores(ctx.model, forget_set(ctx, self.params.max_sequences))
+        return zero_out_scores(ctx.model, forget_set(ctx, self.params.max_sequences), ctx.progress)
