@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 
+from sweeps import tags as T
 from sweeps.pareto import non_dominated
 from sweeps.progress import ParetoFront, ProgressLines, live_stream
 
@@ -35,7 +36,7 @@ class FakeTTY(io.StringIO):
 def _front_size(tracking_uri: str, experiment: str) -> int:
     client = MlflowClient(tracking_uri)
     exp = client.get_experiment_by_name(experiment)
-    runs = client.search_runs([exp.experiment_id], filter_string="tags.pareto = 'true'")
+    runs = client.search_runs([exp.experiment_id], filter_string=T.PARETO_FILTER)
     return len(runs)
 
 
