@@ -7,6 +7,8 @@ interval; the sweeps and `tinymem mitigate --repeats N` both repeat a configurat
 
 from __future__ import annotations
 
+import math
+
 from collections.abc import Sequence
 from typing import Any
 
@@ -35,7 +37,8 @@ def seed_config(config: dict[str, Any], seed: int) -> dict[str, Any]:
 
 def summarize_seeds(per_seed: Sequence[dict[str, float]], seeds: Sequence[int]) -> dict[str, float]:
     """For every metric all seeds have: `<m>` the mean over seeds, `<m>_seeds_ci_low/high` its Student-t 95%
-    interval (NaN for one seed) and `<m>_seed<s>` each seed's value."""
+    interval (NaN for one seed) and `<m>_seed<s>` each seed's value. A rate (a metric with its own binomial
+    interval, `<m>_ci_low`) has its t-interval clipped to [0, 100]: a bound outside says nothing more."""
     if len(per_seed) != len(seeds):
         raise ValueError(f"{len(per_seed)} results for {len(seeds)} seeds")
     keys = [k for k in per_seed[0] if all(k in d for d in per_seed)] if per_seed else []
@@ -45,6 +48,8 @@ def summarize_seeds(per_seed: Sequence[dict[str, float]], seeds: Sequence[int]) 
         if not all(isinstance(v, (int, float)) for v in values):
             continue
         mean, low, high = mean_interval([float(v) for v in values])
+        if f"{k}_ci_low" in per_seed[0] and not math.isnan(low):
+            low, high = max(low, 0.0), min(high, 100.0)
         out[k] = mean
         out[f"{k}_seeds_ci_low"], out[f"{k}_seeds_ci_high"] = low, high
         for s, v in zip(seeds, values):

@@ -40,3 +40,16 @@ def test_mean_interval_by_hand():
     half = 4.302652729911275 * 1.0 / math.sqrt(3)  # t(0.975, 2) * sd / sqrt(n)
     assert (mean, low, high) == (2.0, pytest.approx(2 - half), pytest.approx(2 + half))
     assert mean_interval([5.0, float("nan")])[0] == 5.0 and math.isnan(mean_interval([5.0])[1])
+
+
+def test_seed_intervals_of_a_rate_stay_inside_0_100_and_others_are_not_clipped():
+    from tinymem.repeats import summarize_seeds
+
+    # Three seeds with one far-off value: the plain t-interval of the mean would go below 0.
+    per_seed = [{"mem_pct": v, "mem_pct_ci_low": 0.0, "mem_pct_ci_high": 10.0, "val_acc_drop": -v}
+                for v in (0.0, 1.0, 30.0)]
+    out = summarize_seeds(per_seed, [0, 1, 2])
+    assert out["mem_pct"] == pytest.approx(31.0 / 3)
+    assert out["mem_pct_seeds_ci_low"] == 0.0 and 0.0 < out["mem_pct_seeds_ci_high"] <= 100.0
+    # A utility loss is not a rate: its interval keeps its sign (here well below zero).
+    assert out["val_acc_drop_seeds_ci_low"] < -30.0
