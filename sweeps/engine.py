@@ -29,7 +29,7 @@ from sweeps import storage
 from sweeps import tags as T
 from sweeps.bases import prepare_bases
 from sweeps.inputs import dataset_specs, log_data_inputs
-from sweeps.models import TrialConfigTags, detail_lines, keep_models, model_details, register_model, with_details
+from sweeps.models import detail_lines, keep_models, model_details, register_model, with_details
 from sweeps.options import ASHA_GUARD, AUTO, DEFAULT_NUM_SAMPLES, SWEEP_RECORD
 from sweeps.plan import SweepPlan
 from sweeps.progress import ProgressLines
@@ -205,8 +205,7 @@ def run_sweep(plan: SweepPlan, say: Callable[[str], None] = print, stream: str =
             total = o.num_samples or DEFAULT_NUM_SAMPLES
         logger = TrialLogger(plan.tracking_uri, experiment_id, parent_run_id, run_map_path, plan.space,
                              plan.loss_name, system_tags=system, data_inputs=inputs)
-        callbacks = [logger, TrialConfigTags(plan.tracking_uri, run_map_path),
-                     ProgressLines(plan.space, plan.loss_name, total, stream)]
+        callbacks = [logger, ProgressLines(plan.space, plan.loss_name, total, stream)]
 
         if plan.resumed and tune.Tuner.can_restore(plan.ray_path):
             # Our callbacks come back unpickled from the experiment: they keep no state beyond files.

@@ -2,7 +2,7 @@
 and the `tinymem mitigate` command that rebuilds each member of the front.
 
 Each trial saves its mitigated model to `<sweep dir>/models/<trial id>/` (`sweeps.trainable.ModelSaver`) and
-reports the config that rebuilds it; `TrialConfigTags` stores that config in the trial's child run (tag
+reports the config that rebuilds it; `TrialLogger` stores that config in the trial's child run (tag
 `tinymem.trial_config`), so `tinymem mitigate --from-run RUN_ID` can rebuild any trial, kept or not. After the
 sweep, `keep_models` deletes the directories not asked for (`--keep-models pareto`: the front and the paper
 rule's pick; `all`: every completed trial), logs each kept one to its run as an MLflow logged model (tags
@@ -18,13 +18,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ray.tune import Callback
-
 from sweeps import storage
 from sweeps import tags as T
 from sweeps.errors import SweepError
 from sweeps.options import KEEP_MODELS, SweepOptions
-from sweeps.tracking import RunIdMap, mlflow_client, set_tags
+from sweeps.tracking import set_tags
 from tinymem.card import mitigate_command
 
 MODELS = "models"  # under the sweep directory: one model directory per kept trial
@@ -49,23 +47,6 @@ def check_model_options(opts: SweepOptions) -> None:
         if opts.keep_models == "none":
             raise SweepError("--register-model registers a kept model, but --keep-models none keeps none; "
                              f"allowed with --register-model: {[k for k in KEEP_MODELS if k != 'none']}")
-
-
-class TrialConfigTags(Callback):
-    """Tune callback (driver side): stores each trial's rebuild config, from its final report, in its child run.
-
-    It runs after `TrialLogger`, which created the run and wrote trial id -> run id to the run map file. Only
-    configuration is pickled (Ray pickles callbacks into the experiment)."""
-
-    def __init__(self, tracking_uri: str, run_map_path: str):
-        self.tracking_uri = tracking_uri
-        self.run_map_path = run_map_path
-
-    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
-        config = result.get("trial_config")
-        entry = RunIdMap(self.run_map_path).get(trial.trial_id) if config else None
-        if entry is not None:
-            set_tags(mlflow_client(self.tracking_uri), entry["run_id"], {T.TRIAL_CONFIG: config})
 
 
 def kept_trials(rep: Any, keep: str) -> list[str]:

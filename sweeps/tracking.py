@@ -249,6 +249,8 @@ class TrialLogger(Callback):
         if where and seen.get(trial.trial_id) != where:
             set_tags(self.client, run_id, where)
             seen[trial.trial_id] = where
+        if result.get("trial_config"):  # the final report's rebuild config: `tinymem mitigate --from-run` reads it
+            set_tags(self.client, run_id, {T.TRIAL_CONFIG: result["trial_config"]})
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         run_id = self._run_for(trial)
