@@ -6,11 +6,12 @@
 - `space_file`, `space`: search-space YAML files -> validated distributions and grids; a sweep's joint space.
 - `plan`: every input check, before Ray starts; `--resume` rebuilds the plan from the sweep record.
 - `ray_runtime`, `bases`: the Ray runtime (and `--gpus-per-trial auto`); base models made once as Ray tasks.
-- `trainable`, `searchers`, `progress`: one trial; Optuna with two objectives or the paper's grid; bar or lines.
+- `objectives`: what the front and the sampler minimise (`--objectives`), and the robustness metrics they need.
+- `trainable`, `searchers`, `progress`: one trial; Optuna on the objectives or the paper's grid; bar or lines.
 - `engine`: `run_sweep`, the Ray Tune experiment and the MLflow parent run.
 - `tracking`, `tags`, `inputs`: MLflow child run per trial, run ids kept on disk for resume; the tag names
   (`tinymem.*`, MLflow's system tags); the base models' data as run inputs.
-- `pareto`, `results`, `readback`, `report`: the front and the paper's rule; table, CSV and PNG from MLflow.
+- `pareto`, `results`, `plots`, `readback`, `report`: the front and the paper's rule; table, CSV and PNG from MLflow.
 - `storage`, `checkpoints`: files under the storage root (a path or an object store); resume files of trials.
 
 This package may import tinymem; tinymem never imports it.

@@ -194,7 +194,8 @@ def run_sweep(plan: SweepPlan, say: Callable[[str], None] = print, stream: str =
                              method_modules=extra_method_modules(plan.space.methods), source=o.source,
                              repeats=o.repeats, heldout_frac=o.heldout_frac,
                              checkpoint_work_dir=checkpoints.work_dir_is_node_local(plan.storage),
-                             models_dir=storage.join(plan.sweep_dir, "models") if o.keep_models != "none" else None)
+                             models_dir=storage.join(plan.sweep_dir, "models") if o.keep_models != "none" else None,
+                             objectives=tuple(plan.objectives), robustness=plan.resolved.robustness)
         resources = {"cpu": o.cpus_per_trial, "gpu": o.gpus_per_trial}
         trainable = tune.with_resources(tune.with_parameters(trainable_fn or sweep_trainable, static=static), resources)
 
@@ -205,7 +206,7 @@ def run_sweep(plan: SweepPlan, say: Callable[[str], None] = print, stream: str =
             total = o.num_samples or DEFAULT_NUM_SAMPLES
         logger = TrialLogger(plan.tracking_uri, experiment_id, parent_run_id, run_map_path, plan.space,
                              plan.loss_name, system_tags=system, data_inputs=inputs)
-        callbacks = [logger, ProgressLines(plan.space, plan.loss_name, total, stream)]
+        callbacks = [logger, ProgressLines(plan.space, plan.objectives, total, stream)]
 
         if plan.resumed and tune.Tuner.can_restore(plan.ray_path):
             # Our callbacks come back unpickled from the experiment: they keep no state beyond files.
@@ -233,6 +234,8 @@ def run_sweep(plan: SweepPlan, say: Callable[[str], None] = print, stream: str =
             tuner = tune.Tuner(trainable, param_space={}, tune_config=tune_config, run_config=run_config)
         say(f"sweep {plan.experiment}/{plan.sweep_id}: {total} trial(s) of {plan.space.methods} on "
             f"{plan.space.presets}, {'paper grid' if o.grid else o.sampler}, objectives {plan.objectives}")
+        for note in plan.resolved.notes:
+            say(note)
         tuner.fit()  # on Ctrl-C, Tune saves its state and returns: the report below covers what finished
 
         rep = build_from_mlflow(client, parent_run_id, out_dir=plan.sweep_dir,

@@ -53,6 +53,10 @@ class SweepOptions:
     warm_start: bool = True  # evaluate each method's default hyperparameters first (Optuna samplers only)
     repeats: int = 1  # base-model seeds per configuration; objectives are the means over them
     heldout_frac: float = 0.0  # share of the unlearning set withheld from each method (heldout_mem_pct)
+    # Comma lists: what the front and the sampler minimise (None: mem_pct and the val utility loss), and the
+    # robustness metric groups computed beside them (`sweeps.objectives`).
+    objectives: str | None = None
+    robustness: str | None = None
     keep_models: str = "pareto"  # pareto: the front and the paper rule's pick; all: every completed trial; none
     # Register the paper rule's pick (NAME) or one trial (NAME:TRIAL_ID) in the MLflow Model Registry. An action of
     # the command that asks for it, not part of the sweep: `--resume` takes it from its own command line.

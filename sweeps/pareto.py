@@ -1,7 +1,7 @@
 """Pareto selection over finished trials (pandas), and the paper's scalar rule for comparison.
 
-Objectives, both minimised: memorization (`mem_pct`) and a utility loss measured against the trial's own
-base model:
+Default objectives (`--objectives` chooses others: `sweeps.objectives`), both minimised: memorization
+(`mem_pct`) and a utility loss measured against the trial's own base model:
 
 - math (accuracy is a percentage): `val_acc_drop` = base `val_acc` - trial `val_acc`, in points;
 - language: `val_ppl_increase_pct` = 100 * (trial `val_ppl` - base `val_ppl`) / base `val_ppl`.
@@ -116,14 +116,16 @@ def paper_score(row: pd.Series, base: dict[str, float], kind: str, split: str = 
     return score
 
 
-def select(df: pd.DataFrame, bases: dict[str, dict[str, float]], kind: str) -> tuple[pd.DataFrame, Any]:
-    """Annotate trials with `pareto` and `paper_score`; return (annotated df, index of the paper's pick).
+def select(df: pd.DataFrame, bases: dict[str, dict[str, float]], kind: str,
+           objectives: list[str] | None = None) -> tuple[pd.DataFrame, Any]:
+    """Annotate trials with `pareto` (on `objectives`, default `objectives_of(kind)`) and `paper_score`;
+    return (annotated df, index of the paper's pick).
 
     `bases` maps preset name -> base metrics (the `preset` column picks the base of each row).
     """
     df = df.copy()
-    loss = utility_loss_name(kind)
-    df["pareto"] = pareto_mask(df, [MEM, loss]) if not df.empty else pd.Series(dtype=bool)
+    objectives = list(objectives or objectives_of(kind))
+    df["pareto"] = pareto_mask(df, objectives) if not df.empty else pd.Series(dtype=bool)
     scores = []
     for _, row in df.iterrows():
         base = bases.get(str(row.get("preset")), next(iter(bases.values()), {}))

@@ -16,8 +16,9 @@ from typing import Any
 from sweeps import storage
 from sweeps.errors import SweepError
 from sweeps.models import check_model_options
+from sweeps.objectives import Objectives, resolve as resolve_objectives
 from sweeps.options import AUTO, GRIDS, SAMPLERS, SCHEDULERS, SWEEP_RECORD, SweepOptions, split_list
-from sweeps.pareto import objectives_of, task_kind, utility_loss_name
+from sweeps.pareto import task_kind, utility_loss_name
 from sweeps.ray_runtime import check_ray_address
 from sweeps.space import SweepSpace
 from sweeps.space_file import default_space_path, load_search_space, parse_search_space
@@ -43,6 +44,7 @@ class SweepPlan:
     kinds: dict[str, str]
     resumed: bool = False
     record: dict[str, Any] = field(default_factory=dict)
+    goals: Objectives | None = None  # None: resolved from the options on first use
 
     @property
     def kind(self) -> str:
@@ -53,8 +55,17 @@ class SweepPlan:
         return utility_loss_name(self.kind)
 
     @property
+    def resolved(self) -> Objectives:
+        """The objectives and robustness metrics (a resumed plan resolves them from its saved options)."""
+        if self.goals is None:
+            o = self.options
+            self.goals = resolve_objectives(o.objectives, self.kind, heldout_frac=o.heldout_frac,
+                                            robustness=o.robustness)
+        return self.goals
+
+    @property
     def objectives(self) -> list[str]:
-        return objectives_of(self.kind)
+        return list(self.resolved.names)
 
     @property
     def sweep_dir(self) -> str:
@@ -153,8 +164,11 @@ def plan_sweep(opts: SweepOptions) -> SweepPlan:
     if opts.address:
         check_ray_address(opts.address)
     sweep_id = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:4]
+    # a bad --objectives / --robustness fails here, before Ray starts
+    goals = resolve_objectives(opts.objectives, next(iter(kinds.values())), heldout_frac=opts.heldout_frac,
+                               robustness=opts.robustness)
     return SweepPlan(options=opts, space=space, experiment=experiment, sweep_id=sweep_id, storage=storage_root,
-                     tracking_uri=tracking_uri, kinds=kinds)
+                     tracking_uri=tracking_uri, kinds=kinds, goals=goals)
 
 
 def _check_gpus(opts: SweepOptions) -> float | str:

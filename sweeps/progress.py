@@ -1,7 +1,7 @@
 """A sweep's progress on the driver: one live bar on a terminal, else one plain line per finished trial.
 
 Both show the same fields: trials done of the total, running, failed, elapsed time, ETA and the size of the
-Pareto front so far (the non-dominated completed trials on the sweep's two objectives, by
+Pareto front so far (the non-dominated completed trials on the sweep's objectives, by
 `sweeps.pareto.non_dominated`, updated as each trial finishes). The bar is drawn only on stdout when it is a
 terminal; with `--json` the lines go to stderr and stdout holds only the JSON. Tune's own status table is
 off: it is noisy in logs.
@@ -24,7 +24,7 @@ from ray.tune import Callback
 from sweeps.pareto import MEM, non_dominated
 from sweeps.space import SweepSpace
 
-CONFIG_FIELDS = ("space", "loss_name", "total", "stream")
+CONFIG_FIELDS = ("space", "objectives", "total", "stream")
 REFRESH_S = 1.0  # redraw the bar at least this often, so elapsed time and ETA stay live between trial events
 
 
@@ -43,10 +43,10 @@ class ParetoFront:
     """The non-dominated points seen so far (all objectives minimised). A dominated point can never return to
     the front (dominance is transitive), so keeping only the front points is enough."""
 
-    def __init__(self) -> None:
-        self.points = np.empty((0, 2))
+    def __init__(self, dims: int = 2) -> None:
+        self.points = np.empty((0, dims))
 
-    def add(self, point: tuple[float, float]) -> None:
+    def add(self, point: tuple[float, ...]) -> None:
         pts = np.vstack([self.points, np.asarray(point, dtype=float)[None, :]])
         self.points = pts[non_dominated(pts)]
 
@@ -67,21 +67,23 @@ class ProgressLines(Callback):
     The name is kept from when it printed lines only: sweeps pickled then refer to it.
     """
 
-    def __init__(self, space: SweepSpace, loss_name: str, total: int, stream: str = "stdout"):
-        self.space, self.loss_name, self.total, self.stream = space, loss_name, total, stream
+    def __init__(self, space: SweepSpace, objectives: list[str], total: int, stream: str = "stdout"):
+        self.space, self.objectives, self.total, self.stream = space, list(objectives), total, stream
         self._start()
 
     def __getstate__(self) -> dict[str, Any]:
         return {k: self.__dict__[k] for k in CONFIG_FIELDS}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        if "objectives" not in state:  # pickled before --objectives: mem_pct and its one utility loss
+            state = {**state, "objectives": [MEM, state["loss_name"]]}
         self.__dict__.update({k: state[k] for k in CONFIG_FIELDS})
         self._start()  # a resumed sweep counts its own time
 
     def _start(self) -> None:
         self.t0 = time.time()
         self.outcomes: dict[str, str] = {}  # trial id -> completed | failed | early_stopped
-        self.front = ParetoFront()
+        self.front = ParetoFront(len(self.objectives))
         self.done_at_start: int | None = None  # finished before this process began (a resume)
         self._bar: Any = None
         self._drawn = 0.0
@@ -99,7 +101,7 @@ class ProgressLines(Callback):
             self.outcomes[trial.trial_id] = "early_stopped"
         else:
             self.outcomes[trial.trial_id] = "completed"
-            point = (float(last.get(MEM, math.nan)), float(last.get(self.loss_name, math.nan)))
+            point = tuple(float(last.get(k, math.nan)) for k in self.objectives)
             if all(math.isfinite(v) for v in point):
                 self.front.add(point)
 
@@ -186,9 +188,8 @@ class ProgressLines(Callback):
         elif not last.get("final"):
             self._line(trials, trial, f"{shown} early-stopped at epoch {last.get('epoch')}")
         else:
-            self._line(trials, trial, f"{shown} -> {MEM} {last.get(MEM, math.nan):.2f}, "
-                                      f"{self.loss_name} {last.get(self.loss_name, math.nan):.3f} "
-                                      f"({last.get('seconds_mitigate', math.nan):.1f} s mitigate)")
+            values = ", ".join(f"{k} {last.get(k, math.nan):.3g}" for k in self.objectives)
+            self._line(trials, trial, f"{shown} -> {values} ({last.get('seconds_mitigate', math.nan):.1f} s mitigate)")
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._sync(trials)

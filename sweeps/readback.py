@@ -72,12 +72,15 @@ def build_from_mlflow(client: Any, parent_run_id: str, out_dir: str | None, trac
     if searched:  # the table shows what was searched; the CSV of all trials keeps every hyperparameter
         param_names = [p for p in param_names if p in searched] + [p for p in param_names if p not in searched]
     kind = sweep["kind"]
-    for col in [MEM, utility_loss_name(kind)]:
+    objectives = list(sweep.get("objectives") or [MEM, utility_loss_name(kind)])
+    for col in dict.fromkeys([MEM, utility_loss_name(kind), *objectives]):
         if not df.empty and col not in df.columns:
             df[col] = math.nan
-    annotated, best = select(df, bases, kind) if not df.empty else (df.assign(pareto=[], paper_score=[]), None)
+    annotated, best = select(df, bases, kind, objectives) if not df.empty else (
+        df.assign(pareto=[], paper_score=[]), None)
     rep = Report(trials=annotated, param_names=param_names, kind=kind, searched=searched, bases=bases, best_index=best,
-                 experiment_id=experiment_id, parent_run_id=parent_run_id, tracking_uri=tracking_uri)
+                 experiment_id=experiment_id, parent_run_id=parent_run_id, tracking_uri=tracking_uri,
+                 objective_names=objectives)
     if out_dir:
         rep.write(out_dir)
     return rep

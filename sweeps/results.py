@@ -45,6 +45,7 @@ class Report:
     png_path: str | None = None
     trials_csv_path: str | None = None
     local_files: dict[str, str] = field(default_factory=dict)
+    objective_names: list[str] | None = None  # what the front minimises (None: mem_pct and the utility loss)
     notes: list[str] = field(default_factory=list)  # more lines for `summary` (kept models: sweeps.models)
 
     @property
@@ -53,7 +54,7 @@ class Report:
 
     @property
     def objectives(self) -> list[str]:
-        return objectives_of(self.kind)
+        return list(self.objective_names or objectives_of(self.kind))
 
     @property
     def counts(self) -> dict[str, int]:
@@ -66,7 +67,7 @@ class Report:
     def front(self) -> pd.DataFrame:
         if self.trials.empty:
             return self.trials
-        return self.trials[self.trials["pareto"]].sort_values([MEM, self.loss_name])
+        return self.trials[self.trials["pareto"]].sort_values(self.objectives)
 
     def _columns(self, all_params: bool = False) -> list[str]:
         multi_method = self.trials["method"].nunique() > 1 if not self.trials.empty else False
@@ -74,7 +75,7 @@ class Report:
         cols = ["trial_id"] + (["method"] if multi_method else []) + (["preset"] if multi_preset else [])
         shown = [p for p in self.param_names if all_params or p in (self.searched or self.param_names)]
         cols += [p for p in shown if p in self.trials.columns]
-        cols += [MEM, *INTERVAL_COLUMNS, self.loss_name] + UTILITY_COLUMNS[self.kind] + [
+        cols += [MEM, *INTERVAL_COLUMNS, *self.objectives, self.loss_name] + UTILITY_COLUMNS[self.kind] + [
             "seconds_mitigate", "paper_score", "run_id"]
         return [c for c in dict.fromkeys(cols) if c in self.trials.columns]
 
@@ -85,7 +86,7 @@ class Report:
         params = {p: clean(row[p]) for p in self.param_names if p in row.index and not _missing(row[p])}
         rec = {"trial_id": row["trial_id"], "run_id": row["run_id"], "method": row["method"],
                "preset": row["preset"], "params": params}
-        for c in [MEM, *INTERVAL_COLUMNS, self.loss_name] + UTILITY_COLUMNS[self.kind] + [
+        for c in [MEM, *INTERVAL_COLUMNS, *self.objectives, self.loss_name] + UTILITY_COLUMNS[self.kind] + [
                 "seconds_mitigate", "paper_score", "info_unlearn_rows"]:
             if c in row.index:
                 rec[c] = clean(row[c])
@@ -128,7 +129,7 @@ class Report:
         c = self.counts
         lines = [f"trials: {c['trials']} ({c['completed']} completed, {c['failed']} failed, "
                  f"{c['early_stopped']} early-stopped)",
-                 f"Pareto front on ({MEM}, {self.loss_name}), both minimised; * = the paper's scalar rule:",
+                 f"Pareto front on ({', '.join(self.objectives)}), all minimised; * = the paper's scalar rule:",
                  self.table()]
         best = self.best_record()
         if best is not None and (self.best_index not in self.front.index):
@@ -158,55 +159,10 @@ class Report:
         self.png_path = storage.upload(png, storage.join(out_dir, "pareto.png"))
 
     def plot(self, path: Path) -> None:
-        import matplotlib
+        """pareto.png: the front on two objectives, or a pair plot of every pair beyond two (`sweeps.plots`)."""
+        from sweeps.plots import plot_report
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(6.4, 4.6), dpi=110)
-        df = self.trials
-        if not df.empty and MEM in df.columns and self.loss_name in df.columns:
-            done = df[df["state"] == "completed"]
-            ax.scatter(done[self.loss_name], done[MEM], s=22, c="0.65", label="completed trials")
-            early = df[df["state"] == "early_stopped"]
-            if len(early) and early[MEM].notna().any():
-                ax.scatter(early[self.loss_name], early[MEM], s=22, facecolors="none", edgecolors="0.5",
-                           label="early-stopped (excluded)")
-            front = self.front
-            if len(front):
-                f = front.sort_values(self.loss_name)
-                lo, hi = _interval_columns(f)
-                if lo is not None:  # 95% intervals of mem_pct: over base-model seeds, else over the rows
-                    # a rate lies in [0, 100]: a t-interval over few seeds can reach past it, so draw the part
-                    # that can hold (the CSV keeps the raw bounds)
-                    low, high = f[lo].clip(lower=0.0), f[hi].clip(upper=100.0)
-                    ax.errorbar(f[self.loss_name], f[MEM], yerr=[(f[MEM] - low).clip(lower=0),
-                                                                 (high - f[MEM]).clip(lower=0)],
-                                fmt="none", ecolor="tab:red", alpha=0.5, capsize=3, zorder=2,
-                                label="95% interval" + (" over base-model seeds" if "seeds" in lo else ""))
-                    seeds_lo = f"{self.loss_name}_seeds_ci_low"
-                    if seeds_lo in f.columns and f[seeds_lo].notna().any():
-                        hi_x = f[f"{self.loss_name}_seeds_ci_high"]
-                        ax.errorbar(f[self.loss_name], f[MEM], xerr=[(f[self.loss_name] - f[seeds_lo]).clip(lower=0),
-                                                                     (hi_x - f[self.loss_name]).clip(lower=0)],
-                                    fmt="none", ecolor="tab:red", alpha=0.5, capsize=3, zorder=2)
-                ax.step(f[self.loss_name], f[MEM], where="post", c="tab:red", lw=1.2)
-                ax.scatter(f[self.loss_name], f[MEM], s=36, c="tab:red", label="Pareto front", zorder=3)
-            if self.best_index is not None:
-                b = df.loc[self.best_index]
-                ax.scatter([b[self.loss_name]], [b[MEM]], marker="*", s=180, c="black", zorder=4,
-                           label="paper's scalar rule")
-        else:
-            ax.text(0.5, 0.5, "no completed trial", ha="center", va="center", transform=ax.transAxes)
-        unit = "points of val_acc" if self.kind == "math" else "% of val_ppl"
-        ax.set_xlabel(f"{self.loss_name} ({unit}; lower is better)")
-        ax.set_ylabel(f"{MEM} (lower is better)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc="best")
-        ax.set_title("memorization vs utility loss", fontsize=10)
-        fig.tight_layout()
-        fig.savefig(path)
-        plt.close(fig)
+        plot_report(self, path)
 
     def publish(self, client: Any, parent_run_id: str) -> None:
         """Tag each child `tinymem.pareto` true/false and attach the CSVs and the PNG to the parent run."""
@@ -226,14 +182,6 @@ def front_url(ui: str, experiment_id: str) -> str:
     query = urlencode({"searchFilter": T.PARETO_FILTER, "orderByKey": f"metrics.`{MEM}`", "orderByAsc": "true"},
                       quote_via=quote)
     return f"{ui.rstrip('/')}/#/experiments/{experiment_id}/runs?{query}"
-
-
-def _interval_columns(df: pd.DataFrame) -> tuple[str | None, str | None]:
-    """The columns of mem_pct's interval: over base-model seeds when the sweep repeats, else over the rows."""
-    for lo, hi in (("mem_pct_seeds_ci_low", "mem_pct_seeds_ci_high"), ("mem_pct_ci_low", "mem_pct_ci_high")):
-        if lo in df.columns and df[lo].notna().any():
-            return lo, hi
-    return None, None
 
 
 def _missing(v: Any) -> bool:

@@ -101,6 +101,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-failures", type=int, default=1,
                    help="retries of a trial that crashed (lost worker, OOM); a bad value or NaN is not retried "
                         "(default: %(default)s)")
+    p.add_argument("--objectives", default=None, metavar="A,B[,C...]",
+                   help="what the Pareto front and the sampler minimise, a comma list of two or more, e.g. "
+                        "mem_pct,relearn_mem_pct,val_acc_drop (robustness metrics are computed when named; a "
+                        "test_* utility loss is selected on its val twin) (default: mem_pct and the val utility "
+                        "loss)")
+    p.add_argument("--robustness", default=None, metavar="all|NAME,...",
+                   help="robustness metrics to compute and log beside the objectives (relearning, sampling, "
+                        "perturbed prompts, NLL gap; docs/metrics.md) (default: those the objectives name)")
     p.add_argument("--keep-models", default="pareto", choices=options.KEEP_MODELS,
                    help="which trials' mitigated models stay as model directories (HF model, tokenizer, model "
                         "card) under <storage>/sweeps/<experiment>/<sweep id>/models/<trial id>/, each logged to "
@@ -125,6 +133,7 @@ def options_from_args(args: argparse.Namespace, argv: list[str]) -> options.Swee
         address=args.address, storage=args.storage, tracking_uri=args.tracking_uri, experiment=args.experiment,
         resume=args.resume, seed=args.seed, search_space=args.search_space, max_failures=args.max_failures,
         device=args.device, repeats=args.repeats, heldout_frac=args.heldout_frac, keep_models=args.keep_models,
+        objectives=args.objectives, robustness=args.robustness,
         register_model=args.register_model, command=shlex.join([*invoked_as().split(), *argv]))
 
 

@@ -1,6 +1,6 @@
-"""The searchers of a sweep: Optuna with two objectives (told the truth about partial trials), or the paper's grid.
+"""The searchers of a sweep: Optuna on the sweep's objectives (told the truth about partial trials), or the paper's grid.
 
-No metric/mode goes into Tune's TuneConfig: the searcher holds both objectives, and a metric there would make
+No metric/mode goes into Tune's TuneConfig: the searcher holds all objectives, and a metric there would make
 the study single-objective.
 """
 
@@ -19,7 +19,7 @@ log = logging.getLogger("sweeps")
 
 
 def make_searcher(plan: SweepPlan, num_samples: int) -> "ParetoOptunaSearch":
-    """OptunaSearch over the sweep space with two objectives, warm-started with the methods' defaults."""
+    """OptunaSearch over the sweep space on its objectives, warm-started with the methods' defaults."""
     import optuna
 
     seed = plan.options.seed

@@ -48,6 +48,8 @@ class TrialStatic:
     # True when the work directory is node-local (object-store --storage): resume files travel in checkpoints.
     checkpoint_work_dir: bool = False
     models_dir: str | None = None  # where each trial saves its model (`<sweep dir>/models`); None: not saved
+    objectives: tuple[str, ...] = ()  # () : mem_pct and the utility loss (a TrialStatic pickled before the field)
+    robustness: tuple[str, ...] = ()  # robustness metric groups each trial computes (`sweeps.objectives`)
 
 
 def extra_method_modules(methods: list[str]) -> tuple[str, ...]:
@@ -82,6 +84,7 @@ def sweep_trainable(config: dict[str, Any], static: TrialStatic) -> None:
     method, preset, params = static.space.decode(config)
     kind = static.kinds[preset]
     loss_name = utility_loss_name(kind)
+    objectives = list(static.objectives) or [MEM, loss_name]
     last_epoch = 0
     # Where the trial runs, in every result (Ray adds `hostname` and `node_ip`); the MLflow run is tagged with it.
     node_id = ray.get_runtime_context().get_node_id()
@@ -106,6 +109,8 @@ def sweep_trainable(config: dict[str, Any], static: TrialStatic) -> None:
                     "storage": static.storage, "device": static.device, "seed": static.seed}
     if static.heldout_frac:
         trial_config["heldout_frac"] = static.heldout_frac
+    if static.robustness:
+        trial_config["robustness"] = list(static.robustness)
     seeds = base_seeds(trial_config, static.repeats) if static.repeats > 1 else []
     configs = [seed_config(trial_config, s) for s in seeds] or [trial_config]
     cpu0 = time.process_time()
@@ -124,7 +129,7 @@ def sweep_trainable(config: dict[str, Any], static: TrialStatic) -> None:
         saving.discard()
         # Deterministic failures (bad value, NaN): record and move on; a retry would fail the same way.
         tune.report({"final": 1, "failed": 1, "error": f"{type(e).__name__}: {e}", "epoch": last_epoch,
-                     MEM: math.nan, loss_name: math.nan, "ray_node_id": node_id})
+                     **{k: math.nan for k in objectives}, "ray_node_id": node_id})
         return
     per_seed = [trial_metrics(r, kind) for r in results]
     final: dict[str, Any] = per_seed[0] if not seeds else summarize_repeats(per_seed, seeds)
@@ -136,8 +141,8 @@ def sweep_trainable(config: dict[str, Any], static: TrialStatic) -> None:
     final["trial_config"] = json.dumps({**configs[0], "params": results[0].params})
     final.update({"epoch": last_epoch, "final": 1, "failed": 0, "ray_node_id": node_id})
     # NaN/inf in an objective or a core utility metric means a broken model: a failed trial, not a front point.
-    bad = [k for k in (MEM, loss_name, "test_acc", "test_ppl")
-           if k in final or k in (MEM, loss_name)
+    bad = [k for k in dict.fromkeys([*objectives, "test_acc", "test_ppl"])
+           if k in final or k in objectives
            if not math.isfinite(final.get(k, math.nan))]
     if bad:
         final.update({"failed": 1, "error": f"FloatingPointError: metrics {bad} are not finite (NaN/inf) "

@@ -95,11 +95,12 @@ def test_json_stdout_is_pure_json_and_a_log_gets_plain_lines(ray_runtime, sweep_
     assert f"sweep: 4/4 trials done, running 0, failed 2, front {len(data['pareto'])}" in err
 
 
-def test_the_front_grows_incrementally_as_pareto_defines_it():
-    rng = random.Random(0)
+@pytest.mark.parametrize("dims", [2, 3])
+def test_the_front_grows_incrementally_as_pareto_defines_it(dims):
+    rng = random.Random(dims)
     for _ in range(50):
-        pts = [(float(rng.randint(0, 5)), float(rng.randint(0, 5))) for _ in range(rng.randint(1, 20))]
-        front = ParetoFront()
+        pts = [tuple(float(rng.randint(0, 5)) for _ in range(dims)) for _ in range(rng.randint(1, 20))]
+        front = ParetoFront(dims)
         for i, p in enumerate(pts):
             front.add(p)
             assert len(front) == int(non_dominated(np.array(pts[: i + 1])).sum()), pts[: i + 1]
@@ -123,7 +124,7 @@ def test_the_callback_pickles_with_a_bar_on_screen_and_draws_again_when_restored
 
     screen = FakeTTY()
     monkeypatch.setattr(sys, "stdout", screen)
-    cb = ProgressLines(None, "val_acc_drop", 4, "stdout")  # type: ignore[arg-type]  (the space is only carried)
+    cb = ProgressLines(None, ["mem_pct", "val_acc_drop"], 4, "stdout")  # type: ignore[arg-type]  (the space is only carried)
     cb.front.add((1.0, 2.0))
     cb.outcomes["a"] = "completed"
     cb.on_step_end(0, [])  # no bar yet: nothing drawn before the first trial starts
@@ -131,7 +132,7 @@ def test_the_callback_pickles_with_a_bar_on_screen_and_draws_again_when_restored
     cb._draw([])
     assert cb._bar is not None and "1/4" in screen.getvalue()
     restored = pickle.loads(cloudpickle.dumps(cb))
-    assert (restored.loss_name, restored.total, restored.stream) == ("val_acc_drop", 4, "stdout")
+    assert (restored.objectives, restored.total, restored.stream) == (["mem_pct", "val_acc_drop"], 4, "stdout")
     assert restored._bar is None and restored.outcomes == {} and len(restored.front) == 0
     restored._draw([])
     assert restored._bar is not None and "0/4" in screen.getvalue()
@@ -144,13 +145,14 @@ def test_a_callback_pickled_by_an_earlier_version_still_loads():
     cb = ProgressLines.__new__(ProgressLines)
     cb.__setstate__({"space": None, "loss_name": "val_acc_drop", "total": 3, "stream": "stderr", "t0": 0.0})
     assert cb.total == 3 and cb.t0 > 0.0 and cb.outcomes == {}
+    assert cb.objectives == ["mem_pct", "val_acc_drop"]  # before --objectives: mem_pct and the utility loss
 
 
 @pytest.mark.parametrize("stream", ["stdout", "stderr"])
 def test_the_closing_line_carries_the_summary_fields(stream, monkeypatch):
     buf = io.StringIO()
     monkeypatch.setattr(sys, stream, buf)
-    cb = ProgressLines(None, "val_acc_drop", 2, stream)  # type: ignore[arg-type]
+    cb = ProgressLines(None, ["mem_pct", "val_acc_drop"], 2, stream)  # type: ignore[arg-type]
     cb.outcomes.update({"a": "completed", "b": "failed"})
     cb.front.add((0.0, 1.0))
     cb.on_experiment_end([])
