@@ -21,7 +21,7 @@ from sweeps.pareto import objectives_of, task_kind, utility_loss_name
 from sweeps.ray_runtime import check_ray_address
 from sweeps.space import SweepSpace
 from sweeps.space_file import default_space_path, load_search_space, parse_search_space
-from sweeps.tracking import check_tracking_uri, default_tracking_uri
+from sweeps.tracking_uri import check_tracking_uri, default_tracking_uri
 from tinymem.errors import ConfigError
 from tinymem.hf.models import parse_dtype, parse_source
 from tinymem.hf.options import HF_PREFIX
