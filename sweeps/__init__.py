@@ -2,13 +2,16 @@
 
 `python sweeps/run.py --method NAME` is the entry point. One idea per module, in the order data flows:
 
-- `options`: `SweepOptions`, the flags and their allowed values (no Ray, Optuna or MLflow: `--help` is fast).
-- `space_file`, `space`: search-space YAML files -> validated distributions and grids; a sweep's joint space.
+- `options`: `SweepOptions`, the flags and their allowed values (no Ray, Optuna, MLflow or torch: `--help` and a
+  bad flag are answered fast).
+- `yaml_file`, `space_file`, `space`: a strict YAML reader (no aliases, tags or duplicate keys); search-space
+  files -> validated distributions and grids; a sweep's joint space.
 - `plan`: every input check, before Ray starts; `--resume` rebuilds the plan from the sweep record.
 - `ray_runtime`, `bases`: the Ray runtime (and `--gpus-per-trial auto`); base models made once as Ray tasks.
 - `objectives`: what the front and the sampler minimise (`--objectives`), and the robustness metrics they need.
 - `trainable`, `searchers`, `progress`: one trial; Optuna on the objectives or the paper's grid; bar or lines.
 - `engine`: `run_sweep`, the Ray Tune experiment and the MLflow parent run.
+- `tracking_uri`: the MLflow tracking URI's default and its check (planning imports no Ray or MLflow).
 - `tracking`, `tags`, `inputs`: MLflow child run per trial, run ids kept on disk for resume; the tag names
   (`tinymem.*`, MLflow's system tags); the base models' data as run inputs.
 - `pareto`, `results`, `plots`, `readback`, `report`: the front and the paper's rule; table, CSV and PNG from MLflow.

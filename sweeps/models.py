@@ -21,32 +21,13 @@ from typing import Any
 from sweeps import storage
 from sweeps import tags as T
 from sweeps.errors import SweepError
-from sweeps.options import KEEP_MODELS, SweepOptions
+from sweeps.options import parse_register
 from sweeps.tracking import set_tags
 from tinymem.card import mitigate_command
 
 MODELS = "models"  # under the sweep directory: one model directory per kept trial
 MODEL_TYPE = "tinymem-mitigated"
 COMPLETE = "tinymem.json"  # written last into a model directory: marks it complete
-
-
-def parse_register(spec: str) -> tuple[str, str | None]:
-    """`NAME` or `NAME:TRIAL_ID` (split at the last ':') -> (name, trial id or None)."""
-    name, sep, trial = spec.rpartition(":") if ":" in spec else (spec, "", "")
-    if not name.strip() or (sep and not trial.strip()):
-        raise SweepError(f"bad --register-model {spec!r}; expected NAME or NAME:TRIAL_ID")
-    return name.strip(), trial.strip() or None
-
-
-def check_model_options(opts: SweepOptions) -> None:
-    """--keep-models and --register-model, checked before Ray starts."""
-    if opts.keep_models not in KEEP_MODELS:
-        raise SweepError(f"unknown --keep-models {opts.keep_models!r}; allowed: {list(KEEP_MODELS)}")
-    if opts.register_model is not None:
-        parse_register(opts.register_model)
-        if opts.keep_models == "none":
-            raise SweepError("--register-model registers a kept model, but --keep-models none keeps none; "
-                             f"allowed with --register-model: {[k for k in KEEP_MODELS if k != 'none']}")
 
 
 def kept_trials(rep: Any, keep: str) -> list[str]:

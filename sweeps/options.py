@@ -1,13 +1,16 @@
 """What a sweep is asked to do: `SweepOptions` (the flags of `sweeps/run.py`) and the allowed values of its flags.
 
-Importable without Ray, Optuna or MLflow, so that `sweeps/run.py --help` and planning stay fast.
+Importable without Ray, Optuna, MLflow or torch, so that `sweeps/run.py --help` is fast and `check_flags` answers
+a bad flag in a fraction of a second, before planning imports the library.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from sweeps.errors import SweepError
 from tinymem.hf.options import HFSourceOptions
 from tinymem.store import DEFAULT_ROOT
 
@@ -20,6 +23,7 @@ DEFAULT_NUM_SAMPLES = 12
 ASHA_GUARD = "retain_loss"  # what iterative methods report per epoch and rises when an edit breaks the model
 SWEEP_RECORD = "sweep.json"
 AUTO = "auto"  # --gpus-per-trial auto: sized from a Hugging Face model (tinymem.hf.memory.gpus_for_source)
+SEED_MAX = 2**32 - 1  # Optuna's samplers seed numpy's RandomState, which takes [0, 2**32 - 1]
 
 
 def split_list(value: str | None) -> list[str]:
@@ -75,3 +79,59 @@ class SweepOptions:
         nested = options.get("source")
         source = HFSourceOptions.from_object(nested if isinstance(nested, dict) else options)
         return cls(source=source, **{k: v for k, v in options.items() if k in names})
+
+
+def _check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise SweepError(f"unknown {name} {value!r}; allowed: {list(allowed)}")
+
+
+def check_flags(opts: SweepOptions) -> None:
+    """The flags that can be checked alone (no method, preset, file or server): SweepError naming the flag, the
+    bad value and what is allowed. `plan_sweep` calls it; `sweeps/run.py` calls it before importing the plan."""
+    _check_choice("--sampler", opts.sampler, SAMPLERS)
+    _check_choice("--scheduler", opts.scheduler, SCHEDULERS)
+    if opts.grid is not None:
+        _check_choice("--grid", opts.grid, GRIDS)
+    if opts.num_samples is not None and opts.num_samples < 1:
+        raise SweepError(f"--num-samples must be >= 1, got {opts.num_samples}")
+    if opts.max_concurrent is not None and opts.max_concurrent < 1:
+        raise SweepError(f"--max-concurrent must be >= 1, got {opts.max_concurrent}")
+    if not (math.isfinite(opts.cpus_per_trial) and opts.cpus_per_trial > 0):
+        raise SweepError(f"--cpus-per-trial must be a finite number > 0, got {opts.cpus_per_trial}")
+    if opts.max_failures < 0:
+        raise SweepError(f"--max-failures must be >= 0, got {opts.max_failures}")
+    if opts.repeats < 1:
+        raise SweepError(f"--repeats must be >= 1, got {opts.repeats}")
+    if not 0.0 <= opts.heldout_frac < 1.0:  # also refuses nan
+        raise SweepError(f"--heldout-frac must be in [0, 1), got {opts.heldout_frac}")
+    if not 0 <= opts.seed <= SEED_MAX:
+        raise SweepError(f"--seed must be in [0, {SEED_MAX}] (Optuna's samplers), got {opts.seed}")
+    check_model_options(opts)
+
+
+def parse_register(spec: str) -> tuple[str, str | None]:
+    """`NAME` or `NAME:TRIAL_ID` (split at the last ':') -> (name, trial id or None).
+
+    NAME follows MLflow's rule for registered models, checked here so that a bad name fails before the sweep
+    and not after it: not blank, no '/' or ':', not '.' and not starting with '..'.
+    """
+    name, sep, trial = spec.rpartition(":") if ":" in spec else (spec, "", "")
+    name = name.strip()
+    if not name or (sep and not trial.strip()):
+        raise SweepError(f"bad --register-model {spec!r}; expected NAME or NAME:TRIAL_ID")
+    if "/" in name or ":" in name or name == "." or name.startswith(".."):
+        raise SweepError(f"bad --register-model {spec!r}: the model name {name!r} may not contain '/' or ':', "
+                         f"be '.' or start with '..' (MLflow's rule)")
+    return name, trial.strip() or None
+
+
+def check_model_options(opts: SweepOptions) -> None:
+    """--keep-models and --register-model (kept models are `sweeps.models`' business)."""
+    if opts.keep_models not in KEEP_MODELS:
+        raise SweepError(f"unknown --keep-models {opts.keep_models!r}; allowed: {list(KEEP_MODELS)}")
+    if opts.register_model is not None:
+        parse_register(opts.register_model)
+        if opts.keep_models == "none":
+            raise SweepError("--register-model registers a kept model, but --keep-models none keeps none; "
+                             f"allowed with --register-model: {[k for k in KEEP_MODELS if k != 'none']}")

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 import time
 import uuid
@@ -15,16 +16,15 @@ from typing import Any
 
 from sweeps import storage
 from sweeps.errors import SweepError
-from sweeps.models import check_model_options
 from sweeps.objectives import Objectives, resolve as resolve_objectives
-from sweeps.options import AUTO, GRIDS, SAMPLERS, SCHEDULERS, SWEEP_RECORD, SweepOptions, split_list
+from sweeps.options import AUTO, SWEEP_RECORD, SweepOptions, check_flags, check_model_options, split_list
 from sweeps.pareto import task_kind, utility_loss_name
 from sweeps.ray_runtime import check_ray_address
 from sweeps.space import SweepSpace
 from sweeps.space_file import default_space_path, load_search_space, parse_search_space
-from sweeps.tracking import check_tracking_uri, default_tracking_uri
+from sweeps.tracking_uri import check_tracking_uri, default_tracking_uri
 from tinymem.errors import ConfigError
-from tinymem.hf.models import parse_dtype, parse_source
+from tinymem.hf.models import DEVICES, parse_dtype, parse_source
 from tinymem.hf.options import HF_PREFIX
 from tinymem.mitigations import get_method, method_names
 from tinymem.presets import DEFAULT_PRESET, all_presets, get_preset
@@ -80,15 +80,11 @@ class SweepPlan:
         return storage.join(self.ray_parent, self.sweep_id)
 
 
-def _check_choice(name: str, value: Any, allowed: tuple[str, ...]) -> None:
-    if value not in allowed:
-        raise SweepError(f"unknown {name} {value!r}; allowed: {list(allowed)}")
-
-
 def plan_sweep(opts: SweepOptions) -> SweepPlan:
     """Validate everything that can be checked without starting Ray; raise SweepError on bad input."""
     storage_root = storage.normalize_root(opts.storage or DEFAULT_ROOT)
     storage.check_root(storage_root)
+    check_flags(opts)
     if opts.resume:
         return _plan_resume(opts, storage_root)
     methods = split_list(opts.method)
@@ -114,34 +110,23 @@ def plan_sweep(opts: SweepOptions) -> SweepPlan:
         for p in presets:
             if p not in known:
                 raise SweepError(f"unknown preset {p!r}; allowed: {sorted(known)}")
+        if len(set(presets)) != len(presets):
+            raise SweepError(f"--preset lists a preset twice: {presets}")
         kinds = {p: task_kind(get_preset(p).data.task) for p in presets}
     if len(set(kinds.values())) > 1:
         raise SweepError(f"presets {presets} mix math and language data; their utility losses "
                          f"(accuracy drop vs perplexity increase) cannot share one Pareto front")
-    _check_choice("--sampler", opts.sampler, SAMPLERS)
-    _check_choice("--scheduler", opts.scheduler, SCHEDULERS)
-    if opts.grid is not None:
-        _check_choice("--grid", opts.grid, GRIDS)
-    if opts.num_samples is not None and opts.num_samples < 1:
-        raise SweepError(f"--num-samples must be >= 1, got {opts.num_samples}")
-    if opts.max_concurrent is not None and opts.max_concurrent < 1:
-        raise SweepError(f"--max-concurrent must be >= 1, got {opts.max_concurrent}")
-    if not opts.cpus_per_trial > 0:
-        raise SweepError(f"--cpus-per-trial must be > 0, got {opts.cpus_per_trial}")
     opts = replace(opts, gpus_per_trial=_check_gpus(opts))
-    if opts.max_failures < 0:
-        raise SweepError(f"--max-failures must be >= 0, got {opts.max_failures}")
-    if opts.repeats < 1:
-        raise SweepError(f"--repeats must be >= 1, got {opts.repeats}")
+    # Trials may run on other machines than this one: the name is checked here, the GPU where the trial runs.
+    device = opts.device.strip().lower()
+    if device not in DEVICES and not (device.startswith("cuda:") and device[5:].isdigit()):
+        raise SweepError(f"bad --device {opts.device!r}; allowed: {list(DEVICES)} or cuda:N")
     if opts.repeats > 1 and opts.source.model:
         raise SweepError(f"--repeats {opts.repeats} repeats over base-model seeds, which a preset trains; "
                          f"--model {opts.source.model} is one fixed model")
     if opts.repeats > 1 and opts.scheduler == "asha":
         raise SweepError("--scheduler asha stops trials on one base model's epochs; it cannot be combined with "
                          f"--repeats {opts.repeats}")
-    if not 0.0 <= opts.heldout_frac < 1.0:
-        raise SweepError(f"--heldout-frac must be in [0, 1), got {opts.heldout_frac}")
-    check_model_options(opts)
     files = split_list(opts.search_space)
     if files and len(files) != len(methods):
         raise SweepError(f"--search-space names {len(files)} file(s) for {len(methods)} method(s); "
@@ -157,12 +142,12 @@ def plan_sweep(opts: SweepOptions) -> SweepPlan:
             raise SweepError("--scheduler asha cannot be combined with --grid paper (a grid is run in full)")
     if opts.grid:
         space.grid_points()  # raises if a method has no paper_grid
-    experiment = opts.experiment or f"{'+'.join(methods)}-{label}"
+    experiment = opts.experiment if opts.experiment is not None else f"{'+'.join(methods)}-{label}"
     _check_experiment_name(experiment)
-    tracking_uri = opts.tracking_uri or default_tracking_uri(storage_root)
-    check_tracking_uri(tracking_uri)
     if opts.address:
         check_ray_address(opts.address)
+    tracking_uri = opts.tracking_uri or default_tracking_uri(storage_root)
+    check_tracking_uri(tracking_uri)  # last: it creates the SQLite file
     sweep_id = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:4]
     # a bad --objectives / --robustness fails here, before Ray starts
     goals = resolve_objectives(opts.objectives, next(iter(kinds.values())), heldout_frac=opts.heldout_frac,
@@ -185,6 +170,8 @@ def _check_gpus(opts: SweepOptions) -> float | str:
         value = float(gpus)
     except (TypeError, ValueError):
         raise SweepError(f"bad --gpus-per-trial {gpus!r}; allowed: a number >= 0 or {AUTO!r}") from None
+    if not math.isfinite(value):
+        raise SweepError(f"--gpus-per-trial must be a finite number >= 0 or {AUTO!r}, got {gpus}")
     if value < 0:
         raise SweepError(f"--gpus-per-trial must be >= 0, got {gpus}")
     return value
@@ -224,8 +211,11 @@ def _plan_model(opts: SweepOptions, methods: list[str]) -> tuple[SweepOptions, s
 
 
 def _check_experiment_name(name: str) -> None:
-    if not name or "/" in name or "\\" in name or name.startswith("."):
-        raise SweepError(f"bad --experiment {name!r}: it names directories, so no '/', '\\' or leading '.'")
+    bad = (not name.strip() or "/" in name or "\\" in name or name.startswith(".") or not name.isprintable()
+           or len(name.encode()) > 255)  # a file name: at most 255 bytes on common filesystems
+    if bad:
+        raise SweepError(f"bad --experiment {name[:60]!r}: it names directories, so not blank, at most 255 bytes, "
+                         f"no '/', '\\', control characters or leading '.'")
 
 
 def _plan_resume(opts: SweepOptions, storage_root: str) -> SweepPlan:
@@ -248,6 +238,10 @@ def _plan_resume(opts: SweepOptions, storage_root: str) -> SweepPlan:
     spaces = [parse_search_space(d, f"{SWEEP_RECORD} of {sweep_id} ({m})", m)
               for m, d in record["space"]["methods"].items()]
     space = SweepSpace(spaces, record["space"]["presets"])
+    for flag, given, recorded in (("--method", opts.method, space.methods), ("--preset", opts.preset, space.presets)):
+        if given and split_list(given) != recorded:  # these name what the sweep is; a resume cannot change them
+            raise SweepError(f"sweep {sweep_id!r} of {opts.experiment!r} was started with {flag} "
+                             f"{','.join(recorded)}, not {given}; resume it without {flag} (or with that one)")
     saved = SweepOptions.from_record(record["options"])
     # What may differ on resume: where the cluster is now, and the command line that resumed it.
     saved.address = opts.address
@@ -259,9 +253,9 @@ def _plan_resume(opts: SweepOptions, storage_root: str) -> SweepPlan:
     if opts.tracking_uri and opts.tracking_uri != tracking_uri:
         raise SweepError(f"sweep {sweep_id!r} logs to {tracking_uri}; resume it without --tracking-uri "
                          f"(or with that one)")
-    check_tracking_uri(tracking_uri)
     if opts.address:
         check_ray_address(opts.address)
+    check_tracking_uri(tracking_uri)
     return SweepPlan(options=saved, space=space, experiment=opts.experiment, sweep_id=sweep_id,
                      storage=storage_root, tracking_uri=tracking_uri, kinds=record["kinds"], resumed=True,
                      record=record)

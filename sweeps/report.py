@@ -26,7 +26,8 @@ from sweeps import storage
 from sweeps.errors import SweepError
 from sweeps.models import detail_lines, model_details, with_details
 from sweeps.readback import build_from_mlflow, latest_parent_run
-from sweeps.tracking import check_tracking_uri, default_tracking_uri, mlflow_client
+from sweeps.tracking import mlflow_client
+from sweeps.tracking_uri import check_tracking_uri, default_tracking_uri
 from tinymem.store import DEFAULT_ROOT
 from tinymem.util import json_safe
 

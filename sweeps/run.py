@@ -1,8 +1,10 @@
 """`python sweeps/run.py --method NAME` or `tinymem-sweep`: a memorization-mitigation sweep (Ray Tune + Optuna + MLflow).
 
 A thin command line over `sweeps.plan` and `sweeps.engine`: parse flags, plan (every input check, in seconds,
-before any trial), run, print the Pareto table (or one JSON object with --json). Bad input prints one line
-naming the problem and the allowed values, and exits with status 2. `--help` imports no Ray, Optuna or MLflow.
+before any trial), run, print the Pareto table (or one JSON object with --json). Bad input, argparse's own
+complaints included, prints one line `error: ...` naming the problem and the allowed values, and exits with
+status 2. `--help` imports no Ray, Optuna or MLflow; a bad flag is answered before torch is imported, and a
+bad search space before Ray or MLflow are.
 
 Output: on a terminal one live progress bar (`sweeps.progress`); in a pipe or log one line per finished trial;
 with --json the JSON object alone on stdout and every human line on stderr.
@@ -44,8 +46,15 @@ def invoked_as() -> str:
     return CONSOLE if Path(sys.argv[0]).name == CONSOLE else SCRIPT
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad flag is one line like every other bad input (no usage block: --help has it)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"error: {message} (see --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog=invoked_as(),
         description="Sweep a memorization-mitigation method's hyperparameters with Ray Tune + Optuna, log every "
                     "trial to MLflow, and print the Pareto front of memorization vs utility loss.",
@@ -71,9 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="GPUs per trial; a fraction packs several trials on one GPU (logical, no memory isolation); "
                         "auto (--model only) sizes it from the model, the methods and a GPU of the cluster "
                         "(default: 0 for presets, auto for --model)")
-    p.add_argument("--sampler", default="tpe", choices=options.SAMPLERS,
+    p.add_argument("--sampler", default=None, choices=options.SAMPLERS,  # None: not given (it conflicts with --grid)
                    help="Optuna multi-objective sampler: tpe (MO-TPE), nsga2 (NSGA-II) or random "
-                        "(default: %(default)s)")
+                        f"(default: {options.SweepOptions.sampler})")
     p.add_argument("--grid", default=None, choices=options.GRIDS,
                    help="run the paper's grid from the search space file instead of a sampler "
                         "(default: off, sample with --sampler)")
@@ -129,7 +138,8 @@ def options_from_args(args: argparse.Namespace, argv: list[str]) -> options.Swee
     return options.SweepOptions(
         source=HFSourceOptions.from_object(args), method=args.method or "", preset=args.preset,
         num_samples=args.num_samples, max_concurrent=args.max_concurrent, cpus_per_trial=args.cpus_per_trial,
-        gpus_per_trial=args.gpus_per_trial, sampler=args.sampler, grid=args.grid, scheduler=args.scheduler,
+        gpus_per_trial=args.gpus_per_trial, sampler=args.sampler or options.SweepOptions.sampler, grid=args.grid,
+        scheduler=args.scheduler,
         address=args.address, storage=args.storage, tracking_uri=args.tracking_uri, experiment=args.experiment,
         resume=args.resume, seed=args.seed, search_space=args.search_space, max_failures=args.max_failures,
         device=args.device, repeats=args.repeats, heldout_frac=args.heldout_frac, keep_models=args.keep_models,
@@ -140,8 +150,6 @@ def options_from_args(args: argparse.Namespace, argv: list[str]) -> options.Swee
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
-    from sweeps.engine import run_sweep
-    from sweeps.plan import plan_sweep
 
     def say(line: str) -> None:
         print(line, file=sys.stderr if args.json else sys.stdout, flush=True)
@@ -151,12 +159,21 @@ def main(argv: list[str] | None = None) -> int:
             from tinymem.mitigations import method_names
 
             raise SweepError(f"--method is required; allowed: {method_names()}")
-        plan = plan_sweep(options_from_args(args, argv))
+        if args.grid and args.sampler:
+            raise SweepError(f"--sampler {args.sampler} chooses configurations, but --grid {args.grid} runs the "
+                             f"grid's own; give one of them")
+        opts = options_from_args(args, argv)
+        options.check_flags(opts)  # before planning imports torch
+        from sweeps.plan import plan_sweep
+
+        plan = plan_sweep(opts)
+        from sweeps.engine import run_sweep  # Ray and MLflow: only once the plan holds
+
         # Ray prints cluster events on stdout from a background thread; with --json, stdout holds only the JSON.
         with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
             outcome = run_sweep(plan, say=say, stream="stderr" if args.json else "stdout")
     except (SweepError, TinyMemError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)  # one line, whatever the message holds
         return 2
     if args.json:
         # JSON has no NaN: a missing value is null, so every consumer can parse the object.

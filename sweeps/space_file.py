@@ -16,8 +16,9 @@ The file format (one file per method, written next to the method)::
       stratified: false
 
 Everything is checked before any trial starts: every key must be a hyperparameter of the method, every
-bound, choice, fixed and grid value must pass the method's own range checks. Errors name the file, the key
-and what is allowed, on one line.
+bound, choice, fixed and grid value must pass the method's own range checks, bounds are finite numbers, and
+the paper's grid has at most `MAX_GRID_POINTS` points. The file itself is read by `sweeps.yaml_file` (no
+anchors, aliases, tags or duplicate keys). Errors name the file, the key and what is allowed, on one line.
 
 The files ship with the project as the package data `sweeps.search_spaces` (pyproject.toml maps it onto the
 repository's top-level `search_spaces/`), so an installed project finds them from any directory.
@@ -26,13 +27,13 @@ repository's top-level `search_spaces/`), so an installed project finds them fro
 from __future__ import annotations
 
 import importlib.resources
+import math
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from sweeps.errors import SweepError
 from sweeps.space import Distribution, SearchSpace
+from sweeps.yaml_file import one_line, read_yaml
 from tinymem.errors import ConfigError
 from tinymem.mitigations import get_method
 
@@ -56,6 +57,8 @@ SEARCH_SPACE_DIR = search_space_dir()
 
 PARAM_TYPES = ("float", "int", "categorical")
 TOP_LEVEL_KEYS = ("method", "description", "params", "fixed", "paper_grid", "paper_fixed")
+# The paper's largest grid has 90 points; a grid is enumerated point by point, so its size is checked first.
+MAX_GRID_POINTS = 10_000
 _DIST_KEYS = {"float": {"type", "low", "high", "log", "step"}, "int": {"type", "low", "high", "log", "step"},
               "categorical": {"type", "choices"}}
 
@@ -65,24 +68,41 @@ def default_space_path(method: str) -> Path:
     return SEARCH_SPACE_DIR / f"{method}.yaml"
 
 
-def _one_line(text: str) -> str:
-    return " ".join(str(text).split())
+def _show(value: Any, limit: int = 80) -> str:
+    """A user's value in a message: its repr, cut short (a value can be a long list)."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _sorted(keys: Any) -> list[Any]:
+    """Keys in a stable order for messages; YAML keys may mix types (`1: a`, `x: b`)."""
+    return sorted(keys, key=lambda k: (type(k).__name__, str(k)))
+
+
+def _finite(value: Any) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int too large for a float
+        return False
 
 
 def _number(value: Any, where: str) -> float:
-    """YAML 1.1 reads `1e-5` (no dot) as a string; accept it as the number it obviously is."""
-    if isinstance(value, bool):
-        raise SweepError(f"{where}: expected a number, got {value!r}")
-    if isinstance(value, (int, float)):
-        return value
-    if isinstance(value, str):
+    """A finite number. YAML 1.1 reads `1e-5` (no dot) as a string; accept it as the number it obviously is."""
+    number: Any = None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        number = value
+    elif isinstance(value, str):
         try:
             f = float(value)
         except ValueError:
             pass
         else:
-            return int(f) if f.is_integer() and "." not in value and "e" not in value.lower() else f
-    raise SweepError(f"{where}: expected a number, got {value!r}")
+            number = int(f) if f.is_integer() and "." not in value and "e" not in value.lower() else f
+    if number is None:
+        raise SweepError(f"{where}: expected a number, got {_show(value)}")
+    if not _finite(number):
+        raise SweepError(f"{where}: expected a finite number, got {_show(value)}")
+    return number
 
 
 def _check_value(cls: Any, method: str, name: str, value: Any, where: str) -> Any:
@@ -96,11 +116,12 @@ def _check_value(cls: Any, method: str, name: str, value: Any, where: str) -> An
 def _parse_distribution(cls: Any, method: str, name: str, raw: Any, where: str, hp_types: dict[str, str]
                         ) -> Distribution:
     if not isinstance(raw, dict):
-        raise SweepError(f"{where}: expected a mapping like {{type: float, low: 0.1, high: 1.0}}, got {raw!r}")
+        raise SweepError(f"{where}: expected a mapping like {{type: float, low: 0.1, high: 1.0}}, "
+                         f"got {_show(raw)}")
     kind = raw.get("type")
     if kind not in PARAM_TYPES:
-        raise SweepError(f"{where}: unknown type {kind!r}; allowed: {list(PARAM_TYPES)}")
-    extra = sorted(set(raw) - _DIST_KEYS[kind])
+        raise SweepError(f"{where}: unknown type {_show(kind)}; allowed: {list(PARAM_TYPES)}")
+    extra = _sorted(set(raw) - _DIST_KEYS[kind])
     if extra:
         raise SweepError(f"{where}: unknown key(s) {extra} for type {kind}; allowed: {sorted(_DIST_KEYS[kind])}")
     hp_type = hp_types[name]
@@ -110,7 +131,7 @@ def _parse_distribution(cls: Any, method: str, name: str, raw: Any, where: str, 
             raise SweepError(f"{where}: categorical needs a non-empty list 'choices'")
         typed = tuple(_check_value(cls, method, name, c, f"{where} choice {c!r}") for c in choices)
         if len(set(map(repr, typed))) != len(typed):
-            raise SweepError(f"{where}: choices {choices} repeat a value")
+            raise SweepError(f"{where}: choices {_show(choices)} repeat a value")
         return Distribution(type="categorical", choices=typed)
     if hp_type not in ("int", "float"):
         raise SweepError(f"{where}: {name} is a {hp_type} hyperparameter of {method}; "
@@ -132,7 +153,7 @@ def _parse_distribution(cls: Any, method: str, name: str, raw: Any, where: str, 
         raise SweepError(f"{where}: low={low} must be <= high={high}")
     log = raw.get("log", False)
     if not isinstance(log, bool):
-        raise SweepError(f"{where}: log must be true or false, got {log!r}")
+        raise SweepError(f"{where}: log must be true or false, got {_show(log)}")
     if log and low <= 0:
         raise SweepError(f"{where}: log: true needs low > 0, got low={low}")
     step = raw.get("step")
@@ -161,18 +182,12 @@ def load_search_space(path: str | Path, method: str | None = None) -> SearchSpac
     unknown top-level key, a key that is not a hyperparameter of the method, or a value out of range.
     """
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         hint = f" (expected {default_space_path(method)} or pass --search-space FILE)" if method else ""
         raise SweepError(f"search space file {path} does not exist{hint}")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        problem = getattr(e, "problem", None) or str(e)
-        raise SweepError(f"malformed YAML in {path}{at}: {_one_line(problem)}") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise SweepError(f"cannot read search space file {path}: {_one_line(e)}") from None
+    raw = read_yaml(path, "search space file")
+    if raw is None:
+        raise SweepError(f"search space file {path} is empty; expected a mapping with keys {list(TOP_LEVEL_KEYS)}")
     return parse_search_space(raw, str(path), method)
 
 
@@ -182,10 +197,15 @@ def parse_search_space(raw: Any, path: str, method: str | None = None) -> Search
     if not isinstance(raw, dict):
         raise SweepError(f"malformed search space {path}: expected a mapping with keys {list(TOP_LEVEL_KEYS)}, "
                          f"got {type(raw).__name__}")
-    unknown = sorted(set(raw) - set(TOP_LEVEL_KEYS))
+    unknown = _sorted(set(raw) - set(TOP_LEVEL_KEYS))
     if unknown:
         raise SweepError(f"search space {path}: unknown top-level key(s) {unknown}; allowed: {list(TOP_LEVEL_KEYS)}")
     file_method = raw.get("method")
+    if file_method is not None and not isinstance(file_method, str):
+        raise SweepError(f"search space {path}: 'method' must be a method name, got {_show(file_method)}")
+    description = raw.get("description")
+    if description is not None and not isinstance(description, str):
+        raise SweepError(f"search space {path}: 'description' must be one line of text, got {_show(description)}")
     if method is None:
         if not file_method:
             raise SweepError(f"search space {path}: 'method' is missing")
@@ -200,7 +220,9 @@ def parse_search_space(raw: Any, path: str, method: str | None = None) -> Search
     hp_types = {s["name"]: s["type"] for s in cls.Params.spec()}
 
     def section(key: str) -> dict[str, Any]:
-        value = raw.get(key) or {}
+        value = raw.get(key)
+        if value is None:  # `fixed:` with nothing after it
+            return {}
         if not isinstance(value, dict):
             raise SweepError(f"search space {path}: '{key}' must be a mapping, got {type(value).__name__}")
         bad = [k for k in value if k not in names]
@@ -224,8 +246,14 @@ def parse_search_space(raw: Any, path: str, method: str | None = None) -> Search
     for name, values in grid_raw.items():
         if not isinstance(values, list) or not values:
             raise SweepError(f"search space {path}: paper_grid.{name} must be a non-empty list")
-        grid[name] = tuple(_check_value(cls, method, name, v, f"search space {path}: paper_grid.{name} value {v!r}")
-                           for v in values)
+    points = math.prod(len(v) for v in grid_raw.values())
+    if points > MAX_GRID_POINTS:
+        sizes = " x ".join(str(len(v)) for v in grid_raw.values())
+        raise SweepError(f"search space {path}: paper_grid has {points:.3g} points ({sizes}); at most "
+                         f"{MAX_GRID_POINTS} allowed (sample a range under params instead)")
+    for name, values in grid_raw.items():
+        where = f"search space {path}: paper_grid.{name} value"
+        grid[name] = tuple(_check_value(cls, method, name, v, f"{where} {_show(v)}") for v in values)
     paper_fixed = {name: _check_value(cls, method, name, v, f"search space {path}: paper_fixed.{name}")
                    for name, v in section("paper_fixed").items()}
     clash = sorted(set(grid) & set(paper_fixed))
@@ -236,5 +264,5 @@ def parse_search_space(raw: Any, path: str, method: str | None = None) -> Search
             cls.Params.from_dict(values, method)
         except ConfigError as e:
             raise SweepError(f"search space {path}: {name}: {e}") from None
-    return SearchSpace(method=method, description=_one_line(raw.get("description") or ""), params=params,
+    return SearchSpace(method=method, description=one_line(description or ""), params=params,
                        fixed=fixed, paper_grid=grid, paper_fixed=paper_fixed, source=str(path))

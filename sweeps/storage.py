@@ -36,9 +36,16 @@ def normalize_root(root: str) -> str:
 
 
 def check_root(root: str) -> None:
-    """Fail fast, before any trial, if an object-store root cannot be used from here: its fsspec backend is not
-    installed, or its bucket cannot be listed (missing, no credentials, endpoint unreachable)."""
+    """Fail fast, before any trial, if the root cannot be used from here: a local root that is a file (or lies
+    under one) or cannot be written; an object store whose fsspec backend is not installed, or whose bucket
+    cannot be listed (missing, no credentials, endpoint unreachable). Creates nothing."""
     if not is_remote(root):
+        path = Path(root)
+        existing = next(p for p in (path, *path.parents) if p.exists())
+        if not existing.is_dir():
+            raise SweepError(f"--storage {root!r}: {existing} is a file; expected a directory (created if missing)")
+        if not os.access(existing, os.W_OK | os.X_OK):
+            raise SweepError(f"--storage {root!r}: directory {existing} is not writable by this user")
         return
     scheme = root.split("://", 1)[0].lower()
     try:

@@ -8,7 +8,8 @@ import pytest
 
 from sweeps import storage
 from sweeps.errors import SweepError
-from sweeps.tracking import RunIdMap, check_tracking_uri, default_tracking_uri
+from sweeps.tracking import RunIdMap
+from sweeps.tracking_uri import check_tracking_uri, default_tracking_uri
 
 
 def test_default_tracking_uri_is_sqlite_under_the_storage_root(tmp_path):
