@@ -1,7 +1,8 @@
 """Every registered mitigation method on the tiny Hugging Face models, through `run_trial` (the sweep's entry),
-with small hyperparameters: the 11 unlearning and 3 fine-tuning methods run on GPT-NeoX and Llama; the
-regularizers (which train a TinyMem model from scratch) refuse with a clear error. Also: which parameters
-each unlearning method leaves gradients on (none) and that it restores every requires_grad flag."""
+with small hyperparameters: the 15 unlearning methods (the paper's 11 and 4 loss-based baselines) and the 3
+fine-tuning methods run on GPT-NeoX and Llama; the regularizers (which train a TinyMem model from scratch)
+refuse with a clear error. Also: which parameters each unlearning method leaves gradients on (none) and that it
+restores every requires_grad flag."""
 
 from __future__ import annotations
 
@@ -31,6 +32,10 @@ FAST = {
     "subnet": {"epochs": 2, "batch_size": 8},
     "balanced_subnet": {"epochs": 2, "batch_size": 16},
     "greedy": {"max_iterations": 4, "batch_size": 16},
+    "grad_ascent": {"epochs": 2, "lr": 1e-3, "batch_size": 4},
+    "grad_diff": {"epochs": 1, "lr": 1e-3, "batch_size": 16},
+    "npo": {"epochs": 2, "lr": 1e-3, "batch_size": 4, "retain_weight": 1.0},  # NPO+RT: mixed batches
+    "simnpo": {"epochs": 2, "lr": 1e-3, "batch_size": 4},
     "finetune_clean": {"epochs": 1, "batch_size": 32},
     "finetune_extra": {"epochs": 1, "batch_size": 32},
     "finetune_both": {"epochs": 1, "batch_size": 32},
@@ -45,7 +50,7 @@ def test_every_non_regularizer_method_is_covered():
     families = {m: get_method(m).family for m in method_names()
                 if get_method(m).__module__.startswith("tinymem.mitigations.")}
     assert sorted(FAST) == sorted(m for m, f in families.items() if f != "regularizer")
-    assert len(UNLEARN) == 11
+    assert len(UNLEARN) == 15
 
 
 @pytest.fixture(scope="module")

@@ -29,10 +29,15 @@ PROBE_RETAIN_ROWS = 512  # retain rows in the per-epoch probe: one no-grad forwa
 
 @dataclass
 class LabelledBatch:
-    """Rows [B, T] and which of them are forget rows (label +1; the others are retain rows, label -1)."""
+    """Rows [B, T] and which of them are forget rows (label +1; the others are retain rows, label -1).
+
+    The forget rows come first; `forget_index` holds their positions in the forget set (NPO looks up each
+    row's reference log-likelihood by it).
+    """
 
     rows: torch.Tensor
     is_forget: torch.Tensor
+    forget_index: torch.Tensor | None = None
 
     @property
     def labels(self) -> torch.Tensor:
@@ -80,7 +85,7 @@ class MixedBatches:
     def _batch(self, forget_idx: torch.Tensor, retain_idx: torch.Tensor) -> LabelledBatch:
         rows = torch.cat([self.forget[forget_idx], self.retain[retain_idx]])
         is_forget = torch.arange(rows.shape[0]) < forget_idx.numel()
-        return LabelledBatch(rows.to(self.device), is_forget.to(self.device))
+        return LabelledBatch(rows.to(self.device), is_forget.to(self.device), forget_idx.to(self.device))
 
 
 def memorization_probe_rows(ctx: MitigationContext) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:

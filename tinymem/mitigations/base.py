@@ -216,6 +216,7 @@ class WeightMitigation(Mitigation):
     """Base of the weight-level unlearning methods (`unlearn_weight`)."""
 
     family = "unlearn_weight"
-    # The most any weight method holds: greedy's gradients of every parameter + the w*g product, subnet's
-    # scores, score gradients, momentum, mask and masked weight, 64-row batches.
-    memory = MethodMemory(3, 5, True, rows=64)
+    # The most any weight method holds: the loss-based baselines' weights, gradients and two AdamW moments of
+    # every parameter (greedy: 3), subnet's scores, score gradients, momentum, mask and masked weight, 64-row
+    # batches.
+    memory = MethodMemory(4, 5, True, rows=64)
