@@ -8,8 +8,9 @@
 - `ray_runtime`, `bases`: the Ray runtime (and `--gpus-per-trial auto`); base models made once as Ray tasks.
 - `trainable`, `searchers`, `progress`: one trial; Optuna with two objectives or the paper's grid; bar or lines.
 - `engine`: `run_sweep`, the Ray Tune experiment and the MLflow parent run.
-- `tracking`, `tags`, `inputs`: MLflow child run per trial, run ids kept on disk for resume; the tag names
-  (`tinymem.*`, MLflow's system tags); the base models' data as run inputs.
+- `tracking`, `tracking_uri`, `tags`, `inputs`: MLflow child run per trial; the tracking URI's default and
+  checks; the tag names (`tinymem.*`, MLflow's system tags); the base models' data as run inputs.
+- `ledger`: every trial event appended to a journal before MLflow, what `--resume` settles a crash from.
 - `pareto`, `results`, `readback`, `report`: the front and the paper's rule; table, CSV and PNG from MLflow.
 - `storage`, `checkpoints`: files under the storage root (a path or an object store); resume files of trials.
 

@@ -188,7 +188,6 @@ def run_sweep(plan: SweepPlan, say: Callable[[str], None] = print, stream: str =
             storage.write_json(storage.join(plan.sweep_dir, SWEEP_RECORD),
                                sweep_record(plan, experiment_id, parent_run_id, bases))
 
-        run_map_path = storage.join(plan.sweep_dir, "mlflow_runs.json")
         static = TrialStatic(space=plan.space, storage=plan.storage, device=o.device, seed=o.seed,
                              cpus=o.cpus_per_trial, kinds=plan.kinds,
                              method_modules=extra_method_modules(plan.space.methods), source=o.source,
@@ -203,7 +202,7 @@ def run_sweep(plan: SweepPlan, say: Callable[[str], None] = print, stream: str =
             total = len(points)
         else:
             total = o.num_samples or DEFAULT_NUM_SAMPLES
-        logger = TrialLogger(plan.tracking_uri, experiment_id, parent_run_id, run_map_path, plan.space,
+        logger = TrialLogger(plan.tracking_uri, experiment_id, parent_run_id, plan.sweep_dir, plan.space,
                              plan.loss_name, system_tags=system, data_inputs=inputs)
         callbacks = [logger, ProgressLines(plan.space, plan.loss_name, total, stream)]
 

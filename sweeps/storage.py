@@ -168,6 +168,24 @@ def remove_dir(target: str) -> None:
     shutil.rmtree(target, ignore_errors=True)
 
 
+def read_texts(target: str, suffix: str) -> list[tuple[str, str]]:
+    """(name, text) of every file of directory `target` (path or URI) whose name ends with `suffix`, sorted by
+    name; empty if it does not exist. On an object store the objects are fetched in one `cat` call, which
+    the backends run concurrently."""
+    if not is_remote(target):
+        p = Path(target)
+        return [(f.name, f.read_text()) for f in sorted(p.iterdir()) if f.is_file() and f.name.endswith(suffix)] \
+            if p.is_dir() else []
+    fs, path = _fs(target)
+    if not fs.exists(path):
+        return []
+    paths = [p for p in fs.ls(path, detail=False) if p.endswith(suffix)]
+    blobs = fs.cat(paths) if paths else {}
+    if isinstance(blobs, bytes):  # a backend that answers one path with its bytes, not a dict
+        blobs = {paths[0]: blobs}
+    return sorted((k.rstrip("/").rsplit("/", 1)[-1], v.decode("utf-8", errors="replace")) for k, v in blobs.items())
+
+
 def is_file(target: str) -> bool:
     """Whether file `target` (path or URI) exists."""
     if is_remote(target):

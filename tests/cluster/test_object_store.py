@@ -142,12 +142,11 @@ def test_sweep_on_s3_storage_resumes_a_lost_trial_from_the_bucket(s3_env, tiny_s
     for d in trial_dirs:
         assert any(p.rsplit("/", 1)[-1].startswith("checkpoint_") for p in fs.ls(d)), fs.ls(d)
     ours = f"{root}/sweeps/s3/{out['sweep_id']}"
-    for name in ("mlflow_runs.json",):
-        assert fs.exists(f"{ours}/{name}"), fs.ls(ours)
+    assert fs.ls(f"{ours}/trials.jsonl.d"), fs.ls(ours)  # the trial ledger: one object per event
     for key in ("pareto_csv", "trials_csv"):
         assert out[key].startswith(f"s3://{ours}/") and fs.exists(out[key]), out[key]
-    assert sorted(json.loads(fs.cat(f"{ours}/mlflow_runs.json"))["trials"]) == \
-        sorted(r.data.tags[T.TRIAL_ID] for r in runs)
+    events = [json.loads(fs.cat(p)) for p in fs.ls(f"{ours}/trials.jsonl.d")]
+    assert sorted({e["trial_id"] for e in events}) == sorted(r.data.tags[T.TRIAL_ID] for r in runs)
     # The kept models (the front and the pick, the default) are model directories in the bucket, uploaded by the
     # trials, and logged models of their runs; the driver kept no local copy.
     kept = {r["trial_id"]: r for r in out["pareto"] + [out["best_paper_rule"]]}
