@@ -29,6 +29,7 @@ from sweeps import storage
 from sweeps import tags as T
 from sweeps.bases import prepare_bases
 from sweeps.inputs import dataset_specs, log_data_inputs
+from sweeps.ledger import TrialLedger
 from sweeps.models import detail_lines, keep_models, model_details, register_model, with_details
 from sweeps.options import ASHA_GUARD, AUTO, DEFAULT_NUM_SAMPLES, SWEEP_RECORD
 from sweeps.plan import SweepPlan
@@ -193,7 +194,8 @@ def run_sweep(plan: SweepPlan, say: Callable[[str], None] = print, stream: str =
                              method_modules=extra_method_modules(plan.space.methods), source=o.source,
                              repeats=o.repeats, heldout_frac=o.heldout_frac,
                              checkpoint_work_dir=checkpoints.work_dir_is_node_local(plan.storage),
-                             models_dir=storage.join(plan.sweep_dir, "models") if o.keep_models != "none" else None)
+                             models_dir=storage.join(plan.sweep_dir, "models") if o.keep_models != "none" else None,
+                             finished=TrialLedger(plan.sweep_dir).finished_results() if plan.resumed else {})
         resources = {"cpu": o.cpus_per_trial, "gpu": o.gpus_per_trial}
         trainable = tune.with_resources(tune.with_parameters(trainable_fn or sweep_trainable, static=static), resources)
 
@@ -212,7 +214,7 @@ def run_sweep(plan: SweepPlan, say: Callable[[str], None] = print, stream: str =
                                        resume_errored=False, restart_errored=False)
         else:
             if o.grid:
-                search_alg = GridSearcher(points)
+                search_alg = GridSearcher(points, ledger_dir=plan.sweep_dir)
             else:
                 search_alg = make_searcher(plan, total)
             scheduler = None

@@ -1,10 +1,11 @@
 """The trial ledger and what a resumed sweep makes of it, without Ray trials: the journal on a local root and on
-an object store (fsspec's in-memory filesystem), and the logger settling the MLflow runs a dead driver left
-(real MLflow SQLite storage)."""
+an object store (fsspec's in-memory filesystem), the searchers catching up with trials finished after Tune's
+last save, and the logger settling the MLflow runs a dead driver left (real MLflow SQLite storage)."""
 
 from __future__ import annotations
 
 import json
+import pickle
 import uuid
 
 import pytest
@@ -13,6 +14,9 @@ from mlflow import MlflowClient
 from sweeps import storage
 from sweeps import tags as T
 from sweeps.ledger import EVENTS_DIR, LEDGER, LOST, TrialLedger, is_finished
+from sweeps.options import SweepOptions
+from sweeps.plan import plan_sweep
+from sweeps.searchers import GridSearcher, make_searcher
 from sweeps.tracking import TrialLogger, final_result, log_metrics, mlflow_client
 
 RESULT = {"mem_pct": 10.0, "val_acc_drop": 0.5, "final": 1, "failed": 0, "epoch": 0, "trial_config": "{}"}
@@ -66,6 +70,73 @@ def test_ledger_on_an_object_store_is_one_object_per_event():
                                                          detail=False))
     assert [n.split("-")[0] for n in names] == ["0000000000", "0000000001", "0000000002", "0000000003"]
     assert TrialLedger(root).get("t0")["state"] == "completed"
+
+
+def _plan(tmp_path, spaces_dir, *, grid: bool = False):
+    return plan_sweep(SweepOptions(method="durable", preset="math-tiny", storage=str(tmp_path / "root"),
+                                   search_space=str(spaces_dir / "durable.yaml"), grid="paper" if grid else None,
+                                   tracking_uri=f"sqlite:///{tmp_path}/unused.db"))
+
+
+def test_optuna_searcher_counts_and_learns_trials_finished_after_tunes_save(tmp_path, spaces_dir):
+    from ray.tune.search import Searcher
+
+    plan = _plan(tmp_path, spaces_dir)
+    dead = make_searcher(plan, 5)
+    assert isinstance(dead.suggest("a"), dict)  # handed out before Tune's save
+    saved = tmp_path / "searcher.pkl"
+    dead.save(str(saved))
+    # After the save the driver ran three more trials (one completed, one failed, one died with it) and died.
+    ledger = TrialLedger(plan.sweep_dir)
+    configs = {}
+    for tid, state in (("b", "completed"), ("c", "failed"), ("d", LOST)):
+        configs[tid] = dead.suggest(tid)
+        ledger.append(tid, "created", run_id=f"r{tid}", config=configs[tid], state="running")
+        result = {**RESULT, "failed": int(state == "failed")}
+        ledger.append(tid, "finished" if state != LOST else LOST, state=state, result=result, result_ms=1)
+
+    restored = make_searcher(plan, 5)
+    restored.restore(str(saved))
+    # 5 samples: "a" (Tune knows it), "b" and "c" (finished, only the ledger knows them): two more; "d" died.
+    fresh = [restored.suggest("e"), restored.suggest("f")]
+    assert restored.suggest("g") == Searcher.FINISHED
+    # The restored sampler would have drawn b, c and d again; they were replayed, so e and f are new points.
+    assert not [c for c in fresh if c in configs.values()], (fresh, configs)
+    trials = restored._ot_study.get_trials(deepcopy=False)
+    by_params = {json.dumps(t.params, sort_keys=True): t for t in trials}
+    told = {tid: by_params[json.dumps(configs[tid], sort_keys=True)] for tid in configs}
+    assert told["b"].state.name == "COMPLETE" and told["b"].values == [10.0, 0.5]
+    assert told["c"].state.name == "FAIL" and told["d"].state.name == "FAIL"
+    assert len(trials) == 6  # a to f, each once
+
+    # Tune saves this state, then the driver dies again: nothing is told twice, and the budget is spent.
+    restored.save(str(saved))
+    again = make_searcher(plan, 5)
+    again.restore(str(saved))
+    assert again.suggest("h") == Searcher.FINISHED
+    assert len(again._ot_study.get_trials(deepcopy=False)) == 6
+
+
+def test_grid_does_not_hand_out_points_of_trials_finished_after_tunes_save(tmp_path, spaces_dir):
+    from ray.tune.search import Searcher
+
+    plan = _plan(tmp_path, spaces_dir, grid=True)
+    points = plan.space.grid_points()
+    assert len(points) == 3
+    grid = GridSearcher(points, ledger_dir=plan.sweep_dir)
+    assert grid.suggest("a") == points[0]
+    saved = tmp_path / "grid.json"
+    grid.save(str(saved))
+    ledger = TrialLedger(plan.sweep_dir)
+    ledger.append("b", "created", run_id="rb", config=points[1], state="running")
+    ledger.append("b", "finished", state="completed", result=RESULT, result_ms=1)
+    ledger.append("c", "created", run_id="rc", config=points[2], state="running")  # died with the driver
+
+    restored = GridSearcher([], ledger_dir=plan.sweep_dir)
+    restored.restore(str(saved))
+    assert restored.suggest("d") == points[2]  # point 1 finished; point 2 is run again
+    assert restored.suggest("e") == Searcher.FINISHED
+    assert pickle.loads(pickle.dumps(restored)).handed == ["a", "d"]
 
 
 def test_logger_settles_what_a_dead_driver_left_in_mlflow(tmp_path):
