@@ -85,8 +85,11 @@ class SweepOutcome:
         }
 
 
-def sweep_record(plan: SweepPlan, experiment_id: str, parent_run_id: str, bases: dict[str, Any]) -> dict[str, Any]:
-    """The sweep record (`sweep.json` in the sweep directory): what `--resume` rebuilds the plan from."""
+def sweep_record(plan: SweepPlan, experiment_id: str | None, parent_run_id: str | None,
+                 bases: dict[str, Any]) -> dict[str, Any]:
+    """The sweep record (`sweep.json` in the sweep directory): what `--resume` rebuilds the plan from. Written
+    before the base models are made (no MLflow ids, no bases yet: a resume then starts the sweep over under its
+    id), and again once the parent run exists."""
     opts = asdict(plan.options)
     opts.pop("resume", None)
     return {"experiment": plan.experiment, "sweep_id": plan.sweep_id, "created_unix": time.time(),
@@ -171,7 +174,8 @@ def run_sweep(plan: SweepPlan, say: Callable[[str], None] = print, stream: str =
         check_trial_fits(o, say)
         client = mlflow_client(plan.tracking_uri)
         system = T.system_tags()  # once, on the driver: who ran it, from which script and commit
-        if plan.resumed:
+        record_path = storage.join(plan.sweep_dir, SWEEP_RECORD)
+        if plan.resumed and plan.record.get("mlflow_parent_run_id"):
             bases = plan.record["bases"]
             experiment_id = plan.record["mlflow_experiment_id"]
             parent_run_id = plan.record["mlflow_parent_run_id"]
@@ -182,12 +186,16 @@ def run_sweep(plan: SweepPlan, say: Callable[[str], None] = print, stream: str =
             prepare_bases(plan, say, stream)
             say(f"resuming sweep {plan.sweep_id} of {plan.experiment} (MLflow parent run {parent_run_id})")
         else:
+            if not plan.resumed:  # recorded first: a sweep whose driver dies while making base models resumes too
+                storage.write_json(record_path, sweep_record(plan, None, None, {}))
             bases = prepare_bases(plan, say, stream)
             inputs = dataset_specs(bases, plan.storage, o.source)
             experiment_id = ensure_experiment(client, plan.experiment, _artifact_location(plan))
+            if plan.resumed:  # a parent run that a dead driver made but never recorded: replaced
+                for run in client.search_runs([experiment_id], f"tags.\"{T.SWEEP_ID}\" = '{plan.sweep_id}'"):
+                    client.delete_run(run.info.run_id)
             parent_run_id = _start_parent(plan, client, experiment_id, bases, system, inputs)
-            storage.write_json(storage.join(plan.sweep_dir, SWEEP_RECORD),
-                               sweep_record(plan, experiment_id, parent_run_id, bases))
+            storage.write_json(record_path, sweep_record(plan, experiment_id, parent_run_id, bases))
 
         static = TrialStatic(space=plan.space, storage=plan.storage, device=o.device, seed=o.seed,
                              cpus=o.cpus_per_trial, kinds=plan.kinds,
