@@ -2,8 +2,9 @@
 
 Everything a sweep writes lives under that one root: the model store (`models/`, `cache/`), Ray Tune's
 experiments (`ray/<experiment>/<sweep id>/`) and ours (`sweeps/<experiment>/<sweep id>/`: the sweep record,
-the trial -> MLflow run map, reports). Writes are atomic: a local file is written beside its target and
-renamed over it; an object-store object is replaced whole by a single PUT.
+the trial ledger, reports). Writes are atomic: a local file is written beside its target and
+renamed over it; an object-store object is replaced whole by a single PUT (the ledger, `sweeps.ledger`,
+appends lines to a local file instead).
 """
 
 from __future__ import annotations

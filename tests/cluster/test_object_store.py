@@ -9,7 +9,7 @@ that cache after epoch 2 (what a retry on a new node sees) and crashes; the retr
 the bucket and go on at epoch 3.
 
 Asserted: both trials complete, the lost one resumed at epoch 2 with the same final metrics as the other; the
-base model came from the bucket; the Ray experiment, checkpoints, sweep record, run map and reports are objects
+base model came from the bucket; the Ray experiment, checkpoints, sweep record, trial ledger and reports are objects
 in the bucket; the driver wrote nothing locally but its MLflow SQLite file (`./tinymem-runs`, the documented
 default for object-store roots).
 """
