@@ -262,7 +262,7 @@ class TrialLogger(Callback):
             [self.experiment_id], max_results=10000,
             filter_string=f"tags.mlflow.parentRunId = '{self.parent_run_id}' and attributes.status = 'RUNNING'")
         for run in running:
-            trial_id = run.data.tags.get(T.TRIAL_ID, "")
+            trial_id = T.read(run.data.tags, T.TRIAL_ID, "")  # bare `trial_id` on runs logged before `tinymem.`
             entry = self.ledger.get(trial_id) or {}
             if trial_id in resumed:
                 if entry.get("run_id") != run.info.run_id:

@@ -150,18 +150,21 @@ def test_logger_settles_what_a_dead_driver_left_in_mlflow(tmp_path):
                                             T.STATE: "running"}).info.run_id
 
     done, lost, resumed = child("done"), child("lost"), child("resumed")
+    # A run logged before the `tinymem.` namespace, of a trial Tune will continue: it stays RUNNING.
+    old = client.create_run(exp, tags={"mlflow.parentRunId": parent, "trial_id": "old", "state": "running"}).info.run_id
     ledger = TrialLedger(str(tmp_path / "sweep"))
-    for tid, rid in (("done", done), ("lost", lost)):
+    for tid, rid in (("done", done), ("lost", lost), ("old", old)):
         ledger.append(tid, "created", run_id=rid, config={"ratio": 0.1}, state="running")
     # "done" finished: the ledger has its result, MLflow its final metrics, and then the driver died.
     ledger.append("done", "finished", state="completed", result=RESULT, result_ms=1_700_000_000_000)
     log_metrics(client, done, RESULT, at_ms=1_700_000_000_000)
 
-    class RayTrial:  # what Tune's first on_step_begin passes: the restored trials, here one it will run
-        trial_id, status = "resumed", "PENDING"
+    class RayTrial:  # what Tune's first on_step_begin passes: the restored trials, here ones it will run
+        def __init__(self, trial_id: str):
+            self.trial_id, self.status = trial_id, "PENDING"
 
     logger = TrialLogger(uri, exp, parent, str(tmp_path / "sweep"), space=None, loss_name="val_acc_drop")
-    logger.on_step_begin(0, [RayTrial()])
+    logger.on_step_begin(0, [RayTrial("resumed"), RayTrial("old")])
     finished = MlflowClient(uri).get_run(done)
     assert finished.info.status == "FINISHED" and finished.data.tags[T.STATE] == "completed"
     assert len(client.get_metric_history(done, "mem_pct")) == 1  # replayed, not doubled
@@ -170,6 +173,7 @@ def test_logger_settles_what_a_dead_driver_left_in_mlflow(tmp_path):
     assert "driver died" in gone.data.tags[T.ERROR]
     # The ledger never named the run of "resumed" (the driver died before its line): it is replaced.
     assert client.get_run(resumed).info.lifecycle_stage == "deleted"
+    assert client.get_run(old).info.status == "RUNNING" and client.get_run(old).info.lifecycle_stage == "active"
     again = TrialLedger(str(tmp_path / "sweep"))
     assert again.get("done")["logged"] and again.get("lost")["state"] == LOST
 
