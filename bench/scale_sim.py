@@ -2,7 +2,7 @@
 
 What it measures is the engine's own cost per trial: Ray Tune's scheduling and result handling with actor
 reuse, the multi-objective OptunaSearch (MO-TPE by default), the MLflow child runs the driver logs (SQLite
-under the storage root) and the trial -> run map, i.e. everything `sweeps/run.py` does except the trial's
+under the storage root) and the trial ledger, i.e. everything `sweeps/run.py` does except the trial's
 training. The trial itself is synthetic: it sleeps `--work-ms` and reports made-up objectives of its sampled
 `ratio` (the `durable` search space on `math-tiny`), through `run_sweep(..., trainable_fn=...)`.
 

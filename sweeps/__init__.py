@@ -11,9 +11,10 @@
 - `objectives`: what the front and the sampler minimise (`--objectives`), and the robustness metrics they need.
 - `trainable`, `searchers`, `progress`: one trial; Optuna on the objectives or the paper's grid; bar or lines.
 - `engine`: `run_sweep`, the Ray Tune experiment and the MLflow parent run.
-- `tracking_uri`: the MLflow tracking URI's default and its check (planning imports no Ray or MLflow).
-- `tracking`, `tags`, `inputs`: MLflow child run per trial, run ids kept on disk for resume; the tag names
-  (`tinymem.*`, MLflow's system tags); the base models' data as run inputs.
+- `tracking`, `tracking_uri`, `tags`, `inputs`: MLflow child run per trial; the tracking URI's default and
+  checks (planning imports no Ray or MLflow); the tag names (`tinymem.*`, MLflow's system tags); the base
+  models' data as run inputs.
+- `ledger`: every trial event appended to a journal before MLflow, what `--resume` settles a crash from.
 - `pareto`, `results`, `plots`, `readback`, `report`: the front and the paper's rule; table, CSV and PNG from MLflow.
 - `storage`, `checkpoints`: files under the storage root (a path or an object store); resume files of trials.
 

@@ -29,6 +29,7 @@ from sweeps import storage
 from sweeps import tags as T
 from sweeps.bases import prepare_bases
 from sweeps.inputs import dataset_specs, log_data_inputs
+from sweeps.ledger import TrialLedger
 from sweeps.models import detail_lines, keep_models, model_details, register_model, with_details
 from sweeps.options import ASHA_GUARD, AUTO, DEFAULT_NUM_SAMPLES, SWEEP_RECORD
 from sweeps.plan import SweepPlan
@@ -84,8 +85,11 @@ class SweepOutcome:
         }
 
 
-def sweep_record(plan: SweepPlan, experiment_id: str, parent_run_id: str, bases: dict[str, Any]) -> dict[str, Any]:
-    """The sweep record (`sweep.json` in the sweep directory): what `--resume` rebuilds the plan from."""
+def sweep_record(plan: SweepPlan, experiment_id: str | None, parent_run_id: str | None,
+                 bases: dict[str, Any]) -> dict[str, Any]:
+    """The sweep record (`sweep.json` in the sweep directory): what `--resume` rebuilds the plan from. Written
+    before the base models are made (no MLflow ids, no bases yet: a resume then starts the sweep over under its
+    id), and again once the parent run exists."""
     opts = asdict(plan.options)
     opts.pop("resume", None)
     return {"experiment": plan.experiment, "sweep_id": plan.sweep_id, "created_unix": time.time(),
@@ -170,7 +174,8 @@ def run_sweep(plan: SweepPlan, say: Callable[[str], None] = print, stream: str =
         check_trial_fits(o, say)
         client = mlflow_client(plan.tracking_uri)
         system = T.system_tags()  # once, on the driver: who ran it, from which script and commit
-        if plan.resumed:
+        record_path = storage.join(plan.sweep_dir, SWEEP_RECORD)
+        if plan.resumed and plan.record.get("mlflow_parent_run_id"):
             bases = plan.record["bases"]
             experiment_id = plan.record["mlflow_experiment_id"]
             parent_run_id = plan.record["mlflow_parent_run_id"]
@@ -181,21 +186,25 @@ def run_sweep(plan: SweepPlan, say: Callable[[str], None] = print, stream: str =
             prepare_bases(plan, say, stream)
             say(f"resuming sweep {plan.sweep_id} of {plan.experiment} (MLflow parent run {parent_run_id})")
         else:
+            if not plan.resumed:  # recorded first: a sweep whose driver dies while making base models resumes too
+                storage.write_json(record_path, sweep_record(plan, None, None, {}))
             bases = prepare_bases(plan, say, stream)
             inputs = dataset_specs(bases, plan.storage, o.source)
             experiment_id = ensure_experiment(client, plan.experiment, _artifact_location(plan))
+            if plan.resumed:  # a parent run that a dead driver made but never recorded: replaced
+                for run in client.search_runs([experiment_id], f"tags.\"{T.SWEEP_ID}\" = '{plan.sweep_id}'"):
+                    client.delete_run(run.info.run_id)
             parent_run_id = _start_parent(plan, client, experiment_id, bases, system, inputs)
-            storage.write_json(storage.join(plan.sweep_dir, SWEEP_RECORD),
-                               sweep_record(plan, experiment_id, parent_run_id, bases))
+            storage.write_json(record_path, sweep_record(plan, experiment_id, parent_run_id, bases))
 
-        run_map_path = storage.join(plan.sweep_dir, "mlflow_runs.json")
         static = TrialStatic(space=plan.space, storage=plan.storage, device=o.device, seed=o.seed,
                              cpus=o.cpus_per_trial, kinds=plan.kinds,
                              method_modules=extra_method_modules(plan.space.methods), source=o.source,
                              repeats=o.repeats, heldout_frac=o.heldout_frac,
                              checkpoint_work_dir=checkpoints.work_dir_is_node_local(plan.storage),
                              models_dir=storage.join(plan.sweep_dir, "models") if o.keep_models != "none" else None,
-                             objectives=tuple(plan.objectives), robustness=plan.resolved.robustness)
+                             objectives=tuple(plan.objectives), robustness=plan.resolved.robustness,
+                             finished=TrialLedger(plan.sweep_dir).finished_results() if plan.resumed else {})
         resources = {"cpu": o.cpus_per_trial, "gpu": o.gpus_per_trial}
         trainable = tune.with_resources(tune.with_parameters(trainable_fn or sweep_trainable, static=static), resources)
 
@@ -204,7 +213,7 @@ def run_sweep(plan: SweepPlan, say: Callable[[str], None] = print, stream: str =
             total = len(points)
         else:
             total = o.num_samples or DEFAULT_NUM_SAMPLES
-        logger = TrialLogger(plan.tracking_uri, experiment_id, parent_run_id, run_map_path, plan.space,
+        logger = TrialLogger(plan.tracking_uri, experiment_id, parent_run_id, plan.sweep_dir, plan.space,
                              plan.loss_name, system_tags=system, data_inputs=inputs)
         callbacks = [logger, ProgressLines(plan.space, plan.objectives, total, stream)]
 
@@ -214,7 +223,7 @@ def run_sweep(plan: SweepPlan, say: Callable[[str], None] = print, stream: str =
                                        resume_errored=False, restart_errored=False)
         else:
             if o.grid:
-                search_alg = GridSearcher(points)
+                search_alg = GridSearcher(points, ledger_dir=plan.sweep_dir)
             else:
                 search_alg = make_searcher(plan, total)
             scheduler = None

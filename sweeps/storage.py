@@ -2,8 +2,9 @@
 
 Everything a sweep writes lives under that one root: the model store (`models/`, `cache/`), Ray Tune's
 experiments (`ray/<experiment>/<sweep id>/`) and ours (`sweeps/<experiment>/<sweep id>/`: the sweep record,
-the trial -> MLflow run map, reports). Writes are atomic: a local file is written beside its target and
-renamed over it; an object-store object is replaced whole by a single PUT.
+the trial ledger, reports). Writes are atomic: a local file is written beside its target and
+renamed over it; an object-store object is replaced whole by a single PUT (the ledger, `sweeps.ledger`,
+appends lines to a local file instead).
 """
 
 from __future__ import annotations
@@ -173,6 +174,24 @@ def remove_dir(target: str) -> None:
             fs.rm(path, recursive=True)
         return
     shutil.rmtree(target, ignore_errors=True)
+
+
+def read_texts(target: str, suffix: str) -> list[tuple[str, str]]:
+    """(name, text) of every file of directory `target` (path or URI) whose name ends with `suffix`, sorted by
+    name; empty if it does not exist. On an object store the objects are fetched in one `cat` call, which
+    the backends run concurrently."""
+    if not is_remote(target):
+        p = Path(target)
+        return [(f.name, f.read_text()) for f in sorted(p.iterdir()) if f.is_file() and f.name.endswith(suffix)] \
+            if p.is_dir() else []
+    fs, path = _fs(target)
+    if not fs.exists(path):
+        return []
+    paths = [p for p in fs.ls(path, detail=False) if p.endswith(suffix)]
+    blobs = fs.cat(paths) if paths else {}
+    if isinstance(blobs, bytes):  # a backend that answers one path with its bytes, not a dict
+        blobs = {paths[0]: blobs}
+    return sorted((k.rstrip("/").rsplit("/", 1)[-1], v.decode("utf-8", errors="replace")) for k, v in blobs.items())
 
 
 def is_file(target: str) -> bool:

@@ -49,7 +49,9 @@ class TrialStatic:
     checkpoint_work_dir: bool = False
     models_dir: str | None = None  # where each trial saves its model (`<sweep dir>/models`); None: not saved
     objectives: tuple[str, ...] = ()  # () : mem_pct and the utility loss (a TrialStatic pickled before the field)
-    robustness: tuple[str, ...] = ()  # robustness metric groups each trial computes (`sweeps.objectives`)
+    robustness: tuple[str, ...] = ()  # robustness metrics each trial computes (`sweeps.objectives`)
+    # trial id -> final result of the trials the ledger has as finished (a resume): re-reported, never rerun.
+    finished: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def extra_method_modules(methods: list[str]) -> tuple[str, ...]:
@@ -78,6 +80,10 @@ def sweep_trainable(config: dict[str, Any], static: TrialStatic) -> None:
     from sweeps.checkpoints import ResumeFiles
     from tinymem.trial import run_trial
 
+    done = static.finished.get(tune.get_context().get_trial_id())
+    if done is not None:  # it finished before the driver died, after Tune's last save: its result, at once
+        tune.report(dict(done))
+        return
     limit_threads(static.cpus)
     for module in static.method_modules:  # methods registered outside tinymem.mitigations
         importlib.import_module(module)

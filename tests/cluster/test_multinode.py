@@ -29,6 +29,7 @@ from pathlib import Path
 import pytest
 
 from sweeps import tags as T
+from sweeps.ledger import TrialLedger
 from tests.cluster.ray_nodes import HEAD_IP, WORKER_IP, LocalCluster, NodeStartError
 
 pytestmark = pytest.mark.slow
@@ -129,7 +130,7 @@ def check_storage_layout(storage: Path, outcome: dict, experiment: str, driver_c
     assert ray_dir.is_dir() and list(ray_dir.glob("sweep_trainable_*")), "no Ray trial dirs under --storage"
     for key in ("pareto_csv", "trials_csv"):
         assert outcome[key] and Path(outcome[key]).resolve().is_relative_to(storage.resolve()), outcome[key]
-    assert (storage / "sweeps" / experiment / outcome["sweep_id"] / "mlflow_runs.json").is_file()
+    assert (storage / "sweeps" / experiment / outcome["sweep_id"] / "trials.jsonl").is_file()
     assert list(driver_cwd.iterdir()) == [], f"the driver wrote to its local directory: {list(driver_cwd.iterdir())}"
 
 
@@ -228,8 +229,9 @@ def test_sweep_survives_losing_a_node(cluster, storage, tmp_path):
     assert len(runs) == n and len(set(trial_ids)) == n, f"{len(runs)} child runs for {n} trials: {trial_ids}"
     assert all(r.info.status == "FINISHED" and r.data.tags[T.STATE] == "completed" for r in runs), \
         [(r.info.status, r.data.tags.get(T.STATE)) for r in runs]
-    run_map = json.loads((storage / "sweeps" / exp / outcome["sweep_id"] / "mlflow_runs.json").read_text())
-    assert sorted(run_map["trials"]) == sorted(trial_ids)
+    ledger = TrialLedger(str(storage / "sweeps" / exp / outcome["sweep_id"]))
+    assert sorted(ledger.trials) == sorted(trial_ids)
+    assert all(e["state"] == "completed" and e["logged"] for e in ledger.trials.values()), ledger.trials
 
     # The lost trial(s) were retried on the surviving node, resuming from the checkpoint on shared storage.
     by_trial = {r.data.tags[T.TRIAL_ID]: r for r in runs}

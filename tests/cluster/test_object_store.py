@@ -9,7 +9,7 @@ that cache after epoch 2 (what a retry on a new node sees) and crashes; the retr
 the bucket and go on at epoch 3.
 
 Asserted: both trials complete, the lost one resumed at epoch 2 with the same final metrics as the other; the
-base model came from the bucket; the Ray experiment, checkpoints, sweep record, run map and reports are objects
+base model came from the bucket; the Ray experiment, checkpoints, sweep record, trial ledger and reports are objects
 in the bucket; the driver wrote nothing locally but its MLflow SQLite file (`./tinymem-runs`, the documented
 default for object-store roots).
 """
@@ -142,12 +142,11 @@ def test_sweep_on_s3_storage_resumes_a_lost_trial_from_the_bucket(s3_env, tiny_s
     for d in trial_dirs:
         assert any(p.rsplit("/", 1)[-1].startswith("checkpoint_") for p in fs.ls(d)), fs.ls(d)
     ours = f"{root}/sweeps/s3/{out['sweep_id']}"
-    for name in ("mlflow_runs.json",):
-        assert fs.exists(f"{ours}/{name}"), fs.ls(ours)
+    assert fs.ls(f"{ours}/trials.jsonl.d"), fs.ls(ours)  # the trial ledger: one object per event
     for key in ("pareto_csv", "trials_csv"):
         assert out[key].startswith(f"s3://{ours}/") and fs.exists(out[key]), out[key]
-    assert sorted(json.loads(fs.cat(f"{ours}/mlflow_runs.json"))["trials"]) == \
-        sorted(r.data.tags[T.TRIAL_ID] for r in runs)
+    events = [json.loads(fs.cat(p)) for p in fs.ls(f"{ours}/trials.jsonl.d")]
+    assert sorted({e["trial_id"] for e in events}) == sorted(r.data.tags[T.TRIAL_ID] for r in runs)
     # The kept models (the front and the pick, the default) are model directories in the bucket, uploaded by the
     # trials, and logged models of their runs; the driver kept no local copy.
     kept = {r["trial_id"]: r for r in out["pareto"] + [out["best_paper_rule"]]}

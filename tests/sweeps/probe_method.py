@@ -2,7 +2,7 @@
 
 Real methods cover the normal path (durable, balanced_subnet). This one exists for what a real method does
 not do on demand: raise, produce NaN, report a chosen per-epoch guard value so ASHA's decisions are
-predictable, or lose its node after a chosen epoch. It really edits the model (zeroes a random `ratio` of MLP
+predictable, lose its node after a chosen epoch, or take a chosen time (`sleep` per epoch). It really edits the model (zeroes a random `ratio` of MLP
 neurons), so its metrics are real.
 
 With `marker` set it checkpoints like a real iterative method: its state (epoch, and a value accumulated over
@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,6 +41,8 @@ class ProbeParams(Hyperparams):
                    choices=("none", "raise", "nan", "crash", "lose_node"))
     crash_epoch: int = hp(1, "epoch after whose report fail=lose_node crashes", low=1, high=20)
     marker: str = hp("", "file: checkpoint per epoch in work_dir; fail=lose_node crashes while it is absent")
+    sleep: float = hp(0.0, "seconds each epoch takes (a trial that lasts at least epochs x sleep)", low=0.0,
+                      high=60.0)
 
 
 class SweepProbe(Mitigation):
@@ -62,6 +65,7 @@ class SweepProbe(Mitigation):
             start, acc = int(saved["epoch"]), float(saved["acc"])
         for epoch in range(start, p.epochs):
             acc = acc * 0.5 + (epoch + 1)  # order-dependent: a redone or skipped epoch changes it
+            time.sleep(p.sleep)
             if state_file is not None:  # checkpoint before the report, as the real methods do
                 state_file.parent.mkdir(parents=True, exist_ok=True)
                 tmp = state_file.with_name(f".{state_file.name}.{os.getpid()}.tmp")

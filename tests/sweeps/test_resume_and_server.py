@@ -3,7 +3,6 @@ logging to a real `mlflow server` over HTTP on 127.0.0.1."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -16,6 +15,7 @@ from mlflow import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT, MLFLOW_GIT_COMMIT, MLFLOW_SOURCE_NAME
 
 from sweeps import tags as T
+from sweeps.ledger import TrialLedger
 from sweeps.readback import latest_parent_run
 from tests.sweeps.conftest import REPO, run_cli
 from tests.sweeps.mlflow_server import MlflowServer
@@ -28,8 +28,9 @@ def _children(uri: str, parent_run_id: str):
 
 
 def _run_map(root: str, experiment: str) -> dict:
-    for f in sorted((Path(root) / "sweeps" / experiment).glob("*/mlflow_runs.json")):
-        return json.loads(f.read_text())["trials"]
+    """trial id -> its entry in the trial ledger of the experiment's (one) sweep."""
+    for d in sorted((Path(root) / "sweeps" / experiment).glob("*/")):
+        return TrialLedger(str(d)).trials
     return {}
 
 

@@ -1,14 +1,12 @@
-"""Tracking-URI checks, the trial -> run map, and the storage helpers (no Ray, no trials)."""
+"""Tracking-URI checks and the storage helpers (no Ray, no trials); the trial ledger: test_ledger.py."""
 
 from __future__ import annotations
 
-import json
 
 import pytest
 
 from sweeps import storage
 from sweeps.errors import SweepError
-from sweeps.tracking import RunIdMap
 from sweeps.tracking_uri import check_tracking_uri, default_tracking_uri
 
 
@@ -29,18 +27,6 @@ def test_check_tracking_uri(tmp_path):
     blocked.write_text("")
     with pytest.raises(SweepError, match="cannot open the SQLite file"):
         check_tracking_uri(f"sqlite:///{blocked / 'm.db'}")
-
-
-def test_run_id_map_persists_atomically(tmp_path):
-    path = str(tmp_path / "runs.json")
-    m = RunIdMap(path)
-    m.put("t1", run_id="r1", state="running")
-    m.put("t1", state="completed")
-    m.put("t2", run_id="r2", state="running")
-    again = RunIdMap(path)  # what a resumed sweep reads
-    assert again.get("t1") == {"run_id": "r1", "state": "completed"} and again.get("t2")["run_id"] == "r2"
-    assert json.loads((tmp_path / "runs.json").read_text())["trials"]["t1"]["state"] == "completed"
-    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]  # no temp file left behind
 
 
 def test_storage_helpers_local(tmp_path):

@@ -1,0 +1,190 @@
+"""The trial ledger and what a resumed sweep makes of it, without Ray trials: the journal on a local root and on
+an object store (fsspec's in-memory filesystem), the searchers catching up with trials finished after Tune's
+last save, and the logger settling the MLflow runs a dead driver left (real MLflow SQLite storage)."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import uuid
+
+import pytest
+from mlflow import MlflowClient
+
+from sweeps import storage
+from sweeps import tags as T
+from sweeps.ledger import EVENTS_DIR, LEDGER, LOST, TrialLedger, is_finished
+from sweeps.options import SweepOptions
+from sweeps.plan import plan_sweep
+from sweeps.searchers import GridSearcher, make_searcher
+from sweeps.tracking import TrialLogger, final_result, log_metrics, mlflow_client
+
+RESULT = {"mem_pct": 10.0, "val_acc_drop": 0.5, "final": 1, "failed": 0, "epoch": 0, "trial_config": "{}"}
+
+
+def test_ledger_folds_events_and_survives_a_torn_last_line(tmp_path):
+    ledger = TrialLedger(str(tmp_path))
+    ledger.append("t1", "created", run_id="r1", config={"ratio": 0.1}, state="running")
+    ledger.append("t2", "created", run_id="r2", config={"ratio": 0.2}, state="running")
+    ledger.append("t1", "finished", state="completed", result=RESULT, result_ms=5)
+    again = TrialLedger(str(tmp_path))  # what a resumed driver reads
+    assert again.get("t1") == {"run_id": "r1", "config": {"ratio": 0.1}, "state": "completed", "result": RESULT,
+                               "result_ms": 5}
+    assert is_finished(again.get("t1")) and not is_finished(again.get("t2"))
+    assert again.finished_results() == {"t1": RESULT}
+    # The driver died in the middle of a line: the half line is skipped and the next append starts afresh.
+    with open(tmp_path / LEDGER, "a") as f:
+        f.write('{"trial_id": "t2", "event": "finished", "state": "comp')
+    torn = TrialLedger(str(tmp_path))
+    assert torn.get("t2")["state"] == "running"
+    torn.append("t2", "finished", state="failed", result={"error": "x"})
+    assert TrialLedger(str(tmp_path)).get("t2")["state"] == "failed"
+    lines = (tmp_path / LEDGER).read_text().splitlines()
+    assert len(lines) == 5 and json.loads(lines[-1])["state"] == "failed"
+
+
+def test_ledger_reads_the_run_map_of_a_sweep_started_before_it(tmp_path):
+    storage.write_json(str(tmp_path / "mlflow_runs.json"),
+                       {"trials": {"t1": {"run_id": "r1", "state": "completed"}, "t2": {"run_id": "r2",
+                                                                                       "state": "running"}}})
+    ledger = TrialLedger(str(tmp_path))
+    assert ledger.get("t1") == {"run_id": "r1", "state": "completed"}
+    ledger.append("t2", "finished", state="completed", result=RESULT, result_ms=1)
+    again = TrialLedger(str(tmp_path))
+    assert again.get("t2")["run_id"] == "r2" and again.get("t2")["state"] == "completed"
+    assert json.loads((tmp_path / "mlflow_runs.json").read_text())["trials"]["t2"]["state"] == "running"  # untouched
+
+
+def test_ledger_on_an_object_store_is_one_object_per_event():
+    import fsspec
+
+    root = f"memory://ledger-{uuid.uuid4().hex[:8]}/sweeps/e/s1"
+    ledger = TrialLedger(root)
+    for i in range(3):
+        ledger.append(f"t{i}", "created", run_id=f"r{i}", state="running")
+    resumed = TrialLedger(root)
+    assert sorted(resumed.trials) == ["t0", "t1", "t2"]
+    resumed.append("t0", "finished", state="completed", result=RESULT, result_ms=1)  # numbered after the others
+    fs = fsspec.filesystem("memory")
+    names = sorted(p.rsplit("/", 1)[-1] for p in fs.ls(root.removeprefix("memory://") + "/" + EVENTS_DIR,
+                                                         detail=False))
+    assert [n.split("-")[0] for n in names] == ["0000000000", "0000000001", "0000000002", "0000000003"]
+    assert TrialLedger(root).get("t0")["state"] == "completed"
+
+
+def _plan(tmp_path, spaces_dir, *, grid: bool = False):
+    return plan_sweep(SweepOptions(method="durable", preset="math-tiny", storage=str(tmp_path / "root"),
+                                   search_space=str(spaces_dir / "durable.yaml"), grid="paper" if grid else None,
+                                   tracking_uri=f"sqlite:///{tmp_path}/unused.db"))
+
+
+def test_optuna_searcher_counts_and_learns_trials_finished_after_tunes_save(tmp_path, spaces_dir):
+    from ray.tune.search import Searcher
+
+    plan = _plan(tmp_path, spaces_dir)
+    dead = make_searcher(plan, 5)
+    assert isinstance(dead.suggest("a"), dict)  # handed out before Tune's save
+    saved = tmp_path / "searcher.pkl"
+    dead.save(str(saved))
+    # After the save the driver ran three more trials (one completed, one failed, one died with it) and died.
+    ledger = TrialLedger(plan.sweep_dir)
+    configs = {}
+    for tid, state in (("b", "completed"), ("c", "failed"), ("d", LOST)):
+        configs[tid] = dead.suggest(tid)
+        ledger.append(tid, "created", run_id=f"r{tid}", config=configs[tid], state="running")
+        result = {**RESULT, "failed": int(state == "failed")}
+        ledger.append(tid, "finished" if state != LOST else LOST, state=state, result=result, result_ms=1)
+
+    restored = make_searcher(plan, 5)
+    restored.restore(str(saved))
+    # 5 samples: "a" (Tune knows it), "b" and "c" (finished, only the ledger knows them): two more; "d" died.
+    fresh = [restored.suggest("e"), restored.suggest("f")]
+    assert restored.suggest("g") == Searcher.FINISHED
+    # The restored sampler would have drawn b, c and d again; they were replayed, so e and f are new points.
+    assert not [c for c in fresh if c in configs.values()], (fresh, configs)
+    trials = restored._ot_study.get_trials(deepcopy=False)
+    by_params = {json.dumps(t.params, sort_keys=True): t for t in trials}
+    told = {tid: by_params[json.dumps(configs[tid], sort_keys=True)] for tid in configs}
+    assert told["b"].state.name == "COMPLETE" and told["b"].values == [10.0, 0.5]
+    assert told["c"].state.name == "FAIL" and told["d"].state.name == "FAIL"
+    assert len(trials) == 6  # a to f, each once
+
+    # Tune saves this state, then the driver dies again: nothing is told twice, and the budget is spent.
+    restored.save(str(saved))
+    again = make_searcher(plan, 5)
+    again.restore(str(saved))
+    assert again.suggest("h") == Searcher.FINISHED
+    assert len(again._ot_study.get_trials(deepcopy=False)) == 6
+
+
+def test_grid_does_not_hand_out_points_of_trials_finished_after_tunes_save(tmp_path, spaces_dir):
+    from ray.tune.search import Searcher
+
+    plan = _plan(tmp_path, spaces_dir, grid=True)
+    points = plan.space.grid_points()
+    assert len(points) == 3
+    grid = GridSearcher(points, ledger_dir=plan.sweep_dir)
+    assert grid.suggest("a") == points[0]
+    saved = tmp_path / "grid.json"
+    grid.save(str(saved))
+    ledger = TrialLedger(plan.sweep_dir)
+    ledger.append("b", "created", run_id="rb", config=points[1], state="running")
+    ledger.append("b", "finished", state="completed", result=RESULT, result_ms=1)
+    ledger.append("c", "created", run_id="rc", config=points[2], state="running")  # died with the driver
+
+    restored = GridSearcher([], ledger_dir=plan.sweep_dir)
+    restored.restore(str(saved))
+    assert restored.suggest("d") == points[2]  # point 1 finished; point 2 is run again
+    assert restored.suggest("e") == Searcher.FINISHED
+    assert pickle.loads(pickle.dumps(restored)).handed == ["a", "d"]
+
+
+def test_logger_settles_what_a_dead_driver_left_in_mlflow(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = mlflow_client(uri)
+    exp = client.create_experiment("t-recover")
+    parent = client.create_run(exp, tags={T.ROLE: "sweep"}).info.run_id
+
+    def child(trial_id: str) -> str:
+        return client.create_run(exp, tags={"mlflow.parentRunId": parent, T.TRIAL_ID: trial_id,
+                                            T.STATE: "running"}).info.run_id
+
+    done, lost, resumed = child("done"), child("lost"), child("resumed")
+    # A run logged before the `tinymem.` namespace, of a trial Tune will continue: it stays RUNNING.
+    old = client.create_run(exp, tags={"mlflow.parentRunId": parent, "trial_id": "old", "state": "running"}).info.run_id
+    ledger = TrialLedger(str(tmp_path / "sweep"))
+    for tid, rid in (("done", done), ("lost", lost), ("old", old)):
+        ledger.append(tid, "created", run_id=rid, config={"ratio": 0.1}, state="running")
+    # "done" finished: the ledger has its result, MLflow its final metrics, and then the driver died.
+    ledger.append("done", "finished", state="completed", result=RESULT, result_ms=1_700_000_000_000)
+    log_metrics(client, done, RESULT, at_ms=1_700_000_000_000)
+
+    class RayTrial:  # what Tune's first on_step_begin passes: the restored trials, here ones it will run
+        def __init__(self, trial_id: str):
+            self.trial_id, self.status = trial_id, "PENDING"
+
+    logger = TrialLogger(uri, exp, parent, str(tmp_path / "sweep"), space=None, loss_name="val_acc_drop")
+    logger.on_step_begin(0, [RayTrial("resumed"), RayTrial("old")])
+    finished = MlflowClient(uri).get_run(done)
+    assert finished.info.status == "FINISHED" and finished.data.tags[T.STATE] == "completed"
+    assert len(client.get_metric_history(done, "mem_pct")) == 1  # replayed, not doubled
+    gone = client.get_run(lost)
+    assert gone.info.status == "FAILED" and gone.data.tags[T.STATE] == "failed"
+    assert "driver died" in gone.data.tags[T.ERROR]
+    # The ledger never named the run of "resumed" (the driver died before its line): it is replaced.
+    assert client.get_run(resumed).info.lifecycle_stage == "deleted"
+    assert client.get_run(old).info.status == "RUNNING" and client.get_run(old).info.lifecycle_stage == "active"
+    again = TrialLedger(str(tmp_path / "sweep"))
+    assert again.get("done")["logged"] and again.get("lost")["state"] == LOST
+
+
+def test_final_result_keeps_what_the_trainable_reported():
+    reported = {**RESULT, "time_total_s": 3.0, "training_iteration": 2, "config": {"ratio": 0.1}, "done": True,
+                "trial_id": "x", "hostname": "h", "ray_node_id": "n"}
+    assert final_result(reported) == {**RESULT, "ray_node_id": "n"}
+
+
+@pytest.mark.parametrize("bad", ["not json", "[1, 2]", '{"event": "created"}'])
+def test_ledger_skips_unreadable_lines(tmp_path, bad):
+    (tmp_path / LEDGER).write_text(f'{bad}\n{{"trial_id": "t1", "event": "created", "state": "running"}}\n')
+    assert TrialLedger(str(tmp_path)).trials == {"t1": {"state": "running"}}
