@@ -13,6 +13,11 @@ sessions. The table is printed from the file: per method the mean over seeds wit
     python bench/methods_table.py --preset math-demo --seeds 0,1,2          # unlearning methods + controls
     python bench/methods_table.py --preset lang-demo --seeds 0 --family all
     python bench/methods_table.py --print-only                              # the table from the file
+    python bench/methods_table.py --robustness all --methods balanced_subnet --seeds 0  # + robustness columns
+
+With `--robustness`, every run also measures those robustness metrics (`tinymem mitigate --robustness`), keeps
+them in its row and the table gains their columns. A run with robustness is a different row of the file (its
+key holds the metric set): a run without them is never taken for one with them.
 """
 
 from __future__ import annotations
@@ -37,6 +42,10 @@ DEFAULT_OUT = ROOT / "bench" / "results" / "methods_table.jsonl"
 KEPT = ("mem_pct", "mem_pct_ci_low", "mem_pct_ci_high", "mem_rows", "mem_counted", "paper_mem_pct",
         "paper_mem_pct_ci_low", "paper_mem_pct_ci_high", "clean_recovered_pct", "val_acc", "test_acc", "val_ppl",
         "test_ppl", "backdoor_asr_pct", "heldout_mem_pct")
+ROBUST = ("relearn_mem_pct", "relearn_benign_mem_pct", "sampled_mem_pct", "perturbed_mem_pct", "nll_gap")
+KEPT += tuple(k for name in ROBUST for k in (name, f"{name}_ci_low", f"{name}_ci_high")) + (
+    "relearn_mem_counted", "relearn_benign_mem_counted", "sampled_mem_counted", "perturbed_mem_counted",
+    "nll_gap_counted")
 
 
 def methods_of(family: str) -> list[str]:
@@ -60,16 +69,29 @@ def control_of(method: str, params: dict) -> tuple[str, dict] | None:
     return get_method(method)(params).matched_control()
 
 
-def run_key(preset: str, seed: int, method: str, params: dict) -> str:
-    return json.dumps([preset, seed, method, params], sort_keys=True)
+def robustness_set(value: str | None) -> str:
+    """The canonical form of a `--robustness` value (`all` spelled out, in a fixed order; '' for none), so the
+    same metric set always gives the same run key."""
+    from tinymem.robustness import parse_names
+
+    return ",".join(parse_names(value))
 
 
-def run_one(preset: str, seed: int, method: str, params: dict, root: str, timeout: float) -> dict:
+def run_key(preset: str, seed: int, method: str, params: dict, robustness: str = "") -> str:
+    """A run's identity in the results file; the robustness set is part of it only when there is one, so the
+    keys of runs without robustness (every row written before it existed) stay as they were."""
+    return json.dumps([preset, seed, method, params] + ([robustness] if robustness else []), sort_keys=True)
+
+
+def run_one(preset: str, seed: int, method: str, params: dict, root: str, timeout: float,
+            robustness: str = "") -> dict:
     """One `tinymem mitigate --json` process; returns a result row (or the error)."""
     cmd = [sys.executable, "-m", "tinymem.cli", "mitigate", "--preset", preset, "--spec-set", f"seed={seed}",
            "--method", method, "--root", root, "--device", "cpu", "--json"]
     for k, v in params.items():
         cmd += ["--set", f"{k}={v}"]
+    if robustness:
+        cmd += ["--robustness", robustness]
     row = {"preset": preset, "seed": seed, "method": method, "params": params, "unix": time.time(),
            "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                                     cwd=ROOT).stdout.strip()}
@@ -86,6 +108,9 @@ def run_one(preset: str, seed: int, method: str, params: dict, root: str, timeou
     row["after"] = {k: out["after"][k] for k in KEPT if k in out["after"]}
     row["unlearn_rows"] = out.get("info", {}).get("unlearn_rows")
     row["seconds"] = out["seconds"].get("mitigate_total", out["seconds"]["mitigate"])
+    if robustness:
+        row["robustness"] = robustness
+        row["robustness_seconds"] = out["seconds"].get("robustness")
     return row
 
 
@@ -97,7 +122,7 @@ def load_rows(path: Path) -> dict[str, dict]:
             if line.strip():
                 r = json.loads(line)
                 if "error" not in r:
-                    done[run_key(r["preset"], r["seed"], r["method"], r["params"])] = r
+                    done[run_key(r["preset"], r["seed"], r["method"], r["params"], r.get("robustness", ""))] = r
     return done
 
 
@@ -137,33 +162,54 @@ def _interval(values: list[float]) -> tuple[float, float, float]:
     return mean_interval(values)
 
 
-def _fmt(mean: float, low: float, high: float, pct: bool = False) -> str:
+def _fmt(mean: float, low: float, high: float, pct: bool = False, digits: int = 1) -> str:
     """`mean [low, high]`; for a percentage (`pct`) the t-interval is clipped to [0, 100], the values it can take."""
-    if math.isnan(mean):
+    if mean is None or math.isnan(mean):
         return "n/a"
-    if pct and not math.isnan(low):
+    if pct and low is not None and not math.isnan(low):
         low, high = max(low, 0.0), min(high, 100.0)
-    return f"{mean:.1f} [{low:.1f}, {high:.1f}]" if not math.isnan(low) else f"{mean:.1f}"
+    if low is None or math.isnan(low):
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
+
+
+def _robust_cells(got: list[dict], names: tuple[str, ...], side: str = "after") -> str:
+    """One `| ... ` cell per robustness metric: the mean over the seeds with its t-interval, or for one seed
+    the metric's own interval (exact binomial for the rates, t over rows for nll_gap)."""
+    cells = []
+    for name in names:
+        pct, digits = name.endswith("_pct"), 1 if name.endswith("_pct") else 3
+        vals = [r[side].get(name, math.nan) for r in got]
+        if len(got) == 1:
+            m = got[0][side]
+            cells.append(_fmt(vals[0], m.get(f"{name}_ci_low", math.nan), m.get(f"{name}_ci_high", math.nan),
+                              pct, digits))
+        else:
+            cells.append(_fmt(*_interval(vals), pct=pct, digits=digits))
+    return "".join(f" {c} |" for c in cells)
 
 
 def table(rows: dict[str, dict], presets: list[str], seeds: list[int], methods: list[str],
-          params: dict | None = None) -> str:
+          params: dict | None = None, robustness: str = "") -> str:
     """The printed table: one line per method (and control) and preset, means over the seeds present.
-    With `params` (the `--set` values) the lines are those of that configuration instead of the defaults."""
+    With `params` (the `--set` values) the lines are those of that configuration instead of the defaults;
+    with `robustness` (a canonical set, `robustness_set`) the runs that measured it, with its columns."""
     from tinymem.stats import binomial_interval
 
     lines = []
     util = {p: ("ppl +%" if p.startswith("lang") else "acc drop") for p in presets}
+    robust = tuple(n for n in robustness.split(",") if n)
     for preset in presets:
         head = (f"| {preset} | seeds | unlearn rows | mem_pct after [95% CI] | paper_mem_pct | val {util[preset]} "
-                f"| test {util[preset]} | s | control: mem_pct | control: test {util[preset]} | beats control by |")
+                f"| test {util[preset]} | s | control: mem_pct | control: test {util[preset]} | beats control by |"
+                + "".join(f" {n} |" for n in robust) + (" robustness s |" if robust else ""))
         lines += [head, "|" + "---|" * (head.count("|") - 1)]
         base = [r["before"] for k, r in rows.items() if r["preset"] == preset and r["seed"] in seeds]
         chosen = dict(params or {})
         for m in methods:
             ctl_m = control_of(m, chosen)
             for name, cfg, of in [(m, chosen, None)] + ([(*ctl_m, m)] if ctl_m else []):
-                got = [rows[k] for s in seeds if (k := run_key(preset, s, name, cfg)) in rows]
+                got = [rows[k] for s in seeds if (k := run_key(preset, s, name, cfg, robustness)) in rows]
                 if not got:
                     continue
                 mem = [r["after"]["mem_pct"] for r in got]
@@ -186,25 +232,36 @@ def table(rows: dict[str, dict], presets: list[str], seeds: list[int], methods: 
                 ctl = ctl_m if of is None else None
                 c_mem = c_test = diff = ""
                 if ctl:
-                    cg = [rows[k] for s in seeds if (k := run_key(preset, s, ctl[0], ctl[1])) in rows]
+                    cg = [rows[k] for s in seeds if (k := run_key(preset, s, ctl[0], ctl[1], robustness)) in rows]
                     if cg:
                         c_mem = _fmt(*_interval([r["after"]["mem_pct"] for r in cg]), pct=True)
                         c_test = _fmt(*_interval([_utility_drop(r, "test") for r in cg]))
                         paired = {r["seed"]: r["after"]["mem_pct"] for r in cg}
                         d = [paired[r["seed"]] - r["after"]["mem_pct"] for r in got if r["seed"] in paired]
                         diff = _fmt(*_interval(d)) + " pts mem"
+                robust_s = ""
+                if robust:
+                    spent = [r.get("robustness_seconds") or math.nan for r in got]
+                    robust_s = _robust_cells(got, robust) + f" {sum(spent) / len(spent):.0f} |"
                 lines.append(f"| {label} | {len(got)} | {rows_u} | {mem_s} | {paper} | {val} | {test} | {secs:.0f} "
-                             f"| {c_mem} | {c_test} | {diff} |")
+                             f"| {c_mem} | {c_test} | {diff} |" + robust_s)
+        if robust:  # the base numbers of the robustness runs: they hold the base's robustness metrics too
+            base = [r for r in rows.values() if r["preset"] == preset and r["seed"] in seeds
+                    and r.get("robustness", "") == robustness]
+            base = [min(base, key=lambda r: r["seed"])] if base else []
         if base:
-            b = base[0]
-            lines.append(f"| base (seed {seeds[0]}) | | | {b['mem_pct']:.1f} ({int(b.get('mem_rows', 0))} of "
+            b = base[0]["before"] if robust else base[0]
+            seed = base[0]["seed"] if robust else seeds[0]
+            lines.append(f"| base (seed {seed}) | | | {b['mem_pct']:.1f} ({int(b.get('mem_rows', 0))} of "
                          f"{int(b.get('mem_counted', 0))} rows) | {b.get('paper_mem_pct', math.nan):.1f} | "
-                         f"{_base_utility(b, preset)} | | | | |")
+                         f"{_base_utility(b, preset)} | | | | |" + (_robust_cells(base, robust, "before") + " |"
+                                                                      if robust else ""))
         lines.append("")
     return "\n".join(lines)
 
 
 def main() -> None:
+    from tinymem.errors import ConfigError
     from tinymem.store import DEFAULT_ROOT
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -218,24 +275,32 @@ def main() -> None:
     ap.add_argument("--out", default=str(DEFAULT_OUT), help="JSON-lines results file (appended; done runs skipped)")
     ap.add_argument("--timeout", type=float, default=1800.0, help="seconds per run before it is abandoned")
     ap.add_argument("--print-only", action="store_true", help="print the table from --out, run nothing")
+    ap.add_argument("--robustness", default=None, metavar="all|NAME,...",
+                    help="also measure these robustness metrics in every run (tinymem mitigate --robustness) and "
+                         "print their columns; runs with them are rows apart from runs without")
     args = ap.parse_args()
 
     presets = [p.strip() for p in args.preset.split(",") if p.strip()]
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     methods = [m.strip() for m in args.methods.split(",")] if args.methods else methods_of(args.family)
     params = parse_set(args.set)
+    try:
+        robustness = robustness_set(args.robustness)
+    except ConfigError as e:  # a bad metric name: one line naming it and the allowed ones
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     done = load_rows(out)
     if not args.print_only:
         todo, seen = [], set(done)
         for t in plan(presets, seeds, methods, params):  # a control shared by several methods runs once
-            if run_key(*t[:4]) not in seen:
-                seen.add(run_key(*t[:4]))
+            if run_key(*t[:4], robustness) not in seen:
+                seen.add(run_key(*t[:4], robustness))
                 todo.append(t)
         print(f"{len(todo)} run(s) to do, {len(done)} already in {out}", flush=True)
         for preset, seed, m, params, of in todo:
-            row = run_one(preset, seed, m, params, args.root, args.timeout)
+            row = run_one(preset, seed, m, params, args.root, args.timeout, robustness)
             row["control_of"] = of
             with out.open("a") as f:  # one line per run, appended as soon as it finishes
                 f.write(json.dumps(row, default=str) + "\n")
@@ -243,7 +308,7 @@ def main() -> None:
                                          f"{row['seconds']:.0f} s")
             print(f"{preset} seed {seed} {m} {params or ''}: {state} (wall {row['wall']:.0f} s)", flush=True)
         done = load_rows(out)
-    print(table(done, presets, seeds, methods, params))
+    print(table(done, presets, seeds, methods, params, robustness))
 
 
 if __name__ == "__main__":

@@ -18,6 +18,10 @@ Config keys (only `method` is required):
 - `progress`: show progress bars.
 - `heldout_frac`: withhold this seeded fraction of the unlearning set from the method and report
   `heldout_mem_pct` on it (default 0: the method sees every memorized row, as in the paper).
+- `robustness`: robustness metrics to add (`tinymem.robustness`): "all", a comma list or a list of
+  `relearn_mem_pct`, `relearn_benign_mem_pct`, `sampled_mem_pct`, `perturbed_mem_pct`, `nll_gap` (default none).
+  They are computed after the method and for the base model (cached per metric beside the base evaluation),
+  and timed apart: `seconds["robustness"]` and `seconds["base_robustness"]`, never method time.
 
 The base evaluation (metrics and which forget rows are memorized) is computed once per base model and cached
 beside the store (`<storage>/cache/<key>/`), so every trial of a sweep shares it.
@@ -49,12 +53,13 @@ from tinymem.mitigations import get_method
 from tinymem.mitigations.base import MitigationContext
 from tinymem.models import pick_device
 from tinymem.presets import DEFAULT_PRESET, get_preset
+from tinymem.robustness import cached_robustness, parse_names, probe, robustness_metrics
 from tinymem.specs import BaseSpec, spec_hash
 from tinymem.store import DEFAULT_ROOT, ModelStore, read_manifest, write_manifest
 from tinymem.util import atomic_path, atomic_write_text
 
 TRIAL_KEYS = ("method", "params", "preset", "set", "model_dir", "storage", "device", "seed", "out_dir",
-              "progress", "work_dir", "heldout_frac") + HFSourceOptions.keys()
+              "progress", "work_dir", "heldout_frac", "robustness") + HFSourceOptions.keys()
 
 
 @dataclass(frozen=True)
@@ -77,6 +82,7 @@ class TrialConfig:
     progress: bool = False
     work_dir: str | None = None
     heldout_frac: float = 0.0  # share of the unlearning set withheld from the method (heldout_mem_pct)
+    robustness: tuple[str, ...] = ()  # robustness metric names (`tinymem.robustness.NAMES`), none by default
 
     def __post_init__(self) -> None:
         if self.source.model and (self.model_dir or self.preset):
@@ -98,14 +104,16 @@ class TrialConfig:
                    storage=str(config.get("storage") or DEFAULT_ROOT), device=str(config.get("device") or "auto"),
                    seed=int(config.get("seed", 0)), out_dir=_opt_str(config.get("out_dir")),
                    progress=bool(config.get("progress")), work_dir=_opt_str(config.get("work_dir")),
-                   heldout_frac=float(config.get("heldout_frac") or 0.0))
+                   heldout_frac=float(config.get("heldout_frac") or 0.0),
+                   robustness=parse_names(config.get("robustness")))
 
     def to_dict(self) -> dict[str, Any]:
         """The dict form (`from_dict(c.to_dict()) == c`): unset values and an empty method left out."""
         d = {"method": self.method or None, "params": dict(self.params), "preset": self.preset,
              "set": dict(self.set), "model_dir": self.model_dir, "storage": self.storage, "device": self.device,
              "seed": self.seed, "out_dir": self.out_dir, "progress": self.progress, "work_dir": self.work_dir,
-             "heldout_frac": self.heldout_frac or None, **self.source.as_config()}
+             "heldout_frac": self.heldout_frac or None, "robustness": list(self.robustness) or None,
+             **self.source.as_config()}
         return {k: v for k, v in d.items() if v is not None}
 
 
@@ -312,6 +320,13 @@ def run_trial(config: TrialConfig | Mapping[str, Any], callback: Callable[[dict[
 
     with _phase(seconds, "base_eval"):
         base = base_evaluation(model, bundle, _cache_dir(storage, key), config.progress)
+    before = base.metrics
+    if config.robustness:
+        probe(bundle)  # an unsupported data kind is refused before the method runs
+        with _phase(seconds, "base_robustness"):
+            robust, _ = cached_robustness(model, bundle, config.robustness, base.memorized_rows,
+                                          _cache_dir(storage, key))
+        before = {**before, **robust}
 
     shown, heldout = split_heldout(base.memorized_rows, config.heldout_frac, seed)
     rows = shown
@@ -343,18 +358,24 @@ def run_trial(config: TrialConfig | Mapping[str, Any], callback: Callable[[dict[
            and math.isnan(after[k]) and not math.isnan(base.metrics.get(k, 0.0))]
     if bad:
         raise FloatingPointError(f"metrics {bad} are NaN after {method.name}: the mitigated model is broken")
+    robust_seconds: dict[str, float] = {}
+    if config.robustness:
+        with _phase(seconds, "robustness"):
+            robust, robust_seconds = robustness_metrics(mitigated, bundle, config.robustness, base.memorized_rows)
+        after.update(robust)
 
     saved = None
     if config.out_dir:
         with _phase(seconds, "save"):
             saved = save_mitigated(mitigated, bundle, Path(config.out_dir), spec, key, method.name,
-                                   method.params.to_dict(), after, before=base.metrics, config=config.to_dict(),
+                                   method.params.to_dict(), after, before=before, config=config.to_dict(),
                                    family=method.family)
     seconds["total"] = time.perf_counter() - total0
     # Time the method really cost, including cached work it reused (e.g. neuron attributions).
     seconds["mitigate_total"] = seconds["mitigate"] + float(out.info.get("seconds_cached_work", 0.0))
-    info = {**out.info, "unlearn_rows": float(shown.numel()), "heldout_rows": float(heldout.numel())}
-    return TrialResult(method=method.name, params=method.params.to_dict(), before=base.metrics, after=after,
+    info = {**out.info, "unlearn_rows": float(shown.numel()), "heldout_rows": float(heldout.numel()),
+            **{f"seconds_{name}": sec for name, sec in robust_seconds.items()}}
+    return TrialResult(method=method.name, params=method.params.to_dict(), before=before, after=after,
                        seconds=seconds, model_dir=saved, base_key=key, info=info, history=history)
 
 

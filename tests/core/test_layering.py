@@ -12,9 +12,9 @@ FORBIDDEN = ("ray", "optuna", "mlflow")
 # Lower number = lower layer; the first matching prefix wins. Helpers below "data" (errors, util, specs,
 # presets, store, hf.options) are layer 0.
 LAYERS = [("tinymem.cli", 9), ("tinymem.trial", 7), ("tinymem.hf.memory", 6), ("tinymem.mitigations", 5),
-          ("tinymem.build", 4), ("tinymem.metrics", 4), ("tinymem.decoding", 4), ("tinymem.train", 3),
-          ("tinymem.hf.models", 2), ("tinymem.models", 2), ("tinymem.adapter", 2), ("tinymem.memfile", 1),
-          ("tinymem.data", 1)]
+          ("tinymem.build", 4), ("tinymem.robustness", 4), ("tinymem.metrics", 4), ("tinymem.decoding", 4),
+          ("tinymem.train", 3), ("tinymem.hf.models", 2), ("tinymem.models", 2), ("tinymem.adapter", 2),
+          ("tinymem.memfile", 1), ("tinymem.data", 1)]
 ALLOWED_UPWARD: set[tuple[str, str]] = set()  # none: every import points down or sideways
 
 

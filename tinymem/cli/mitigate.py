@@ -58,6 +58,8 @@ def cmd_mitigate(args: argparse.Namespace) -> int:
 
     if args.heldout_frac:
         config["heldout_frac"] = args.heldout_frac
+    if args.robustness:
+        config["robustness"] = args.robustness  # validated by the trial config, before any work
     if args.repeats == 1:
         result = run_trial(config, callback=progress)
         if args.json:
@@ -128,7 +130,7 @@ def _config_from_run(args: argparse.Namespace) -> dict:
     given += ["--" + k.replace("_", "-") for k in HFSourceOptions.from_object(args).given()]
     if given:
         raise ConfigError(f"--from-run {args.from_run} rebuilds that run's trial as it ran; drop {given} "
-                          f"(allowed beside it: --out, --root, --tracking-uri, --device, --json)")
+                          f"(allowed beside it: --out, --root, --tracking-uri, --device, --robustness, --json)")
     uri = args.tracking_uri or default_tracking_uri(args.root or DEFAULT_ROOT)
     config = trial_config_from_run(args.from_run, uri)
     if args.root:
@@ -138,8 +140,9 @@ def _config_from_run(args: argparse.Namespace) -> dict:
     return config
 
 
-RATES = ("mem_pct", "paper_mem_pct", "heldout_mem_pct", "backdoor_asr_pct")
-SHOWN = ("clean_recovered_pct", "token_match", "val_acc", "test_acc", "val_ppl", "test_ppl")
+RATES = ("mem_pct", "paper_mem_pct", "heldout_mem_pct", "backdoor_asr_pct", "relearn_mem_pct",
+         "relearn_benign_mem_pct", "sampled_mem_pct", "perturbed_mem_pct")
+SHOWN = ("clean_recovered_pct", "token_match", "nll_gap", "val_acc", "test_acc", "val_ppl", "test_ppl")
 
 
 def _result_json(result) -> dict:
@@ -190,6 +193,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     mi.add_argument("--tracking-uri", default=None, help="MLflow store of --from-run: sqlite:///PATH or "
                                                          "http(s)://HOST:PORT (default: sqlite under --root)")
     add_trust_arguments(mi)
+    mi.add_argument("--robustness", default=None, metavar="all|NAME,...",
+                    help="also measure robustness metrics, for the base model and after the method: all, or a "
+                         "comma list of relearn_mem_pct, relearn_benign_mem_pct, sampled_mem_pct, "
+                         "perturbed_mem_pct, nll_gap (default: none; they cost seconds, in seconds.robustness)")
     mi.add_argument("--verbose", action="store_true",
                     help="print an iterative method's metrics after every epoch on stderr (default: off; on a "
                          "terminal, progress bars show on stderr)")
