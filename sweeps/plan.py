@@ -142,6 +142,8 @@ def plan_sweep(opts: SweepOptions) -> SweepPlan:
             raise SweepError("--scheduler asha cannot be combined with --grid paper (a grid is run in full)")
     if opts.grid:
         space.grid_points()  # raises if a method has no paper_grid
+    goals = resolve_objectives(opts.objectives, next(iter(kinds.values())), heldout_frac=opts.heldout_frac,
+                               robustness=opts.robustness)
     experiment = opts.experiment if opts.experiment is not None else f"{'+'.join(methods)}-{label}"
     _check_experiment_name(experiment)
     if opts.address:
@@ -149,9 +151,6 @@ def plan_sweep(opts: SweepOptions) -> SweepPlan:
     tracking_uri = opts.tracking_uri or default_tracking_uri(storage_root)
     check_tracking_uri(tracking_uri)  # last: it creates the SQLite file
     sweep_id = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:4]
-    # a bad --objectives / --robustness fails here, before Ray starts
-    goals = resolve_objectives(opts.objectives, next(iter(kinds.values())), heldout_frac=opts.heldout_frac,
-                               robustness=opts.robustness)
     return SweepPlan(options=opts, space=space, experiment=experiment, sweep_id=sweep_id, storage=storage_root,
                      tracking_uri=tracking_uri, kinds=kinds, goals=goals)
 
