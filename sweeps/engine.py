@@ -215,7 +215,7 @@ def run_sweep(plan: SweepPlan, say: Callable[[str], None] = print, stream: str =
             total = o.num_samples or DEFAULT_NUM_SAMPLES
         logger = TrialLogger(plan.tracking_uri, experiment_id, parent_run_id, plan.sweep_dir, plan.space,
                              plan.loss_name, system_tags=system, data_inputs=inputs)
-        callbacks = [logger, ProgressLines(plan.space, plan.objectives, total, stream)]
+        callbacks = [logger, ProgressLines(plan.space, plan.objectives, total, stream, ledger_dir=plan.sweep_dir)]
 
         if plan.resumed and tune.Tuner.can_restore(plan.ray_path):
             # Our callbacks come back unpickled from the experiment: they keep no state beyond files.

@@ -8,7 +8,8 @@ off: it is noisy in logs.
 
 Ray pickles callbacks into the experiment and a resumed sweep uses the unpickled copy: only configuration is
 pickled (`__getstate__`); the bar, the clock and the counts are rebuilt in the resumed process, where the
-trials restored as finished are counted again from Tune's trial list.
+trials restored as finished are counted again from Tune's trial list, and from the sweep's trial ledger
+(`sweeps.ledger`) those that finished after Tune's last save of its state, which Tune's list lacks after a crash.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from ray.tune import Callback
 from sweeps.pareto import MEM, non_dominated
 from sweeps.space import SweepSpace
 
-CONFIG_FIELDS = ("space", "objectives", "total", "stream")
+CONFIG_FIELDS = ("space", "objectives", "total", "stream", "ledger_dir")
 REFRESH_S = 1.0  # redraw the bar at least this often, so elapsed time and ETA stay live between trial events
 
 
@@ -67,8 +68,10 @@ class ProgressLines(Callback):
     The name is kept from when it printed lines only: sweeps pickled then refer to it.
     """
 
-    def __init__(self, space: SweepSpace, objectives: list[str], total: int, stream: str = "stdout"):
+    def __init__(self, space: SweepSpace, objectives: list[str], total: int, stream: str = "stdout",
+                 ledger_dir: str | None = None):
         self.space, self.objectives, self.total, self.stream = space, list(objectives), total, stream
+        self.ledger_dir = ledger_dir  # the sweep directory, whose ledger a resumed sweep also counts from
         self._start()
 
     def __getstate__(self) -> dict[str, Any]:
@@ -77,6 +80,7 @@ class ProgressLines(Callback):
     def __setstate__(self, state: dict[str, Any]) -> None:
         if "objectives" not in state:  # pickled before --objectives: mem_pct and its one utility loss
             state = {**state, "objectives": [MEM, state["loss_name"]]}
+        state = {"ledger_dir": None, **state}  # pickled before the ledger
         self.__dict__.update({k: state[k] for k in CONFIG_FIELDS})
         self._start()  # a resumed sweep counts its own time
 
@@ -113,7 +117,23 @@ class ProgressLines(Callback):
             if t.status in (Trial.TERMINATED, Trial.ERROR):
                 self._record(t, errored=t.status == Trial.ERROR)
         if self.done_at_start is None:
+            self._count_ledger()
             self.done_at_start = len(self.outcomes)
+
+    def _count_ledger(self) -> None:
+        """Count the trials the ledger has as finished that Tune's restored list lacks (a resume after a crash)."""
+        if not self.ledger_dir:
+            return
+        from sweeps.ledger import TrialLedger, is_finished
+
+        for trial_id, entry in TrialLedger(self.ledger_dir).trials.items():
+            if trial_id in self.outcomes or not is_finished(entry):
+                continue
+            self.outcomes[trial_id] = entry["state"]
+            result = entry.get("result") or {}
+            point = tuple(float(result.get(k, math.nan)) for k in self.objectives)
+            if entry["state"] == "completed" and all(math.isfinite(v) for v in point):
+                self.front.add(point)
 
     def counts(self, trials: list) -> dict[str, Any]:
         """done, running, failed, front, elapsed and ETA (seconds; NaN before the first trial of this run)."""

@@ -157,3 +157,21 @@ def test_the_closing_line_carries_the_summary_fields(stream, monkeypatch):
     cb.front.add((0.0, 1.0))
     cb.on_experiment_end([])
     assert re.search(r"sweep: 2/2 trials done, running 0, failed 1, front 1$", buf.getvalue().strip())
+
+
+def test_a_resumed_sweep_counts_the_trials_only_the_ledger_knows(tmp_path):
+    """After a crash Tune's restored trial list lacks the trials that finished after its last save; the
+    ledger has them, so the count and the front start from them."""
+    from sweeps.ledger import TrialLedger
+
+    ledger = TrialLedger(str(tmp_path))
+    ledger.append("a", "created", run_id="r1", state="running")
+    ledger.append("a", "finished", state="completed", result={"mem_pct": 0.0, "val_acc_drop": 1.0})
+    ledger.append("b", "created", run_id="r2", state="running")
+    ledger.append("b", "finished", state="failed", result={"error": "x"})
+    ledger.append("c", "created", run_id="r3", state="running")  # died with its driver: not finished
+    cb = ProgressLines(None, ["mem_pct", "val_acc_drop"], 4, "none", ledger_dir=str(tmp_path))  # type: ignore[arg-type]
+    cb._sync([])
+    c = cb.counts([])
+    assert (c["done"], c["failed"], c["front"]) == (2, 1, 1)
+    assert cb.done_at_start == 2  # finished before this process: not counted in its ETA
