@@ -203,7 +203,7 @@ def run_sweep(plan: SweepPlan, say: Callable[[str], None] = print, stream: str =
                              repeats=o.repeats, heldout_frac=o.heldout_frac,
                              checkpoint_work_dir=checkpoints.work_dir_is_node_local(plan.storage),
                              models_dir=storage.join(plan.sweep_dir, "models") if o.keep_models != "none" else None,
-                             objectives=tuple(plan.objectives), robustness=plan.resolved.robustness,
+                             objectives=tuple(plan.objectives), robustness=plan.goals.robustness,
                              finished=TrialLedger(plan.sweep_dir).finished_results() if plan.resumed else {})
         resources = {"cpu": o.cpus_per_trial, "gpu": o.gpus_per_trial}
         trainable = tune.with_resources(tune.with_parameters(trainable_fn or sweep_trainable, static=static), resources)
@@ -243,7 +243,7 @@ def run_sweep(plan: SweepPlan, say: Callable[[str], None] = print, stream: str =
             tuner = tune.Tuner(trainable, param_space={}, tune_config=tune_config, run_config=run_config)
         say(f"sweep {plan.experiment}/{plan.sweep_id}: {total} trial(s) of {plan.space.methods} on "
             f"{plan.space.presets}, {'paper grid' if o.grid else o.sampler}, objectives {plan.objectives}")
-        for note in plan.resolved.notes:
+        for note in plan.goals.notes:
             say(note)
         tuner.fit()  # on Ctrl-C, Tune saves its state and returns: the report below covers what finished
 

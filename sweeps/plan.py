@@ -44,7 +44,8 @@ class SweepPlan:
     kinds: dict[str, str]
     resumed: bool = False
     record: dict[str, Any] = field(default_factory=dict)
-    goals: Objectives | None = None  # None: resolved from the options on first use
+    # the objectives and the robustness metrics trials compute (`sweeps.objectives`); set by both plan paths
+    goals: Objectives = field(default_factory=lambda: Objectives(()))
 
     @property
     def kind(self) -> str:
@@ -55,17 +56,8 @@ class SweepPlan:
         return utility_loss_name(self.kind)
 
     @property
-    def resolved(self) -> Objectives:
-        """The objectives and robustness metrics (a resumed plan resolves them from its saved options)."""
-        if self.goals is None:
-            o = self.options
-            self.goals = resolve_objectives(o.objectives, self.kind, heldout_frac=o.heldout_frac,
-                                            robustness=o.robustness)
-        return self.goals
-
-    @property
     def objectives(self) -> list[str]:
-        return list(self.resolved.names)
+        return list(self.goals.names)
 
     @property
     def sweep_dir(self) -> str:
@@ -255,6 +247,12 @@ def _plan_resume(opts: SweepOptions, storage_root: str) -> SweepPlan:
     if opts.address:
         check_ray_address(opts.address)
     check_tracking_uri(tracking_uri)
+    kinds = record["kinds"]
+    try:
+        goals = resolve_objectives(saved.objectives, next(iter(kinds.values())), heldout_frac=saved.heldout_frac,
+                                   robustness=saved.robustness)
+    except SweepError as e:
+        raise SweepError(f"sweep {sweep_id!r}: its recorded objectives no longer resolve: {e}") from None
     return SweepPlan(options=saved, space=space, experiment=opts.experiment, sweep_id=sweep_id,
-                     storage=storage_root, tracking_uri=tracking_uri, kinds=record["kinds"], resumed=True,
-                     record=record)
+                     storage=storage_root, tracking_uri=tracking_uri, kinds=kinds, resumed=True,
+                     record=record, goals=goals)

@@ -105,9 +105,7 @@ class ProgressLines(Callback):
             self.outcomes[trial.trial_id] = "early_stopped"
         else:
             self.outcomes[trial.trial_id] = "completed"
-            point = tuple(float(last.get(k, math.nan)) for k in self.objectives)
-            if all(math.isfinite(v) for v in point):
-                self.front.add(point)
+            self._add_to_front(last)
 
     def _sync(self, trials: list) -> None:
         """Count trials that finished before this process saw them (restored by `--resume`)."""
@@ -130,10 +128,14 @@ class ProgressLines(Callback):
             if trial_id in self.outcomes or not is_finished(entry):
                 continue
             self.outcomes[trial_id] = entry["state"]
-            result = entry.get("result") or {}
-            point = tuple(float(result.get(k, math.nan)) for k in self.objectives)
-            if entry["state"] == "completed" and all(math.isfinite(v) for v in point):
-                self.front.add(point)
+            if entry["state"] == "completed":
+                self._add_to_front(entry.get("result") or {})
+
+    def _add_to_front(self, result: dict[str, Any]) -> None:
+        """A completed trial joins the front if its objectives are finite."""
+        point = tuple(float(result.get(k, math.nan)) for k in self.objectives)
+        if all(math.isfinite(v) for v in point):
+            self.front.add(point)
 
     def counts(self, trials: list) -> dict[str, Any]:
         """done, running, failed, front, elapsed and ETA (seconds; NaN before the first trial of this run)."""

@@ -23,7 +23,7 @@ from tinymem.robustness import (NAMES, RobustnessSettings, nll_gap, perturb_prom
                                 robustness_metrics, sampled_mem, special_ids, split_halves)
 from tinymem.trial import TrialConfig, base_evaluation, run_trial
 
-ROBUST_KEYS = ("relearn_mem_pct", "relearn_benign_mem_pct", "sampled_mem_pct", "perturbed_mem_pct", "nll_gap")
+ROBUST_KEYS = tuple(NAMES)
 
 
 @pytest.fixture(scope="module")
