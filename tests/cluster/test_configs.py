@@ -30,6 +30,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 CLUSTER = REPO / "cluster"
 LAUNCHER_CONFIGS = {"aws": CLUSTER / "aws-gpu.yaml", "gcp": CLUSTER / "gcp-gpu.yaml"}
+LOCAL_CONFIG = CLUSTER / "local-autoscaling.yaml"
 SETUP_SCRIPTS = {"aws": CLUSTER / "aws-setup.sh", "gcp": CLUSTER / "gcp-setup.sh"}
 RAYCLUSTER = CLUSTER / "kuberay" / "raycluster.yaml"
 RAYJOB = CLUSTER / "kuberay" / "rayjob.yaml"
@@ -113,7 +114,7 @@ def _missing_head_type(c):
 
 def _min_workers_above_cap(c):
     for name in _gpu_types(c):
-        c["available_node_types"][name]["min_workers"] = c["max_workers"]
+        c["available_node_types"][name]["min_workers"] = c["max_workers"] + 1
 
 
 def _negative_idle_timeout(c):
@@ -398,6 +399,177 @@ def test_setup_script_is_valid_bash_and_refuses_world_open_ssh(cloud, tmp_path):
     done = subprocess.run(["bash", str(script)], env=env, capture_output=True, text=True, timeout=30)
     assert done.returncode != 0
     assert "whole internet" in done.stderr
+
+
+# --------------------------------------------------------------------------------------------------
+# The local autoscaling config (cluster/local-autoscaling.yaml, Ray's fake_multinode provider)
+# --------------------------------------------------------------------------------------------------
+
+
+def local_validate(config: dict) -> None:
+    """What the autoscaler on the head checks: this provider merges no defaults (the monitor reads the file
+    as it is, `StandardAutoscaler.reset`), so Ray's schema and cross-field rules on the file itself."""
+    from ray.autoscaler._private.util import validate_config
+
+    validate_config(copy.deepcopy(config))
+
+
+@pytest.fixture(scope="module")
+def local_config() -> dict:
+    return load_yaml(LOCAL_CONFIG)
+
+
+def test_local_config_passes_the_autoscalers_validation(local_config):
+    local_validate(local_config)
+    assert local_config["provider"]["type"] == "fake_multinode"
+
+
+@pytest.mark.parametrize("breakage", sorted(BREAKAGES))
+def test_broken_local_copy_fails_validation(local_config, breakage):
+    import jsonschema
+
+    mutate, expected = BREAKAGES[breakage]
+    broken = copy.deepcopy(local_config)
+    mutate(broken)
+    with pytest.raises(jsonschema.ValidationError if expected == "jsonschema" else expected):
+        local_validate(broken)
+
+
+def test_ray_up_refuses_the_local_provider(local_config):
+    """cluster/README.md says so: `ray up` prepares the config with the provider's defaults file, which the
+    pip wheel lacks. If this starts to pass, Ray ships it and the README should say `ray up` works."""
+    from ray.autoscaler._private.util import prepare_config
+
+    with pytest.raises(FileNotFoundError, match="fake_multi_node"):
+        prepare_config(copy.deepcopy(local_config))
+
+
+def local_config_problems(config: dict, aws: dict) -> list[str]:
+    """Ways in which the local config would not try out aws-gpu.yaml's node types, or would leave loopback."""
+    from ray.autoscaler._private.fake_multi_node.node_provider import FAKE_HEAD_NODE_TYPE
+
+    problems = []
+    types = config["available_node_types"]
+    if config["head_node_type"] != FAKE_HEAD_NODE_TYPE:  # the provider gives the head this type
+        problems.append(f"head_node_type {config['head_node_type']!r} is not {FAKE_HEAD_NODE_TYPE!r}")
+    head = types.get(config["head_node_type"], {}).get("resources", {})
+    aws_head = aws["available_node_types"][aws["head_node_type"]]["resources"]
+    if (head.get("CPU"), head.get("GPU", 0)) != (aws_head["CPU"], aws_head.get("GPU", 0)):
+        problems.append(f"head resources {head} differ from aws-gpu.yaml's {aws_head}")
+
+    def shape(node_type: dict) -> tuple:
+        return node_type["resources"].get("CPU"), node_type["resources"].get("GPU")
+
+    workers = _gpu_types(config)
+    aws_shapes = {shape(aws["available_node_types"][t]) for t in _gpu_types(aws)}
+    if not workers or {shape(types[t]) for t in workers} != aws_shapes:
+        problems.append(f"GPU worker types {[shape(types[t]) for t in workers]} differ from aws-gpu.yaml's "
+                        f"{aws_shapes}")
+    others = sorted(set(types) - {config["head_node_type"], *workers})
+    if others:
+        problems.append(f"node types besides the head and GPU workers: {others}")
+    for t in workers:
+        if types[t].get("min_workers", 0) != 0 or not 1 <= types[t]["max_workers"] <= config["max_workers"]:
+            problems.append(f"{t} does not scale from 0 up to at most max_workers")
+    provider = config["provider"]
+    host = provider.get("gcs_address", "").rsplit(":", 1)[0]
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback:
+        problems.append(f"provider.gcs_address {provider.get('gcs_address')!r} is not on loopback")
+    # Nodes share one IP (told apart by node id); no SSH setup, no launch-config comparison.
+    for key in ("use_node_id_as_ip", "disable_node_updaters", "disable_launch_config_check"):
+        if provider.get(key) is not True:
+            problems.append(f"provider.{key} is not true")
+    return problems
+
+
+def _gcs_off_loopback(c):
+    c["provider"]["gcs_address"] = "192.0.2.2:6379"
+
+
+def _head_takes_trials(c):
+    c["available_node_types"][c["head_node_type"]]["resources"]["CPU"] = 2
+
+
+def _two_gpu_workers(c):
+    c["available_node_types"][_gpu_types(c)[0]]["resources"]["GPU"] = 2
+
+
+def _node_updaters_on(c):
+    c["provider"]["disable_node_updaters"] = False
+
+
+def _cpu_worker_type(c):
+    c["available_node_types"]["ray.worker.cpu"] = {"resources": {"CPU": 4}, "node_config": {}, "max_workers": 1}
+
+
+LOCAL_BREAKAGES = {"GCS address off loopback": _gcs_off_loopback, "head with CPUs": _head_takes_trials,
+                   "worker shape unlike AWS": _two_gpu_workers, "node updaters on": _node_updaters_on,
+                   "extra CPU worker type": _cpu_worker_type}
+
+
+def test_local_config_tries_the_aws_node_types_on_loopback(local_config):
+    assert local_config_problems(local_config, load_yaml(LAUNCHER_CONFIGS["aws"])) == []
+
+
+@pytest.mark.parametrize("breakage", sorted(LOCAL_BREAKAGES))
+def test_local_config_check_fires(local_config, breakage):
+    broken = copy.deepcopy(local_config)
+    LOCAL_BREAKAGES[breakage](broken)
+    assert local_config_problems(broken, load_yaml(LAUNCHER_CONFIGS["aws"])), breakage
+
+
+def local_start_commands(text: str) -> tuple[dict[str, str], dict, list[str]]:
+    """From shell text (README block, YAML comment): the `export`ed variables, the parsed `ray start`
+    arguments, and the argv of `python sweeps/run.py` if present."""
+    text = text.replace("\\\n", " ")
+    env: dict[str, str] = {}
+    start, sweep = None, []
+    for line in text.splitlines():
+        words = shlex.split(line, comments=True)
+        if words[:1] == ["export"]:
+            env.update(w.split("=", 1) for w in words[1:])
+        elif words[:2] == ["ray", "start"]:
+            start = parse_ray_start(words[2:])
+        elif words[:2] == ["python", "sweeps/run.py"]:
+            sweep = words[2:]
+    assert start is not None, f"no `ray start` line in:\n{text}"
+    return env, start, sweep
+
+
+def _readme_local_block() -> str:
+    readme = (CLUSTER / "README.md").read_text()
+    section = readme.split("## Try a cluster config locally\n", 1)[1].split("\n## ", 1)[0]
+    return re.search(r"```bash\n(.*?)```", section, re.S).group(1)
+
+
+def _config_header() -> str:
+    comments = [line[1:] for line in LOCAL_CONFIG.read_text().splitlines() if line.startswith("#")]
+    return "\n".join(c for c in comments if c.strip().startswith(("export ", "ray start", "--")) or
+                     c.rstrip().endswith("\\"))
+
+
+def test_local_start_line_agrees_with_the_config_and_the_test(local_config):
+    """The README's and the config's own start lines name this config, the head's real resources (as its
+    node type declares) and the address that provider.gcs_address gives the workers; the integration test
+    (tests/cluster/local_autoscaler.py) starts the head from the same environment."""
+    from tests.cluster.local_autoscaler import README_ENV
+
+    host, port = local_config["provider"]["gcs_address"].rsplit(":", 1)
+    head = local_config["available_node_types"][local_config["head_node_type"]]["resources"]
+    readme = local_start_commands(_readme_local_block())
+    config_header = local_start_commands(_config_header())
+    for env, start, _ in (readme, config_header):
+        assert env == {**README_ENV, "RAY_AUTH_MODE": "token"}, env
+        assert start["head"] is True and start["autoscaling_config"] == "cluster/local-autoscaling.yaml"
+        assert (start["node_ip_address"], start["port"]) == (host, int(port))
+        assert (start["num_cpus"], start["num_gpus"]) == (head["CPU"], head.get("GPU", 0))
+    sweep = readme[2]
+    assert sweep[sweep.index("--address") + 1] == f"{host}:{port}"
+    assert 0 < float(sweep[sweep.index("--gpus-per-trial") + 1]) < 1, "fractional GPUs, as the config is tried for"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -690,6 +862,6 @@ def test_kuberay_image_dockerfile_matches_the_launcher_image(ray_version):
 def test_readme_has_the_promised_sections():
     readme = (CLUSTER / "README.md").read_text()
     headings = re.findall(r"^#+ (.+)$", readme, re.M)
-    for heading in ("At 100 GPUs and 10,000 trials", "Measured: scale_sim"):
+    for heading in ("At 100 GPUs and 10,000 trials", "Measured: scale_sim", "Try a cluster config locally"):
         assert heading in headings, heading
     assert "bench/scale_sim.py" in readme
