@@ -67,10 +67,16 @@ def null_logger_class():
     from ray.tune import Callback
 
     class NullTrialLogger(Callback):
-        """Takes TrialLogger's arguments and logs nothing."""
+        """Takes TrialLogger's arguments and logs nothing (no ledger, no MLflow writer)."""
 
         def __init__(self, *args, **kwargs):
             pass
+
+        def open(self) -> None:
+            pass
+
+        def close(self, wait_s: float) -> dict:
+            return {"complete": True, "unsynced": 0}
 
     return NullTrialLogger
 

@@ -9,8 +9,11 @@ side effect that costs time, and before any trial):
 3. MLflow: the experiment and the sweep's parent run (here; child runs: `sweeps.tracking`).
 4. Ray Tune: the trainable of `sweeps.trainable`, a searcher of `sweeps.searchers`, per-trial resources,
    `reuse_actors`, `FailureConfig` retries, storage under the root so `--resume` restores with `Tuner.restore`.
-5. `sweeps.readback`: trials read back from MLflow, Pareto front, CSV, PNG, tags.
-6. `sweeps.models`: the kept models (front + pick by default) logged to their runs, registered on request.
+5. `sweeps.sync_process`: MLflow is written by a process of its own from the trial ledger; after the last trial
+   the driver waits for it (`--sync-wait`); if MLflow is still unreachable then, `TrackingPending` says how to
+   finish later.
+6. `sweeps.finish`: trials read back from MLflow, Pareto front, CSV, PNG, tags, kept models, parent closed.
+7. `sweeps.models`: the kept models registered on request.
 
 A trial that fails deterministically is recorded as failed and not retried; any other exception is retried
 `max_failures` times (a lost node, an OOM under GPU packing) and then recorded as failed.
@@ -30,15 +33,18 @@ from sweeps import tags as T
 from sweeps.bases import prepare_bases
 from sweeps.inputs import dataset_specs, log_data_inputs
 from sweeps.ledger import TrialLedger
-from sweeps.models import detail_lines, keep_models, model_details, register_model, with_details
-from sweeps.options import ASHA_GUARD, AUTO, DEFAULT_NUM_SAMPLES, SWEEP_RECORD
+from sweeps.errors import TrackingPending
+from sweeps.finish import finish_sweep, pending_message, sweep_total
+from sweeps.models import detail_lines, model_details, register_model, with_details
+from sweeps.options import ASHA_GUARD, AUTO, SWEEP_RECORD
 from sweeps.plan import SweepPlan
 from sweeps.progress import ProgressLines
 from sweeps.ray_runtime import check_trial_fits, connect_ray, resolve_auto_gpus
 # ParetoOptunaSearch is named here because experiments that Tune pickled before sweeps/searchers.py existed
 # refer to it as sweeps.engine.ParetoOptunaSearch (as to GridSearcher, ProgressLines): --resume unpickles them.
 from sweeps.searchers import GridSearcher, ParetoOptunaSearch, make_searcher  # noqa: F401
-from sweeps.tracking import TrialLogger, ensure_experiment, log_metrics, log_params, mlflow_client, set_tags
+from sweeps.mlflow_io import ensure_experiment, log_metrics, log_params, mlflow_client, set_tags
+from sweeps.tracking import TrialLogger
 from sweeps.trainable import TrialStatic, extra_method_modules, sweep_trainable
 
 
@@ -156,7 +162,7 @@ def run_sweep(plan: SweepPlan, say: Callable[[str], None] = print, stream: str =
     from ray.tune.schedulers import ASHAScheduler
 
     from sweeps import checkpoints
-    from sweeps.readback import build_from_mlflow
+    from sweeps.sync_process import close_writer
 
     t_start = time.time()
     o = plan.options
@@ -208,11 +214,7 @@ def run_sweep(plan: SweepPlan, say: Callable[[str], None] = print, stream: str =
         resources = {"cpu": o.cpus_per_trial, "gpu": o.gpus_per_trial}
         trainable = tune.with_resources(tune.with_parameters(trainable_fn or sweep_trainable, static=static), resources)
 
-        if o.grid:
-            points = plan.space.grid_points(limit=o.num_samples, seed=o.seed)
-            total = len(points)
-        else:
-            total = o.num_samples or DEFAULT_NUM_SAMPLES
+        total = sweep_total(plan)
         logger = TrialLogger(plan.tracking_uri, experiment_id, parent_run_id, plan.sweep_dir, plan.space,
                              plan.loss_name, system_tags=system, data_inputs=inputs)
         callbacks = [logger, ProgressLines(plan.space, plan.objectives, total, stream, ledger_dir=plan.sweep_dir)]
@@ -223,7 +225,8 @@ def run_sweep(plan: SweepPlan, say: Callable[[str], None] = print, stream: str =
                                        resume_errored=False, restart_errored=False)
         else:
             if o.grid:
-                search_alg = GridSearcher(points, ledger_dir=plan.sweep_dir)
+                search_alg = GridSearcher(plan.space.grid_points(limit=o.num_samples, seed=o.seed),
+                                          ledger_dir=plan.sweep_dir)
             else:
                 search_alg = make_searcher(plan, total)
             scheduler = None
@@ -245,24 +248,14 @@ def run_sweep(plan: SweepPlan, say: Callable[[str], None] = print, stream: str =
             f"{plan.space.presets}, {'paper grid' if o.grid else o.sampler}, objectives {plan.objectives}")
         for note in plan.goals.notes:
             say(note)
+        logger.open()  # the MLflow writer: first what a dead driver or an outage left
         tuner.fit()  # on Ctrl-C, Tune saves its state and returns: the report below covers what finished
+        summary = logger.close(o.sync_wait)
+        if not summary.get("complete"):
+            raise TrackingPending(pending_message(plan, summary))
 
-        rep = build_from_mlflow(client, parent_run_id, out_dir=plan.sweep_dir,
-                                tracking_uri=plan.tracking_uri, experiment_id=experiment_id)
-        rep.publish(client, parent_run_id)
-        kept = keep_models(plan.sweep_dir, o.keep_models, rep, client, say)
-        c = rep.counts
-        interrupted = c["completed"] + c["failed"] + c["early_stopped"] < total
-        if interrupted:
-            set_tags(client, parent_run_id, {T.STATE: "interrupted"})
-            client.set_terminated(parent_run_id, status="KILLED")
-        else:
-            set_tags(client, parent_run_id, {T.STATE: "finished"})
-            log_metrics(client, parent_run_id, {"trials": rep.counts["trials"], "completed": rep.counts["completed"],
-                                                "failed": rep.counts["failed"],
-                                                "early_stopped": rep.counts["early_stopped"],
-                                                "wall_seconds": time.time() - t_start})
-            client.set_terminated(parent_run_id, status="FINISHED")
+        done = finish_sweep(plan, client, experiment_id, parent_run_id, total, time.time() - t_start, say)
+        rep, kept, interrupted = done.report, done.kept, done.interrupted
         registered = register_model(o.register_model, rep, kept, client, plan.tracking_uri) \
             if o.register_model else None
         models = model_details(client, rep, plan.storage)
@@ -271,6 +264,7 @@ def run_sweep(plan: SweepPlan, say: Callable[[str], None] = print, stream: str =
                             report=rep, interrupted=interrupted, wall_seconds=time.time() - t_start,
                             ray_start_seconds=ray_start, models=models, registered=registered)
     finally:
+        close_writer(plan.sweep_dir, 10.0)  # after an error: what the writer has not written waits on disk
         if started:
             ray.shutdown()
 

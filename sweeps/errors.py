@@ -9,3 +9,10 @@ class SweepError(ConfigError):
     A subclass of `tinymem.errors.ConfigError` (and so of `TinyMemError`), so callers that catch the library's
     errors catch these too.
     """
+
+
+EXIT_TRACKING_PENDING = 3  # the exit status of a sweep that ran but MLflow does not hold all of it yet
+
+
+class TrackingPending(SweepError):
+    """The sweep's trials ran, but MLflow was unreachable until the end: their events wait in the sweep's ledger."""

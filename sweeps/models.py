@@ -22,7 +22,7 @@ from sweeps import storage
 from sweeps import tags as T
 from sweeps.errors import SweepError
 from sweeps.options import parse_register
-from sweeps.tracking import set_tags
+from sweeps.mlflow_io import set_tags
 from tinymem.card import mitigate_command
 
 MODELS = "models"  # under the sweep directory: one model directory per kept trial

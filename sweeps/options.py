@@ -65,6 +65,9 @@ class SweepOptions:
     # Register the paper rule's pick (NAME) or one trial (NAME:TRIAL_ID) in the MLflow Model Registry. An action of
     # the command that asks for it, not part of the sweep: `--resume` takes it from its own command line.
     register_model: str | None = None
+    # After the last trial, how long the driver waits for an unreachable MLflow before it leaves the trials' events
+    # on disk for `sweeps/report.py --sync` (`sweeps.sync_process`).
+    sync_wait: float = 120.0
     # A Hugging Face base model (`--model hf:...`) instead of a preset, with its memorized-sequence options.
     source: HFSourceOptions = field(default_factory=HFSourceOptions)
 
@@ -105,6 +108,8 @@ def check_flags(opts: SweepOptions) -> None:
         raise SweepError(f"--repeats must be >= 1, got {opts.repeats}")
     if not 0.0 <= opts.heldout_frac < 1.0:  # also refuses nan
         raise SweepError(f"--heldout-frac must be in [0, 1), got {opts.heldout_frac}")
+    if not (math.isfinite(opts.sync_wait) and opts.sync_wait >= 0):
+        raise SweepError(f"--sync-wait must be a finite number of seconds >= 0, got {opts.sync_wait}")
     if not 0 <= opts.seed <= SEED_MAX:
         raise SweepError(f"--seed must be in [0, {SEED_MAX}] (Optuna's samplers), got {opts.seed}")
     check_model_options(opts)

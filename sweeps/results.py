@@ -17,7 +17,7 @@ import pandas as pd
 from sweeps import storage
 from sweeps import tags as T
 from sweeps.pareto import MEM, REPORT_SPLIT, objectives_of, utility_loss_name
-from sweeps.tracking import set_tags
+from sweeps.mlflow_io import set_tags
 from tinymem.util import json_safe
 
 LOCAL_UI = "http://127.0.0.1:5000"  # where `mlflow ui --host 127.0.0.1 --port 5000` serves

@@ -28,7 +28,7 @@ import json
 import shlex
 
 from sweeps import options
-from sweeps.errors import SweepError
+from sweeps.errors import EXIT_TRACKING_PENDING, SweepError, TrackingPending
 from tinymem.errors import TinyMemError
 from tinymem.hf.options import HFSourceOptions, add_source_arguments
 from tinymem.presets import DEFAULT_PRESET
@@ -126,6 +126,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--register-model", default=None, metavar="NAME[:TRIAL_ID]",
                    help="register the paper rule's pick (or the kept model of trial TRIAL_ID) in the MLflow Model "
                         "Registry as a new version of NAME; works with --resume on a finished sweep (default: off)")
+    p.add_argument("--sync-wait", type=float, default=options.SweepOptions.sync_wait, metavar="SECONDS",
+                   help="after the last trial, how long to wait for an unreachable MLflow server; trials' results "
+                        "wait on disk meanwhile and after it (write them later with sweeps/report.py --sync; exit "
+                        "status 3) (default: %(default)s)")
     add_trust_arguments(p)  # --repeats, --heldout-frac, as `tinymem mitigate` takes them
     p.add_argument("--device", default="auto", help="torch device inside trials: auto, cpu or cuda (default: %(default)s)")
     p.add_argument("--json", action="store_true",
@@ -144,7 +148,7 @@ def options_from_args(args: argparse.Namespace, argv: list[str]) -> options.Swee
         resume=args.resume, seed=args.seed, search_space=args.search_space, max_failures=args.max_failures,
         device=args.device, repeats=args.repeats, heldout_frac=args.heldout_frac, keep_models=args.keep_models,
         objectives=args.objectives, robustness=args.robustness,
-        register_model=args.register_model, command=shlex.join([*invoked_as().split(), *argv]))
+        register_model=args.register_model, sync_wait=args.sync_wait, command=shlex.join([*invoked_as().split(), *argv]))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -172,6 +176,9 @@ def main(argv: list[str] | None = None) -> int:
         # Ray prints cluster events on stdout from a background thread; with --json, stdout holds only the JSON.
         with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
             outcome = run_sweep(plan, say=say, stream="stderr" if args.json else "stdout")
+    except TrackingPending as e:
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
+        return EXIT_TRACKING_PENDING
     except (SweepError, TinyMemError) as e:
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)  # one line, whatever the message holds
         return 2

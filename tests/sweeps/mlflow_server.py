@@ -29,15 +29,19 @@ class MlflowServer:
         self.proc: subprocess.Popen | None = None
 
     def __enter__(self) -> "MlflowServer":
+        self.start()
+        return self
+
+    def start(self) -> None:
+        """Start the server (again, after `stop`: same port, same backend store, the log appended)."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         mlflow_bin = Path(sys.executable).with_name("mlflow")
-        with open(self.log_path, "w") as log:
+        with open(self.log_path, "a") as log:
             self.proc = subprocess.Popen(
                 [str(mlflow_bin), "server", "--host", "127.0.0.1", "--port", self.url.rsplit(":", 1)[1],
                  "--workers", "1", "--backend-store-uri", self.backend_store_uri,
                  "--artifacts-destination", str(self.workdir / "server-artifacts")],
                 cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        return self
 
     def wait_ready(self, timeout: float = 180.0) -> str:
         """The server's URL, once `/health` answers; its log if it exits or does not come up in time."""
@@ -53,8 +57,12 @@ class MlflowServer:
             time.sleep(0.5)
 
     def __exit__(self, *exc: object) -> None:
-        """SIGTERM to the group, then SIGKILL to what is left of it (its job consumers outlive the leader)."""
-        for sig, wait in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
+        self.stop()
+
+    def stop(self, crash: bool = False) -> None:
+        """SIGTERM to the group, then SIGKILL to what is left of it (its job consumers outlive the leader);
+        `crash`: SIGKILL at once, the server gone in an instant."""
+        for sig, wait in ((signal.SIGTERM, 30), (signal.SIGKILL, 10))[crash:]:
             try:
                 os.killpg(self.proc.pid, sig)
             except ProcessLookupError:

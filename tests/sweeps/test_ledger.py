@@ -1,6 +1,6 @@
 """The trial ledger and what a resumed sweep makes of it, without Ray trials: the journal on a local root and on
 an object store (fsspec's in-memory filesystem), the searchers catching up with trials finished after Tune's
-last save, and the logger settling the MLflow runs a dead driver left (real MLflow SQLite storage)."""
+last save, and the MLflow writer settling the runs a dead driver left (real MLflow SQLite storage)."""
 
 from __future__ import annotations
 
@@ -13,11 +13,13 @@ from mlflow import MlflowClient
 
 from sweeps import storage
 from sweeps import tags as T
-from sweeps.ledger import EVENTS_DIR, LEDGER, LOST, TrialLedger, is_finished
+from sweeps.ledger import EVENTS_DIR, LEDGER, LOST, SYNC_LEDGER, TrialLedger, is_finished
+from sweeps.mlflow_io import log_metrics, mlflow_client
+from sweeps.mlflow_sync import LedgerSync, SyncContext, sync_all
 from sweeps.options import SweepOptions
 from sweeps.plan import plan_sweep
 from sweeps.searchers import GridSearcher, make_searcher
-from sweeps.tracking import TrialLogger, final_result, log_metrics, mlflow_client
+from sweeps.tracking import final_result
 
 RESULT = {"mem_pct": 10.0, "val_acc_drop": 0.5, "final": 1, "failed": 0, "epoch": 0, "trial_config": "{}"}
 
@@ -139,43 +141,53 @@ def test_grid_does_not_hand_out_points_of_trials_finished_after_tunes_save(tmp_p
     assert pickle.loads(pickle.dumps(restored)).handed == ["a", "d"]
 
 
-def test_logger_settles_what_a_dead_driver_left_in_mlflow(tmp_path):
+def test_writer_settles_what_a_dead_driver_left_in_mlflow(tmp_path):
+    """The MLflow writer's recovery and replay: a trial that finished while MLflow lacked part of it is
+    completed from the ledger (metrics not doubled), a lost trial's run is closed as failed, a run made for a
+    trial but never recorded is adopted, a second run of a trial is deleted, and an older sweep's run is kept."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = mlflow_client(uri)
     exp = client.create_experiment("t-recover")
     parent = client.create_run(exp, tags={T.ROLE: "sweep"}).info.run_id
 
-    def child(trial_id: str) -> str:
-        return client.create_run(exp, tags={"mlflow.parentRunId": parent, T.TRIAL_ID: trial_id,
+    def child(trial_id: str, tag: str = T.TRIAL_ID) -> str:
+        return client.create_run(exp, tags={"mlflow.parentRunId": parent, tag: trial_id,
                                             T.STATE: "running"}).info.run_id
 
-    done, lost, resumed = child("done"), child("lost"), child("resumed")
-    # A run logged before the `tinymem.` namespace, of a trial Tune will continue: it stays RUNNING.
-    old = client.create_run(exp, tags={"mlflow.parentRunId": parent, "trial_id": "old", "state": "running"}).info.run_id
-    ledger = TrialLedger(str(tmp_path / "sweep"))
-    for tid, rid in (("done", done), ("lost", lost), ("old", old)):
-        ledger.append(tid, "created", run_id=rid, config={"ratio": 0.1}, state="running")
+    done, lost, unrecorded, second = child("done"), child("lost"), child("unrecorded"), child("done")
+    old = child("old", tag="trial_id")  # logged before the `tinymem.` namespace, by a sweep whose ledger named it
+    sweep = str(tmp_path / "sweep")
+    ledger, progress = TrialLedger(sweep), TrialLedger(sweep, SYNC_LEDGER)
+    created = {"config": {"ratio": 0.1}, "state": "running", "method": "durable", "preset": "math-tiny",
+               "params": {"ratio": 0.1}, "run_name": "x", "start_ms": 1_700_000_000_000}
+    for tid in ("done", "lost", "unrecorded"):
+        ledger.append(tid, "created", **created)
+    ledger.append("old", "created", run_id=old, config={"ratio": 0.1}, state="running")
+    progress.append("done", "run", run_id=done)
+    progress.append("lost", "run", run_id=lost)
     # "done" finished: the ledger has its result, MLflow its final metrics, and then the driver died.
     ledger.append("done", "finished", state="completed", result=RESULT, result_ms=1_700_000_000_000)
     log_metrics(client, done, RESULT, at_ms=1_700_000_000_000)
+    ledger.append("lost", LOST, state=LOST, error="the sweep's driver died while this trial ran")
 
-    class RayTrial:  # what Tune's first on_step_begin passes: the restored trials, here ones it will run
-        def __init__(self, trial_id: str):
-            self.trial_id, self.status = trial_id, "PENDING"
-
-    logger = TrialLogger(uri, exp, parent, str(tmp_path / "sweep"), space=None, loss_name="val_acc_drop")
-    logger.on_step_begin(0, [RayTrial("resumed"), RayTrial("old")])
-    finished = MlflowClient(uri).get_run(done)
+    ctx = SyncContext(uri, exp, parent, sweep)
+    assert sync_all(LedgerSync(ctx))
+    finished = client.get_run(done)
     assert finished.info.status == "FINISHED" and finished.data.tags[T.STATE] == "completed"
     assert len(client.get_metric_history(done, "mem_pct")) == 1  # replayed, not doubled
+    assert client.get_run(second).info.lifecycle_stage == "deleted"  # one run per trial
     gone = client.get_run(lost)
-    assert gone.info.status == "FAILED" and gone.data.tags[T.STATE] == "failed"
-    assert "driver died" in gone.data.tags[T.ERROR]
-    # The ledger never named the run of "resumed" (the driver died before its line): it is replaced.
-    assert client.get_run(resumed).info.lifecycle_stage == "deleted"
+    assert gone.info.status == "FAILED" and "driver died" in gone.data.tags[T.ERROR]
+    adopted = client.get_run(unrecorded)  # made by a writer that died before recording it: adopted, not doubled
+    assert adopted.info.lifecycle_stage == "active" and adopted.data.params == {"method": "durable",
+                                                                                "preset": "math-tiny", "ratio": "0.1"}
+    assert TrialLedger(sweep, SYNC_LEDGER).get("unrecorded")["run_id"] == unrecorded
     assert client.get_run(old).info.status == "RUNNING" and client.get_run(old).info.lifecycle_stage == "active"
-    again = TrialLedger(str(tmp_path / "sweep"))
-    assert again.get("done")["logged"] and again.get("lost")["state"] == LOST
+    again = LedgerSync(ctx)
+    assert again.logged("done") and again.logged("lost") and again.pending() == ["unrecorded", "old"]
+    children = client.search_runs([exp], f"tags.mlflow.parentRunId = '{parent}'")
+    assert len(children) == 4  # done, lost, unrecorded, old: nothing created twice
+    assert sync_all(again) and len(client.search_runs([exp], f"tags.mlflow.parentRunId = '{parent}'")) == 4
 
 
 def test_final_result_keeps_what_the_trainable_reported():

@@ -15,7 +15,7 @@ from mlflow import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT, MLFLOW_GIT_COMMIT, MLFLOW_SOURCE_NAME
 
 from sweeps import tags as T
-from sweeps.ledger import TrialLedger
+from sweeps.ledger import trials_with_runs
 from sweeps.readback import latest_parent_run
 from tests.sweeps.conftest import REPO, run_cli
 from tests.sweeps.mlflow_server import MlflowServer
@@ -28,9 +28,9 @@ def _children(uri: str, parent_run_id: str):
 
 
 def _run_map(root: str, experiment: str) -> dict:
-    """trial id -> its entry in the trial ledger of the experiment's (one) sweep."""
+    """trial id -> its entry in the trial ledger of the experiment's (one) sweep, with its MLflow run id."""
     for d in sorted((Path(root) / "sweeps" / experiment).glob("*/")):
-        return TrialLedger(str(d)).trials
+        return trials_with_runs(str(d))
     return {}
 
 

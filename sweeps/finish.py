@@ -1,0 +1,62 @@
+"""The end of a sweep, once MLflow holds all its trials: the report, the front's tags, the kept models, the parent
+run closed. One place, because two commands end a sweep: the driver after its last trial, and
+`sweeps/report.py --sync` for a sweep whose trials were still waiting for an unreachable MLflow when it ended.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from sweeps import tags as T
+from sweeps.models import keep_models
+from sweeps.options import DEFAULT_NUM_SAMPLES
+from sweeps.plan import SweepPlan
+from sweeps.mlflow_io import log_metrics, set_tags
+
+@dataclass
+class Finished:
+    report: Any  # sweeps.results.Report
+    kept: dict[str, dict]
+    interrupted: bool
+
+
+def sweep_total(plan: SweepPlan) -> int:
+    """How many trials the sweep asks for: the grid's points, or the sample budget."""
+    o = plan.options
+    if o.grid:
+        return len(plan.space.grid_points(limit=o.num_samples, seed=o.seed))
+    return o.num_samples or DEFAULT_NUM_SAMPLES
+
+
+def pending_message(plan: SweepPlan, summary: dict[str, Any]) -> str:
+    n = summary.get("unsynced")
+    return (f"MLflow at {plan.tracking_uri} was unreachable until the end: {'' if n is None else n} trial event(s) "
+            f"wait in {plan.sweep_dir}/trials.jsonl (nothing is lost); write them once it is back with  "
+            f"python sweeps/report.py --sync --experiment {plan.experiment} --sweep-id {plan.sweep_id} "
+            f"--storage {plan.storage}  (or resume the sweep with --resume)")
+
+
+def finish_sweep(plan: SweepPlan, client: Any, experiment_id: str, parent: str, total: int,
+                 wall_seconds: float | None, say: Callable[[str], None]) -> Finished:
+    """Read the sweep back from MLflow, tag its front, keep its models, close its parent run (`wall_seconds`:
+    the driver's, logged on the parent; None when another command ends the sweep)."""
+    from sweeps.readback import build_from_mlflow
+
+    rep = build_from_mlflow(client, parent, out_dir=plan.sweep_dir, tracking_uri=plan.tracking_uri,
+                            experiment_id=experiment_id)
+    rep.publish(client, parent)
+    kept = keep_models(plan.sweep_dir, plan.options.keep_models, rep, client, say)
+    c = rep.counts
+    interrupted = c["completed"] + c["failed"] + c["early_stopped"] < total
+    if interrupted:
+        set_tags(client, parent, {T.STATE: "interrupted"})
+        client.set_terminated(parent, status="KILLED")
+    else:
+        set_tags(client, parent, {T.STATE: "finished"})
+        wall = {} if wall_seconds is None else {"wall_seconds": wall_seconds}
+        log_metrics(client, parent, {"trials": c["trials"], "completed": c["completed"], "failed": c["failed"],
+                                     "early_stopped": c["early_stopped"], **wall})
+        client.set_terminated(parent, status="FINISHED")
+    return Finished(rep, kept, interrupted)
