@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import logging
+import warnings
 from typing import Any
 
 from ray.tune.search import Searcher
@@ -85,6 +86,8 @@ class ParetoOptunaSearch(OptunaSearch):
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        if "spec" not in state:
+            state = _from_unpersisted(state)
         self.__dict__.update(state)
         self._ot_study, self._ot_trials, self._sampler, self._storage, self._left = None, {}, None, None, None
 
@@ -129,7 +132,9 @@ class ParetoOptunaSearch(OptunaSearch):
         self._open()
         if self._left is not None and self._left <= 0:
             return Searcher.FINISHED
-        config = super().suggest(trial_id)
+        with warnings.catch_warnings():  # Ray times the define-by-run call, which includes the sampler's (GP) work
+            warnings.filterwarnings("ignore", message="Define-by-run function passed in the `space` argument took")
+            config = super().suggest(trial_id)
         ot_trial = self._ot_trials[trial_id]
         ot_trial.set_user_attr(S.RAY_TRIAL, trial_id)
         self.handed[trial_id] = ot_trial.number
@@ -154,6 +159,20 @@ class ParetoOptunaSearch(OptunaSearch):
                                result or {}, run_id)
         except Exception as exc:  # e.g. a storage hiccup; the sweep must not die over bookkeeping
             log.warning("optuna tell of %s failed: %s", trial_id, exc)
+
+
+def _from_unpersisted(state: dict[str, Any]) -> dict[str, Any]:
+    """The state of a searcher pickled by a sweep started before its study was persisted (its study lived in the
+    pickle, which is dropped): its study goes to the default storage under the root, built from the ledger."""
+    ledger_dir = state.get("ledger_dir") or ""
+    root = ledger_dir.rsplit("/sweeps/", 1)[0] if "/sweeps/" in ledger_dir else "."  # <root>/sweeps/<exp>/<id>
+    objectives = tuple(state.get("_metric") or ())
+    names = {"TPESampler": "tpe", "GPSampler": "gp", "NSGAIISampler": "nsga2", "RandomSampler": "random"}
+    spec = S.StudySpec(url=S.default_storage(root), name=state.get("_study_name") or "optuna", objectives=objectives,
+                       loss_name=next((o for o in objectives if o.endswith(("_acc_drop", "_ppl_increase_pct"))), ""))
+    return {**{k: v for k, v in state.items() if k not in ("_told", "_ot_study", "_ot_trials", "_sampler")},
+            "spec": spec, "sampler_name": names.get(type(state.get("_sampler")).__name__, "tpe"), "seed": 0,
+            "points": [], "handed": {}, "ledger_dir": ledger_dir or None}
 
 
 class GridSearcher(Searcher):

@@ -150,3 +150,28 @@ def test_a_sweep_study_opens_with_optuna_load_study(ray_runtime, sweep_args, tra
     assert flags == sorted(flags, reverse=True)  # feasible first
     for r in out["pareto"]:
         assert r["feasible"] == (r["val_acc_drop"] <= 2)
+
+
+def test_a_searcher_pickled_before_the_study_was_persisted_resumes(tmp_path, spaces_dir):
+    """Tune's experiment of an older sweep holds the searcher with its study inside the pickle: unpickled now,
+    that study is dropped and a new one under the root is told the ledger's finished trials."""
+    import optuna
+
+    from sweeps.ledger import TrialLedger
+    from sweeps.searchers import ParetoOptunaSearch
+
+    plan = plan_sweep(SweepOptions(method="durable", preset="math-tiny", storage=str(tmp_path / "root"),
+                                   search_space=str(spaces_dir / "durable.yaml"),
+                                   tracking_uri=f"sqlite:///{tmp_path}/mlflow.db"))
+    ledger = TrialLedger(plan.sweep_dir)
+    ledger.append("old", "created", run_id="r-old", config={"ratio": 0.05}, state="running")
+    ledger.append("old", "finished", state="completed", result={"mem_pct": 1.0, "val_acc_drop": 0.2, "final": 1})
+    old = {"_space": plan.space, "_metric": ["mem_pct", "val_acc_drop"], "_mode": ["min", "min"],
+           "_study_name": plan.study_name, "ledger_dir": plan.sweep_dir, "num_samples": 3, "_told": set(),
+           "_sampler": optuna.samplers.TPESampler(seed=0), "_ot_study": object(), "_ot_trials": {"x": object()}}
+    searcher = ParetoOptunaSearch.__new__(ParetoOptunaSearch)
+    searcher.__setstate__(old)
+    assert isinstance(searcher.suggest("new"), dict)
+    study = optuna.load_study(study_name=plan.study_name, storage=f"sqlite:///{tmp_path / 'root' / 'optuna.db'}")
+    assert [(t.user_attrs["ray_trial_id"], t.state.name) for t in study.trials] == [("old", "COMPLETE"),
+                                                                                 ("new", "RUNNING")]
