@@ -10,6 +10,8 @@
 - `ray_runtime`, `bases`: the Ray runtime (and `--gpus-per-trial auto`); base models made once as Ray tasks.
 - `objectives`: what the front and the sampler minimise (`--objectives`), and the robustness metrics they need.
 - `trainable`, `searchers`, `progress`: one trial; Optuna on the objectives or the paper's grid; bar or lines.
+- `study`, `samplers`: the Optuna study in an RDB storage (reloaded on resume, the utility constraint told) and
+  the samplers by name with their space-filling (Sobol) start-up points.
 - `engine`: `run_sweep`, the Ray Tune experiment and the MLflow parent run.
 - `tracking`, `tracking_uri`, `tags`, `inputs`: MLflow child run per trial; the tracking URI's default and
   checks (planning imports no Ray or MLflow); the tag names (`tinymem.*`, MLflow's system tags); the base

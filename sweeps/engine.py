@@ -88,6 +88,8 @@ class SweepOutcome:
             "wall_seconds": self.wall_seconds,
             "ray_start_seconds": self.ray_start_seconds,
             "mlflow_ui": rep.ui_hint,
+            "optuna_storage": None if self.plan.options.grid else self.plan.study_storage,
+            "optuna_study": None if self.plan.options.grid else self.plan.study_name,
         }
 
 
@@ -125,7 +127,7 @@ def _start_parent(plan: SweepPlan, client: Any, experiment_id: str, bases: dict[
     set_tags(client, rid, {
         "mlflow.note.content": f"TinyMem sweep `{plan.experiment}` / `{plan.sweep_id}`\n\n    {o.command}\n",
         T.SWEEP: {"kind": plan.kind, "objectives": plan.objectives, "methods": plan.space.methods,
-                          "presets": plan.space.presets,
+                          "presets": plan.space.presets, "max_utility_loss": plan.max_loss,
                           "searched": sorted({n for sp in plan.space.spaces.values()
                                               for n in (list(sp.params) + list(sp.paper_grid))})},
         T.BASE: {p: b["metrics"] for p, b in bases.items()},
@@ -248,6 +250,8 @@ def run_sweep(plan: SweepPlan, say: Callable[[str], None] = print, stream: str =
             f"{plan.space.presets}, {'paper grid' if o.grid else o.sampler}, objectives {plan.objectives}")
         for note in plan.goals.notes:
             say(note)
+        if not o.grid:
+            say(f"Optuna study {plan.study_name} in {plan.study_storage}")
         logger.open()  # the MLflow writer: first what a dead driver or an outage left
         tuner.fit()  # on Ctrl-C, Tune saves its state and returns: the report below covers what finished
         summary = logger.close(o.sync_wait)
@@ -260,6 +264,8 @@ def run_sweep(plan: SweepPlan, say: Callable[[str], None] = print, stream: str =
             if o.register_model else None
         models = model_details(client, rep, plan.storage)
         rep.notes.extend(detail_lines(models, registered))
+        if not o.grid:
+            rep.notes.append(f"Optuna: optuna-dashboard {plan.study_storage}   (study {plan.study_name})")
         return SweepOutcome(plan=plan, experiment_id=experiment_id, parent_run_id=parent_run_id, bases=bases,
                             report=rep, interrupted=interrupted, wall_seconds=time.time() - t_start,
                             ray_start_seconds=ray_start, models=models, registered=registered)

@@ -75,6 +75,7 @@ class TrialLedger:
         self.remote = storage.is_remote(sweep_dir)
         self._trials: dict[str, dict[str, Any]] | None = None
         self._history: dict[str, list[dict[str, Any]]] = {}  # trial id -> its events, in order
+        self._offset = 0  # local file: the bytes read so far (`refresh` reads on from there)
         self._torn_tail = False  # the file ends without a newline: the next append starts a new line
         self._seq = 0  # object stores: the next event's sequence number
 
@@ -115,21 +116,44 @@ class TrialLedger:
             self._torn_tail = False
         trials.setdefault(trial_id, {}).update(fields)
         self._history.setdefault(trial_id, []).append(json.loads(line))
+        if not self.remote:
+            self._offset += len(data)
 
     def finished_results(self) -> dict[str, dict[str, Any]]:
         """trial id -> final result, of every finished trial whose result the ledger holds."""
         return {t: e["result"] for t, e in self.trials.items() if is_finished(e) and isinstance(e.get("result"), dict)}
 
+    def refresh(self) -> dict[str, dict[str, Any]]:
+        """Take in what another process appended since this one read the ledger: on a local file only the new
+        complete lines (cheap at any length); on an object store, everything again."""
+        if self._trials is None or self.remote:
+            self._trials = None
+            return self.trials
+        path = Path(self.sweep_dir, self.name)
+        if not path.exists():
+            return self._trials
+        with open(path, "rb") as f:
+            f.seek(self._offset)
+            new = f.read()
+        done = new.rfind(b"\n") + 1  # a line still being written is read next time
+        self._offset += done
+        for event in self._parse(new[:done].decode("utf-8", errors="replace").split("\n")):
+            self._fold(self._trials, event)
+        return self._trials
+
     # -- reading
+
+    def _fold(self, trials: dict[str, dict[str, Any]], event: dict[str, Any]) -> None:
+        fields = {k: v for k, v in event.items() if k not in ("trial_id", "event", "at")}
+        trials.setdefault(str(event["trial_id"]), {}).update(fields)
+        self._history.setdefault(str(event["trial_id"]), []).append(event)
 
     def _load(self) -> dict[str, dict[str, Any]]:
         legacy = (storage.read_json(storage.join(self.sweep_dir, LEGACY_RUN_MAP)) or {}) if self.name == LEDGER else {}
         trials: dict[str, dict[str, Any]] = {t: dict(e) for t, e in legacy.get("trials", {}).items()}
         self._history = {}
         for event in self._events():
-            fields = {k: v for k, v in event.items() if k not in ("trial_id", "event", "at")}
-            trials.setdefault(str(event["trial_id"]), {}).update(fields)
-            self._history.setdefault(str(event["trial_id"]), []).append(event)
+            self._fold(trials, event)
         return trials
 
     def _events(self) -> list[dict[str, Any]]:
@@ -139,7 +163,11 @@ class TrialLedger:
             path = Path(self.sweep_dir, self.name)
             raw = path.read_bytes() if path.exists() else b""
             self._torn_tail = bool(raw) and not raw.endswith(b"\n")
+            self._offset = raw.rfind(b"\n") + 1  # a line still being written is read by `refresh`
             texts = raw.decode("utf-8", errors="replace").split("\n")
+        return self._parse(texts)
+
+    def _parse(self, texts: list[str]) -> list[dict[str, Any]]:
         events = []
         for i, text in enumerate(texts):
             if not text.strip():

@@ -6,6 +6,12 @@ The default is two: `mem_pct` and the utility loss on the selection split (`val_
 own. A utility loss named on the reported split (`test_acc_drop`) is selected on its `val` twin instead: the
 `test` half is only ever reported, so choosing on it would make the reported numbers optimistic.
 
+The utility loss objective may also be bounded (`--max-utility-loss X`): a trial whose loss exceeds X is
+infeasible. The sampler is told so (an Optuna constraint, `sweeps.study`) and the report shows the feasible
+part of the front first. The default is 1 point of accuracy for math presets (the bar of a hit in the
+project's search-efficiency measurements, docs/defaults.md), and none for language, whose perplexity increase
+has no measured scale to pick a bound from; `none` switches it off.
+
 Robustness metrics (`tinymem.robustness`) cost extra evaluation time; a sweep computes exactly the ones its
 objectives name, plus any `--robustness` asks for (`all` or a comma list).
 """
@@ -15,12 +21,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sweeps.errors import SweepError
+from sweeps.options import parse_max_loss
 from sweeps.pareto import MEM, REPORT_SPLIT, SELECT_SPLIT, objectives_of, utility_loss_name
 from tinymem.errors import ConfigError
 from tinymem.robustness import NAMES as ROBUSTNESS, parse_names
 
 # Memorization-style metrics every trial already reports (`tinymem.metrics`), 0-100, lower is better.
 PLAIN = (MEM, "paper_mem_pct", "approx_mem_pct", "heldout_mem_pct")
+DEFAULT_MAX_LOSS = {"math": 1.0, "language": None}  # --max-utility-loss not given
 
 
 @dataclass(frozen=True)
@@ -72,6 +80,14 @@ def resolve(text: str | None, kind: str, *, heldout_frac: float = 0.0, robustnes
         raise SweepError("objective heldout_mem_pct needs --heldout-frac > 0 (the withheld memorized rows)")
     wanted = set(extra) | {n for n in names if n in ROBUSTNESS}
     return Objectives(tuple(names), tuple(n for n in ROBUSTNESS if n in wanted), tuple(notes))
+
+
+def resolve_max_loss(text: str | None, kind: str) -> float | None:
+    """The bound on the utility loss of a sweep on `kind` data (None: unconstrained)."""
+    value = parse_max_loss(text)
+    if value is None:
+        return DEFAULT_MAX_LOSS[kind]
+    return None if isinstance(value, str) else value
 
 
 def _robustness(text: str | None) -> tuple[str, ...]:

@@ -14,7 +14,7 @@ from sweeps.errors import SweepError
 from tinymem.hf.options import HFSourceOptions
 from tinymem.store import DEFAULT_ROOT
 
-SAMPLERS = ("tpe", "nsga2", "random")
+SAMPLERS = ("tpe", "gp", "nsga2", "random")  # sweeps.samplers builds them
 SCHEDULERS = ("none", "asha")
 GRIDS = ("paper",)
 KEEP_MODELS = ("pareto", "all", "none")  # which trials' mitigated models stay as model directories (sweeps.models)
@@ -24,6 +24,7 @@ ASHA_GUARD = "retain_loss"  # what iterative methods report per epoch and rises 
 SWEEP_RECORD = "sweep.json"
 AUTO = "auto"  # --gpus-per-trial auto: sized from a Hugging Face model (tinymem.hf.memory.gpus_for_source)
 SEED_MAX = 2**32 - 1  # Optuna's samplers seed numpy's RandomState, which takes [0, 2**32 - 1]
+NO_LIMIT = ("none", "off")  # --max-utility-loss none: no constraint
 
 
 def split_list(value: str | None) -> list[str]:
@@ -61,6 +62,10 @@ class SweepOptions:
     # robustness metric groups computed beside them (`sweeps.objectives`).
     objectives: str | None = None
     robustness: str | None = None
+    # The constraint on the utility loss objective (points of accuracy, or percent of perplexity): a number, `none`,
+    # or None for the task's default (`sweeps.objectives.DEFAULT_MAX_LOSS`).
+    max_utility_loss: str | None = None
+    optuna_storage: str | None = None  # None: sweeps.study.default_storage(storage); the plan resolves it
     keep_models: str = "pareto"  # pareto: the front and the paper rule's pick; all: every completed trial; none
     # Register the paper rule's pick (NAME) or one trial (NAME:TRIAL_ID) in the MLflow Model Registry. An action of
     # the command that asks for it, not part of the sweep: `--resume` takes it from its own command line.
@@ -112,7 +117,29 @@ def check_flags(opts: SweepOptions) -> None:
         raise SweepError(f"--sync-wait must be a finite number of seconds >= 0, got {opts.sync_wait}")
     if not 0 <= opts.seed <= SEED_MAX:
         raise SweepError(f"--seed must be in [0, {SEED_MAX}] (Optuna's samplers), got {opts.seed}")
+    parse_max_loss(opts.max_utility_loss)
+    if opts.optuna_storage is not None:
+        from sweeps.study import check_storage_url  # the form only: no Optuna import, no connection
+
+        check_storage_url(opts.optuna_storage)
     check_model_options(opts)
+
+
+def parse_max_loss(text: str | None) -> float | str | None:
+    """--max-utility-loss: a finite number >= 0, `none` (no constraint), or None (not given: the task's default,
+    which the plan knows). SweepError naming a bad value."""
+    if text is None:
+        return None
+    if str(text).strip().lower() in NO_LIMIT:
+        return NO_LIMIT[0]
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        value = math.nan
+    if not (math.isfinite(value) and value >= 0):  # also refuses nan and inf
+        raise SweepError(f"bad --max-utility-loss {text!r}; allowed: a finite number >= 0 (points of accuracy, "
+                         f"or percent of perplexity) or {NO_LIMIT[0]!r}")
+    return value
 
 
 def parse_register(spec: str) -> tuple[str, str | None]:

@@ -9,6 +9,10 @@ Default objectives (`--objectives` chooses others: `sweeps.objectives`), both mi
 Selection uses the `val` half of the held-out sets; the same losses on the `test` half (`test_acc_drop`,
 `test_ppl_increase_pct`) are reported beside them and never used to choose.
 
+With a bound X on the utility loss (`--max-utility-loss`), a completed trial is `feasible` when its loss is at
+most X. An infeasible trial never dominates a feasible one (its loss is higher), so the feasible part of the
+front is exactly the front of the feasible trials.
+
 Only trials in state `completed` with finite objectives are eligible: failed trials have no metrics, and
 trials that ASHA stopped early (`early_stopped`) carry truncated metrics (an under-trained edit can look
 spuriously good), so they never enter the front.
@@ -92,6 +96,13 @@ def pareto_mask(df: pd.DataFrame, objectives: list[str]) -> pd.Series:
     return mask
 
 
+def feasible_mask(df: pd.DataFrame, loss_name: str, max_loss: float) -> pd.Series:
+    """True for completed trials whose utility loss is finite and at most `max_loss`."""
+    loss = pd.to_numeric(df[loss_name], errors="coerce") if loss_name in df.columns else pd.Series(math.nan,
+                                                                                                  index=df.index)
+    return df["state"].eq(ELIGIBLE_STATE) & loss.le(max_loss)
+
+
 def paper_score(row: pd.Series, base: dict[str, float], kind: str, split: str = SELECT_SPLIT) -> float:
     """The paper's scalar score of one trial against its base model (lower is better), on `split` (a pick is a
     selection, so it reads the `val` half, as the front does)."""
@@ -117,15 +128,18 @@ def paper_score(row: pd.Series, base: dict[str, float], kind: str, split: str = 
 
 
 def select(df: pd.DataFrame, bases: dict[str, dict[str, float]], kind: str,
-           objectives: list[str] | None = None) -> tuple[pd.DataFrame, Any]:
-    """Annotate trials with `pareto` (on `objectives`, default `objectives_of(kind)`) and `paper_score`;
-    return (annotated df, index of the paper's pick).
+           objectives: list[str] | None = None, max_loss: float | None = None) -> tuple[pd.DataFrame, Any]:
+    """Annotate trials with `pareto` (on `objectives`, default `objectives_of(kind)`), `paper_score` and, with a
+    bound `max_loss` on the utility loss, `feasible`; return (annotated df, index of the paper's pick).
 
     `bases` maps preset name -> base metrics (the `preset` column picks the base of each row).
     """
     df = df.copy()
     objectives = list(objectives or objectives_of(kind))
     df["pareto"] = pareto_mask(df, objectives) if not df.empty else pd.Series(dtype=bool)
+    if max_loss is not None:
+        df["feasible"] = feasible_mask(df, utility_loss_name(kind), max_loss) if not df.empty \
+            else pd.Series(dtype=bool)
     scores = []
     for _, row in df.iterrows():
         base = bases.get(str(row.get("preset")), next(iter(bases.values()), {}))

@@ -16,12 +16,13 @@ from typing import Any
 
 from sweeps import storage
 from sweeps.errors import SweepError
-from sweeps.objectives import Objectives, resolve as resolve_objectives
+from sweeps.objectives import Objectives, resolve as resolve_objectives, resolve_max_loss
 from sweeps.options import AUTO, SWEEP_RECORD, SweepOptions, check_flags, check_model_options, split_list
 from sweeps.pareto import task_kind, utility_loss_name
 from sweeps.ray_runtime import check_ray_address
 from sweeps.space import SweepSpace
 from sweeps.space_file import default_space_path, load_search_space, parse_search_space
+from sweeps.study import check_storage, default_storage
 from sweeps.tracking_uri import check_tracking_uri, default_tracking_uri
 from tinymem.errors import ConfigError
 from tinymem.hf.models import DEVICES, parse_dtype, parse_source
@@ -46,6 +47,7 @@ class SweepPlan:
     record: dict[str, Any] = field(default_factory=dict)
     # the objectives and the robustness metrics trials compute (`sweeps.objectives`); set by both plan paths
     goals: Objectives = field(default_factory=lambda: Objectives(()))
+    max_loss: float | None = None  # the bound on the utility loss (--max-utility-loss); None: unconstrained
 
     @property
     def kind(self) -> str:
@@ -58,6 +60,15 @@ class SweepPlan:
     @property
     def objectives(self) -> list[str]:
         return list(self.goals.names)
+
+    @property
+    def study_storage(self) -> str:
+        """The RDB URL of the sweep's Optuna study (`sweeps.study`)."""
+        return self.options.optuna_storage or default_storage(self.storage)
+
+    @property
+    def study_name(self) -> str:
+        return f"{self.experiment}-{self.sweep_id}"
 
     @property
     def sweep_dir(self) -> str:
@@ -136,15 +147,20 @@ def plan_sweep(opts: SweepOptions) -> SweepPlan:
         space.grid_points()  # raises if a method has no paper_grid
     goals = resolve_objectives(opts.objectives, next(iter(kinds.values())), heldout_frac=opts.heldout_frac,
                                robustness=opts.robustness)
+    max_loss = resolve_max_loss(opts.max_utility_loss, next(iter(kinds.values())))
     experiment = opts.experiment if opts.experiment is not None else f"{'+'.join(methods)}-{label}"
     _check_experiment_name(experiment)
     if opts.address:
         check_ray_address(opts.address)
+    # Resolved into the options, so the sweep record keeps where the study is (a resume looks there).
+    opts = replace(opts, optuna_storage=opts.optuna_storage or default_storage(storage_root))
+    if not opts.grid:  # a grid asks no sampler: no study
+        check_storage(opts.optuna_storage)  # creates nothing
     tracking_uri = opts.tracking_uri or default_tracking_uri(storage_root)
     check_tracking_uri(tracking_uri)  # last: it creates the SQLite file
     sweep_id = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:4]
     return SweepPlan(options=opts, space=space, experiment=experiment, sweep_id=sweep_id, storage=storage_root,
-                     tracking_uri=tracking_uri, kinds=kinds, goals=goals)
+                     tracking_uri=tracking_uri, kinds=kinds, goals=goals, max_loss=max_loss)
 
 
 def _check_gpus(opts: SweepOptions) -> float | str:
@@ -239,6 +255,12 @@ def _plan_resume(opts: SweepOptions, storage_root: str) -> SweepPlan:
     saved.resume = sweep_id
     saved.command = opts.command
     saved.register_model = opts.register_model  # an action of this command, not part of the sweep
+    if "max_utility_loss" not in record["options"]:  # started before constraints: it had none
+        saved.max_utility_loss = "none"
+    if opts.optuna_storage and saved.optuna_storage and opts.optuna_storage != saved.optuna_storage:
+        raise SweepError(f"sweep {sweep_id!r} keeps its Optuna study in {saved.optuna_storage}; resume it "
+                         f"without --optuna-storage (or with that one)")
+    saved.optuna_storage = saved.optuna_storage or opts.optuna_storage or default_storage(storage_root)
     check_model_options(saved)
     tracking_uri = record["tracking_uri"]
     if opts.tracking_uri and opts.tracking_uri != tracking_uri:
@@ -246,13 +268,16 @@ def _plan_resume(opts: SweepOptions, storage_root: str) -> SweepPlan:
                          f"(or with that one)")
     if opts.address:
         check_ray_address(opts.address)
+    if not saved.grid:
+        check_storage(saved.optuna_storage)
     check_tracking_uri(tracking_uri)
     kinds = record["kinds"]
     try:
         goals = resolve_objectives(saved.objectives, next(iter(kinds.values())), heldout_frac=saved.heldout_frac,
                                    robustness=saved.robustness)
+        max_loss = resolve_max_loss(saved.max_utility_loss, next(iter(kinds.values())))
     except SweepError as e:
         raise SweepError(f"sweep {sweep_id!r}: its recorded objectives no longer resolve: {e}") from None
     return SweepPlan(options=saved, space=space, experiment=opts.experiment, sweep_id=sweep_id,
                      storage=storage_root, tracking_uri=tracking_uri, kinds=kinds, resumed=True,
-                     record=record, goals=goals)
+                     record=record, goals=goals, max_loss=max_loss)

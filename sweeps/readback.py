@@ -1,7 +1,7 @@
 """A sweep read back from MLflow alone: its child runs as a table, annotated with the front, as a `Report`.
 
 Everything needed is in MLflow: the child runs' params, metrics and `tinymem.state` tags, and the parent run's
-tags `tinymem.sweep` (task kind, objectives) and `tinymem.base` (base metrics per preset). Tags are read with
+tags `tinymem.sweep` (task kind, objectives, the bound on the utility loss) and `tinymem.base` (base metrics per preset). Tags are read with
 `sweeps.tags.read`, so a sweep logged before the `tinymem.` namespace (bare `state`, ...) reads back too.
 """
 
@@ -76,11 +76,12 @@ def build_from_mlflow(client: Any, parent_run_id: str, out_dir: str | None, trac
     for col in dict.fromkeys([MEM, utility_loss_name(kind), *objectives]):
         if not df.empty and col not in df.columns:
             df[col] = math.nan
-    annotated, best = select(df, bases, kind, objectives) if not df.empty else (
+    max_loss = sweep.get("max_utility_loss")  # absent before constraints: none
+    annotated, best = select(df, bases, kind, objectives, max_loss) if not df.empty else (
         df.assign(pareto=[], paper_score=[]), None)
     rep = Report(trials=annotated, param_names=param_names, kind=kind, searched=searched, bases=bases, best_index=best,
                  experiment_id=experiment_id, parent_run_id=parent_run_id, tracking_uri=tracking_uri,
-                 objective_names=objectives)
+                 objective_names=objectives, max_loss=max_loss)
     if out_dir:
         rep.write(out_dir)
     return rep

@@ -47,6 +47,7 @@ class Report:
     local_files: dict[str, str] = field(default_factory=dict)
     objective_names: list[str] | None = None  # what the front minimises (None: mem_pct and the utility loss)
     notes: list[str] = field(default_factory=list)  # more lines for `summary` (kept models: sweeps.models)
+    max_loss: float | None = None  # the bound on the utility loss (--max-utility-loss); None: unconstrained
 
     @property
     def loss_name(self) -> str:
@@ -64,10 +65,19 @@ class Report:
                 "running": int(states.get("running", 0))}
 
     @property
+    def constrained(self) -> bool:
+        return self.max_loss is not None and "feasible" in self.trials.columns
+
+    @property
     def front(self) -> pd.DataFrame:
+        """The front's trials by the objectives, with a constraint the feasible ones first."""
         if self.trials.empty:
             return self.trials
-        return self.trials[self.trials["pareto"]].sort_values(self.objectives)
+        front = self.trials[self.trials["pareto"]]
+        if self.constrained:
+            return front.assign(_infeasible=~front["feasible"].astype(bool)).sort_values(
+                ["_infeasible", *self.objectives]).drop(columns="_infeasible")
+        return front.sort_values(self.objectives)
 
     def _columns(self, all_params: bool = False) -> list[str]:
         multi_method = self.trials["method"].nunique() > 1 if not self.trials.empty else False
@@ -76,7 +86,7 @@ class Report:
         shown = [p for p in self.param_names if all_params or p in (self.searched or self.param_names)]
         cols += [p for p in shown if p in self.trials.columns]
         cols += [MEM, *INTERVAL_COLUMNS, *self.objectives, self.loss_name] + UTILITY_COLUMNS[self.kind] + [
-            "seconds_mitigate", "paper_score", "run_id"]
+            "seconds_mitigate", "paper_score", "feasible", "run_id"]
         return [c for c in dict.fromkeys(cols) if c in self.trials.columns]
 
     def _record(self, row: pd.Series) -> dict[str, Any]:
@@ -87,7 +97,7 @@ class Report:
         rec = {"trial_id": row["trial_id"], "run_id": row["run_id"], "method": row["method"],
                "preset": row["preset"], "params": params}
         for c in [MEM, *INTERVAL_COLUMNS, *self.objectives, self.loss_name] + UTILITY_COLUMNS[self.kind] + [
-                "seconds_mitigate", "paper_score", "info_unlearn_rows"]:
+                "seconds_mitigate", "paper_score", "feasible", "info_unlearn_rows"]:
             if c in row.index:
                 rec[c] = clean(row[c])
         return rec
@@ -127,9 +137,15 @@ class Report:
 
     def summary(self) -> str:
         c = self.counts
+        feasible = ""
+        if self.constrained:
+            n = int(self.front["feasible"].astype(bool).sum())
+            feasible = (f"; feasible: {self.loss_name} <= {self.max_loss:g} ({n} of {len(self.front)} on the front, "
+                        f"listed first)")
         lines = [f"trials: {c['trials']} ({c['completed']} completed, {c['failed']} failed, "
                  f"{c['early_stopped']} early-stopped)",
-                 f"Pareto front on ({', '.join(self.objectives)}), all minimised; * = the paper's scalar rule:",
+                 f"Pareto front on ({', '.join(self.objectives)}), all minimised{feasible}; * = the paper's scalar "
+                 f"rule:",
                  self.table()]
         best = self.best_record()
         if best is not None and (self.best_index not in self.front.index):
@@ -165,9 +181,11 @@ class Report:
         plot_report(self, path)
 
     def publish(self, client: Any, parent_run_id: str) -> None:
-        """Tag each child `tinymem.pareto` true/false and attach the CSVs and the PNG to the parent run."""
+        """Tag each child `tinymem.pareto` (and with a constraint `tinymem.feasible`) true/false and attach the CSVs and the PNG to the parent run."""
         for idx, row in self.trials.iterrows():
             tags = {T.PARETO: "true" if bool(row.get("pareto")) else "false"}
+            if self.constrained:
+                tags[T.FEASIBLE] = "true" if bool(row.get("feasible")) else "false"
             if idx == self.best_index:
                 tags[T.PAPER_RULE_BEST] = "true"
             set_tags(client, row["run_id"], tags)

@@ -81,8 +81,18 @@ def build_parser() -> argparse.ArgumentParser:
                         "auto (--model only) sizes it from the model, the methods and a GPU of the cluster "
                         "(default: 0 for presets, auto for --model)")
     p.add_argument("--sampler", default=None, choices=options.SAMPLERS,  # None: not given (it conflicts with --grid)
-                   help="Optuna multi-objective sampler: tpe (MO-TPE), nsga2 (NSGA-II) or random "
+                   help="Optuna multi-objective sampler: tpe (MO-TPE), gp (Gaussian process, logEHVI; slower "
+                        "per suggestion, for small budgets), nsga2 (NSGA-II) or random; tpe and gp start from "
+                        "space-filling (Sobol) points after the warm start "
                         f"(default: {options.SweepOptions.sampler})")
+    p.add_argument("--max-utility-loss", default=None, metavar="X|none",
+                   help="constraint: a trial whose utility loss (val accuracy drop in points, or val perplexity "
+                        "increase in percent) exceeds X is infeasible; the sampler is told and the report shows "
+                        "the feasible front first (default: 1 for math presets, none for language)")
+    p.add_argument("--optuna-storage", default=None, metavar="URL",
+                   help="RDB storage of the sweep's Optuna study, e.g. postgresql://HOST/DB (default: "
+                        f"sqlite:///<storage>/optuna.db, or {DEFAULT_ROOT}/optuna.db when --storage is an "
+                        "object store); open it with optuna-dashboard URL")
     p.add_argument("--grid", default=None, choices=options.GRIDS,
                    help="run the paper's grid from the search space file instead of a sampler "
                         "(default: off, sample with --sampler)")
@@ -147,8 +157,9 @@ def options_from_args(args: argparse.Namespace, argv: list[str]) -> options.Swee
         address=args.address, storage=args.storage, tracking_uri=args.tracking_uri, experiment=args.experiment,
         resume=args.resume, seed=args.seed, search_space=args.search_space, max_failures=args.max_failures,
         device=args.device, repeats=args.repeats, heldout_frac=args.heldout_frac, keep_models=args.keep_models,
-        objectives=args.objectives, robustness=args.robustness,
-        register_model=args.register_model, sync_wait=args.sync_wait, command=shlex.join([*invoked_as().split(), *argv]))
+        objectives=args.objectives, robustness=args.robustness, max_utility_loss=args.max_utility_loss,
+        optuna_storage=args.optuna_storage, sync_wait=args.sync_wait,
+        register_model=args.register_model, command=shlex.join([*invoked_as().split(), *argv]))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -29,6 +29,7 @@ RESUMED = "tinymem.resumed"  # unix time of the latest --resume
 TRIAL_ID = "tinymem.trial_id"
 STATE = "tinymem.state"  # running | completed | failed | early_stopped
 PARETO = "tinymem.pareto"  # "true" on the front's runs, "false" on the others
+FEASIBLE = "tinymem.feasible"  # with --max-utility-loss: "true" when the trial's utility loss is within it
 PAPER_RULE_BEST = "tinymem.paper_rule_best"  # "true" on the paper's scalar rule's pick
 METHOD = "tinymem.method"
 PRESET = "tinymem.preset"

@@ -4,7 +4,8 @@ Each test starts a real driver (`python sweeps/run.py ... --json`) in its own pr
 with SIGKILL at a chosen moment (found by polling MLflow, never by sleeping), stops what is left of that
 driver's local Ray runtime (found by a marker in the processes' environment, never by name), resumes once in a
 new process and checks what MLflow holds: as many finished child runs as samples, each parameter set once,
-no RUNNING run, the parent FINISHED.
+no RUNNING run, the parent FINISHED; and what the Optuna study holds (`optuna.load_study`): exactly one
+COMPLETE trial per completed ledger trial, nothing RUNNING.
 
 The first driver runs with `TUNE_GLOBAL_CHECKPOINT_S=600`: Ray Tune saves its experiment state at the first
 step and then not again before the kill, the far end of the lag a crash leaves (normally up to ~10 s, more on
@@ -20,7 +21,9 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
+from sweeps import storage
 from sweeps import tags as T
+from sweeps.ledger import TrialLedger
 from tests.sweeps.drivers import Driver, children, wait_for
 
 SAMPLES = 4
@@ -59,6 +62,20 @@ def _assert_resumed_once(client: MlflowClient, experiment: str, out: dict) -> di
     return numbers
 
 
+def _assert_study_told_once(root: str, experiment: str, out: dict) -> None:
+    """The resumed study continued the same study: one COMPLETE trial per completed ledger trial (keyed by Ray
+    trial id, so none twice), none left RUNNING or WAITING by the dead driver."""
+    import optuna
+
+    study = optuna.load_study(study_name=out["optuna_study"], storage=out["optuna_storage"])
+    trials = study.get_trials(deepcopy=False)
+    complete = sorted(t.user_attrs["ray_trial_id"] for t in trials if t.state.name == "COMPLETE")
+    ledger = TrialLedger(storage.join(root, "sweeps", experiment, out["sweep_id"])).trials
+    completed = sorted(t for t, e in ledger.items() if e.get("state") == "completed")
+    assert complete == completed and len(completed) == SAMPLES, (complete, completed)
+    assert not [t.number for t in trials if t.state.name in ("RUNNING", "WAITING")]
+
+
 def _args(root: str, uri: str, experiment: str, space: Path) -> list[str]:
     return ["--method", "sweep_probe", "--preset", "math-tiny", "--storage", root, "--tracking-uri", uri,
             "--experiment", experiment, "--search-space", str(space), "--num-samples", str(SAMPLES),
@@ -89,6 +106,7 @@ def test_sigkilled_driver_resumes_each_trial_once(sweep_root, tmp_path, moment):
         driver.kill()  # also when waiting failed: nothing of it may outlive the test
     out = _resume(sweep_root, experiment, tmp_path / "resume.log")
     _assert_resumed_once(client, experiment, out)
+    _assert_study_told_once(sweep_root, experiment, out)
 
 
 @pytest.mark.slow
@@ -107,3 +125,4 @@ def test_driver_killed_while_training_its_base_model_resumes(tmp_path):
     # It trains math-tiny (about 15 s on 2 idle cores; minutes on loaded ones), then runs every trial.
     out = _resume(root, experiment, tmp_path / "resume.log", timeout=900)
     _assert_resumed_once(MlflowClient(uri), experiment, out)
+    _assert_study_told_once(root, experiment, out)

@@ -275,7 +275,7 @@ def test_multi_objective_study_is_not_downgraded(sweep_root, spaces_dir):
                                    tracking_uri=f"sqlite:///{sweep_root}/unused.db"))
     searcher = make_searcher(plan, 8)
     assert searcher.metric == ["mem_pct", "val_acc_drop"] and searcher.mode == ["min", "min"]
-    assert len(searcher._ot_study.directions) == 2
+    assert len(searcher.study.directions) == 2
 
 
 @pytest.mark.parametrize("flag, value", [("--gpus-per-trial", "1"), ("--cpus-per-trial", "64")])

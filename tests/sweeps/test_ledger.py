@@ -80,43 +80,83 @@ def _plan(tmp_path, spaces_dir, *, grid: bool = False):
                                    tracking_uri=f"sqlite:///{tmp_path}/unused.db"))
 
 
-def test_optuna_searcher_counts_and_learns_trials_finished_after_tunes_save(tmp_path, spaces_dir):
+def _pickled_modules(data: bytes) -> set[str]:
+    """The modules of the classes a pickle refers to (what unpickling it would import)."""
+    import io
+
+    found: set[str] = set()
+
+    class Recorder(pickle.Unpickler):
+        def find_class(self, module: str, name: str):
+            found.add(module)
+            return super().find_class(module, name)
+
+    Recorder(io.BytesIO(data)).load()
+    return found
+
+
+def test_optuna_study_is_reloaded_closed_up_and_told_each_trial_once(tmp_path, spaces_dir):
+    """A driver dies with trials Tune never saved: the resumed searcher (unpickled as Tune's experiment holds
+    it, then restored from its saved JSON state) reloads the study from SQLite, fails what the dead driver left
+    RUNNING, tells each finished ledger trial once, counts it toward the budget, and never unpickles a study."""
+    import optuna
     from ray.tune.search import Searcher
 
     plan = _plan(tmp_path, spaces_dir)
     dead = make_searcher(plan, 5)
-    assert isinstance(dead.suggest("a"), dict)  # handed out before Tune's save
-    saved = tmp_path / "searcher.pkl"
-    dead.save(str(saved))
-    # After the save the driver ran three more trials (one completed, one failed, one died with it) and died.
+    pickled = pickle.dumps(dead)  # what Tune's experiment (tuner.pkl) holds: plain values, no study, no sampler
+    assert not [m for m in _pickled_modules(pickled) if m.split(".")[0] == "optuna"]
     ledger = TrialLedger(plan.sweep_dir)
     configs = {}
-    for tid, state in (("b", "completed"), ("c", "failed"), ("d", LOST)):
+
+    def start(tid: str) -> None:
         configs[tid] = dead.suggest(tid)
         ledger.append(tid, "created", run_id=f"r{tid}", config=configs[tid], state="running")
-        result = {**RESULT, "failed": int(state == "failed")}
-        ledger.append(tid, "finished" if state != LOST else LOST, state=state, result=result, result_ms=1)
 
-    restored = make_searcher(plan, 5)
+    start("a")  # handed out before Tune's save; still running when the driver dies, Tune resumes it
+    saved = tmp_path / "searcher-state"
+    dead.save(str(saved))
+    assert json.loads(saved.read_text())["handed"] == {"a": 0}
+    # After the save: "b" completed and was told, "c" failed and the driver died before telling, "d" died with it.
+    for tid in ("b", "c", "d"):
+        start(tid)
+    ledger.append("b", "finished", state="completed", result=RESULT, result_ms=1)
+    dead.on_trial_complete("b", RESULT)
+    ledger.append("c", "finished", state="failed", result={**RESULT, "failed": 1}, result_ms=1)
+    ledger.append("d", LOST, state=LOST)
+
+    restored = pickle.loads(pickled)
     restored.restore(str(saved))
     # 5 samples: "a" (Tune knows it), "b" and "c" (finished, only the ledger knows them): two more; "d" died.
-    fresh = [restored.suggest("e"), restored.suggest("f")]
+    fresh = {"e": restored.suggest("e"), "f": restored.suggest("f")}
     assert restored.suggest("g") == Searcher.FINISHED
-    # The restored sampler would have drawn b, c and d again; they were replayed, so e and f are new points.
-    assert not [c for c in fresh if c in configs.values()], (fresh, configs)
-    trials = restored._ot_study.get_trials(deepcopy=False)
-    by_params = {json.dumps(t.params, sort_keys=True): t for t in trials}
-    told = {tid: by_params[json.dumps(configs[tid], sort_keys=True)] for tid in configs}
-    assert told["b"].state.name == "COMPLETE" and told["b"].values == [10.0, 0.5]
-    assert told["c"].state.name == "FAIL" and told["d"].state.name == "FAIL"
-    assert len(trials) == 6  # a to f, each once
+    assert not [c for c in fresh.values() if c in configs.values()], (fresh, configs)
+    restored.on_trial_complete("a", RESULT)  # Tune's resumed trial ends: its Optuna trial was closed on reload
+    for tid in fresh:
+        restored.on_trial_complete(tid, {**RESULT, "mem_pct": 20.0, "val_acc_drop": 3.0})
+
+    study = optuna.load_study(study_name=plan.study_name, storage=plan.study_storage)
+    trials = study.get_trials(deepcopy=False)
+    by_state: dict[str, list[str]] = {}
+    for t in trials:
+        name = "CLOSED" if "closed" in t.user_attrs else t.state.name
+        by_state.setdefault(name, []).append(t.user_attrs["ray_trial_id"])
+    assert sorted(by_state["COMPLETE"]) == ["a", "b", "e", "f"]  # each once
+    assert by_state["FAIL"] == ["c"] and sorted(by_state["CLOSED"]) == ["a", "c", "d"]
+    assert "RUNNING" not in by_state and "WAITING" not in by_state
+    complete = {t.user_attrs["ray_trial_id"]: t for t in trials if t.state.name == "COMPLETE"}
+    assert complete["b"].values == [10.0, 0.5] and complete["b"].user_attrs["mlflow_run_id"] == "rb"
+    assert complete["a"].user_attrs["mlflow_run_id"] == "ra" and complete["a"].params == configs["a"]
+    # The math default --max-utility-loss 1: val_acc_drop 0.5 is feasible (-0.5), 3.0 is not (+2.0).
+    assert complete["b"].constraints == {"max_utility_loss": -0.5}
+    assert complete["e"].constraints == {"max_utility_loss": 2.0}
 
     # Tune saves this state, then the driver dies again: nothing is told twice, and the budget is spent.
     restored.save(str(saved))
-    again = make_searcher(plan, 5)
+    again = pickle.loads(pickled)
     again.restore(str(saved))
     assert again.suggest("h") == Searcher.FINISHED
-    assert len(again._ot_study.get_trials(deepcopy=False)) == 6
+    assert len(again.study.get_trials(deepcopy=False)) == len(trials)
 
 
 def test_grid_does_not_hand_out_points_of_trials_finished_after_tunes_save(tmp_path, spaces_dir):
@@ -200,3 +240,17 @@ def test_final_result_keeps_what_the_trainable_reported():
 def test_ledger_skips_unreadable_lines(tmp_path, bad):
     (tmp_path / LEDGER).write_text(f'{bad}\n{{"trial_id": "t1", "event": "created", "state": "running"}}\n')
     assert TrialLedger(str(tmp_path)).trials == {"t1": {"state": "running"}}
+
+
+def test_refresh_reads_on_what_another_writer_appended(tmp_path):
+    reader, writer = TrialLedger(str(tmp_path), SYNC_LEDGER), TrialLedger(str(tmp_path), SYNC_LEDGER)
+    assert reader.refresh() == {}  # no file yet
+    writer.append("t1", "run", run_id="r1")
+    assert reader.refresh() == {"t1": {"run_id": "r1"}}
+    with open(tmp_path / SYNC_LEDGER, "a") as f:  # a line still being written is left for the next refresh
+        f.write('{"trial_id": "t2", "event": "run", "run_id": "r2"}\n{"trial_id": "t1", "event": "logged", "lo')
+    assert reader.refresh() == {"t1": {"run_id": "r1"}, "t2": {"run_id": "r2"}}
+    with open(tmp_path / SYNC_LEDGER, "a") as f:
+        f.write('gged": true}\n')
+    assert reader.refresh()["t1"] == {"run_id": "r1", "logged": True}
+    assert [e["event"] for e in reader.history("t1")] == ["run", "logged"]

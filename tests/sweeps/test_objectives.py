@@ -98,7 +98,7 @@ def test_the_optuna_study_has_one_direction_per_objective(sweep_root, spaces_dir
                                    tracking_uri=f"sqlite:///{sweep_root}/unused.db"))
     searcher = make_searcher(plan, 8)
     assert searcher.metric == ["mem_pct", "relearn_mem_pct", "val_acc_drop"]
-    assert len(searcher._ot_study.directions) == 3
+    assert len(searcher.study.directions) == 3
 
 
 def test_a_three_objective_sweep_end_to_end(ray_runtime, sweep_args, sweep_root, tracking_uri, capsys):
