@@ -23,6 +23,7 @@ from sweeps.ray_runtime import check_ray_address
 from sweeps.space import SweepSpace
 from sweeps.space_file import default_space_path, load_search_space, parse_search_space
 from sweeps.study import check_storage, default_storage
+from sweeps.study import normalize as normalize_storage
 from sweeps.tracking_uri import check_tracking_uri, default_tracking_uri
 from tinymem.errors import ConfigError
 from tinymem.hf.models import DEVICES, parse_dtype, parse_source
@@ -153,7 +154,7 @@ def plan_sweep(opts: SweepOptions) -> SweepPlan:
     if opts.address:
         check_ray_address(opts.address)
     # Resolved into the options, so the sweep record keeps where the study is (a resume looks there).
-    opts = replace(opts, optuna_storage=opts.optuna_storage or default_storage(storage_root))
+    opts = replace(opts, optuna_storage=normalize_storage(opts.optuna_storage or default_storage(storage_root)))
     if not opts.grid:  # a grid asks no sampler: no study
         check_storage(opts.optuna_storage)  # creates nothing
     tracking_uri = opts.tracking_uri or default_tracking_uri(storage_root)
@@ -257,10 +258,11 @@ def _plan_resume(opts: SweepOptions, storage_root: str) -> SweepPlan:
     saved.register_model = opts.register_model  # an action of this command, not part of the sweep
     if "max_utility_loss" not in record["options"]:  # started before constraints: it had none
         saved.max_utility_loss = "none"
-    if opts.optuna_storage and saved.optuna_storage and opts.optuna_storage != saved.optuna_storage:
+    given = normalize_storage(opts.optuna_storage) if opts.optuna_storage else None
+    if given and saved.optuna_storage and given != saved.optuna_storage:
         raise SweepError(f"sweep {sweep_id!r} keeps its Optuna study in {saved.optuna_storage}; resume it "
                          f"without --optuna-storage (or with that one)")
-    saved.optuna_storage = saved.optuna_storage or opts.optuna_storage or default_storage(storage_root)
+    saved.optuna_storage = saved.optuna_storage or given or default_storage(storage_root)
     check_model_options(saved)
     tracking_uri = record["tracking_uri"]
     if opts.tracking_uri and opts.tracking_uri != tracking_uri:

@@ -89,10 +89,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="constraint: a trial whose utility loss (val accuracy drop in points, or val perplexity "
                         "increase in percent) exceeds X is infeasible; the sampler is told and the report shows "
                         "the feasible front first (default: 1 for math presets, none for language)")
-    p.add_argument("--optuna-storage", default=None, metavar="URL",
-                   help="RDB storage of the sweep's Optuna study, e.g. postgresql://HOST/DB (default: "
-                        f"sqlite:///<storage>/optuna.db, or {DEFAULT_ROOT}/optuna.db when --storage is an "
-                        "object store); open it with optuna-dashboard URL")
+    p.add_argument("--optuna-storage", default=None, metavar="PATH|URL",
+                   help="where the sweep's Optuna study lives: a journal file PATH, or an RDB URL such as "
+                        "postgresql://HOST/DB (default: <storage>/optuna.journal, or "
+                        f"{DEFAULT_ROOT}/optuna.journal when --storage is an object store); open it with "
+                        "optuna-dashboard PATH|URL")
     p.add_argument("--grid", default=None, choices=options.GRIDS,
                    help="run the paper's grid from the search space file instead of a sampler "
                         "(default: off, sample with --sampler)")

@@ -24,6 +24,7 @@ from mlflow import MlflowClient
 from sweeps import storage
 from sweeps import tags as T
 from sweeps.ledger import TrialLedger
+from sweeps.study import make_storage
 from tests.sweeps.drivers import Driver, children, wait_for
 
 SAMPLES = 4
@@ -67,7 +68,7 @@ def _assert_study_told_once(root: str, experiment: str, out: dict) -> None:
     trial id, so none twice), none left RUNNING or WAITING by the dead driver."""
     import optuna
 
-    study = optuna.load_study(study_name=out["optuna_study"], storage=out["optuna_storage"])
+    study = optuna.load_study(study_name=out["optuna_study"], storage=make_storage(out["optuna_storage"]))
     trials = study.get_trials(deepcopy=False)
     complete = sorted(t.user_attrs["ray_trial_id"] for t in trials if t.state.name == "COMPLETE")
     ledger = TrialLedger(storage.join(root, "sweeps", experiment, out["sweep_id"])).trials

@@ -18,6 +18,7 @@ from sweeps.mlflow_io import log_metrics, mlflow_client
 from sweeps.mlflow_sync import LedgerSync, SyncContext, sync_all
 from sweeps.options import SweepOptions
 from sweeps.plan import plan_sweep
+from sweeps.study import make_storage
 from sweeps.searchers import GridSearcher, make_searcher
 from sweeps.tracking import final_result
 
@@ -135,7 +136,7 @@ def test_optuna_study_is_reloaded_closed_up_and_told_each_trial_once(tmp_path, s
     for tid in fresh:
         restored.on_trial_complete(tid, {**RESULT, "mem_pct": 20.0, "val_acc_drop": 3.0})
 
-    study = optuna.load_study(study_name=plan.study_name, storage=plan.study_storage)
+    study = optuna.load_study(study_name=plan.study_name, storage=make_storage(plan.study_storage))
     trials = study.get_trials(deepcopy=False)
     by_state: dict[str, list[str]] = {}
     for t in trials:

@@ -20,6 +20,7 @@ from sweeps.options import SweepOptions
 from sweeps.plan import plan_sweep
 from sweeps.results import Report
 from sweeps.searchers import make_searcher
+from sweeps.study import make_storage
 from tests.sweeps.conftest import run_cli
 from tinymem.store import DEFAULT_ROOT
 
@@ -82,17 +83,38 @@ def test_gp_sampler_models_a_constrained_multi_objective_study(tmp_path, spaces_
 
 
 def test_where_the_study_lives_and_bad_storages(tmp_path):
-    assert S.default_storage(str(tmp_path)) == f"sqlite:///{tmp_path / 'optuna.db'}"
-    # SQLite cannot live in an object store: the default is a local file under the default root, as MLflow's.
-    assert S.default_storage("s3://bucket/runs") == f"sqlite:///{Path(DEFAULT_ROOT).resolve() / 'optuna.db'}"
-    S.check_storage(f"sqlite:///{tmp_path}/new/dir/optuna.db")  # made when the study opens
+    assert S.default_storage(str(tmp_path)) == str(tmp_path / "optuna.journal")
+    # A journal cannot be appended to in an object store: the default is a local file under the default root,
+    # as MLflow's.
+    assert S.default_storage("s3://bucket/runs") == str(Path(DEFAULT_ROOT).resolve() / "optuna.journal")
+    for url in (f"sqlite:///{tmp_path}/new/dir/optuna.db", str(tmp_path / "new" / "dir" / "x.journal")):
+        S.check_storage(url)  # made when the study opens
     assert not (tmp_path / "new").exists()
     (tmp_path / "file").write_text("x")
     for url, needle in ((f"sqlite:///{tmp_path}/file/optuna.db", "is not a writable directory"),
+                        (str(tmp_path / "file" / "optuna.journal"), "is not a writable directory"),
+                        (str(tmp_path), "is a directory; allowed: a file path"),
                         ("postgresql://nobody@127.0.0.1:1/db", "is unusable"),
-                        ("redis://127.0.0.1", "allowed: an RDB URL")):
+                        ("redis://127.0.0.1", "or an RDB URL such as sqlite:///PATH.db")):
         with pytest.raises(SweepError, match=needle):
             S.check_storage(url)
+
+
+@pytest.mark.parametrize("kind", ["journal", "rdb"])
+def test_a_study_opens_the_same_from_a_journal_and_an_rdb(tmp_path, kind):
+    """Both storages hold what the sweep needs; `optuna.load_study` opens either (`make_storage`)."""
+    import optuna
+
+    url = str(tmp_path / "s.journal") if kind == "journal" else f"sqlite:///{tmp_path / 's.db'}"
+    spec = S.StudySpec(url=url, name="e-s1", objectives=("mem_pct", "val_acc_drop"), sweep_id="s1")
+    study = S.open_study(spec, lambda held: optuna.samplers.RandomSampler(seed=held), [({"x": 0.5}, "default")])
+    trial = study.ask()
+    trial.suggest_float("x", 0.0, 1.0)
+    study.tell(trial, [1.0, 2.0])
+    again = optuna.load_study(study_name="e-s1", storage=S.make_storage(url))
+    assert [(t.params, t.values, t.user_attrs) for t in again.trials] == [({"x": 0.5}, [1.0, 2.0],
+                                                                            {"startup": "default"})]
+    assert again.user_attrs["sweep_id"] == "s1" and again.metric_names == ["mem_pct", "val_acc_drop"]
 
 
 def _report(max_loss: float | None) -> Report:
@@ -131,7 +153,7 @@ def test_a_sweep_study_opens_with_optuna_load_study(ray_runtime, sweep_args, tra
                                         "--keep-models", "none"), capsys)
     assert code == 0, err
     assert f"Optuna study {out['optuna_study']} in {out['optuna_storage']}" in err
-    study = optuna.load_study(study_name=out["optuna_study"], storage=out["optuna_storage"])
+    study = optuna.load_study(study_name=out["optuna_study"], storage=make_storage(out["optuna_storage"]))
     assert study.metric_names == ["mem_pct", "val_acc_drop"]
     assert study.user_attrs["objectives"] == ["mem_pct", "val_acc_drop"] and study.user_attrs["max_utility_loss"] == 2
     runs = MlflowClient(tracking_uri).search_runs(
@@ -172,6 +194,7 @@ def test_a_searcher_pickled_before_the_study_was_persisted_resumes(tmp_path, spa
     searcher = ParetoOptunaSearch.__new__(ParetoOptunaSearch)
     searcher.__setstate__(old)
     assert isinstance(searcher.suggest("new"), dict)
-    study = optuna.load_study(study_name=plan.study_name, storage=f"sqlite:///{tmp_path / 'root' / 'optuna.db'}")
+    study = optuna.load_study(study_name=plan.study_name, storage=S.make_storage(str(tmp_path / "root" /
+                                                                                 "optuna.journal")))
     assert [(t.user_attrs["ray_trial_id"], t.state.name) for t in study.trials] == [("old", "COMPLETE"),
                                                                                  ("new", "RUNNING")]
