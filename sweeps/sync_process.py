@@ -31,6 +31,7 @@ from typing import Any
 
 from sweeps.mlflow_sync import LedgerSync, SyncContext, sync_all, with_retry
 
+NICE = 10  # the writer's niceness over the driver's
 ORPHAN_GRACE_S = 30.0  # how long a writer whose driver died keeps trying before it leaves the rest on disk
 LOCK_WAIT_S = 120.0  # how long a new writer waits for the previous one of the same sweep to exit
 _REPO = str(Path(__file__).resolve().parent.parent)
@@ -131,6 +132,9 @@ def _lock(sweep_dir: str) -> Any:
 def main() -> int:
     summary_out = sys.stdout  # only the summary goes here; anything a library prints goes to the terminal
     sys.stdout = sys.stderr
+    # Background work: where CPUs are short, the driver (scheduling the next trials) and the trials come first;
+    # what waits is on disk, and the driver waits for the rest at the end.
+    os.nice(NICE)
     say = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731 - the driver's terminal
     ctx = SyncContext(**json.loads(sys.stdin.readline()))
     lock = _lock(ctx.sweep_dir)
