@@ -22,9 +22,22 @@ from mlflow import MlflowClient
 from sweeps import tags as T
 from tests.sweeps.conftest import REPO
 
-# `python sweeps/run.py ARGS`, with the test-only `sweep_probe` method registered first (its trials import it too).
-LAUNCH = ("import runpy, sys; import tests.sweeps.probe_method; sys.argv = ['sweeps/run.py', *sys.argv[1:]]; "
-          "runpy.run_path('sweeps/run.py', run_name='__main__')")
+def launcher(script: str) -> str:
+    """`python -c` code that runs `script` (sweeps/run.py, sweeps/report.py) with its arguments, with the
+    test-only `sweep_probe` method registered first (a sweep's trials import it too; its record names it)."""
+    return (f"import runpy, sys; import tests.sweeps.probe_method; sys.argv = [{script!r}, *sys.argv[1:]]; "
+            f"runpy.run_path({script!r}, run_name='__main__')")
+
+
+LAUNCH = launcher("sweeps/run.py")
+# A sweep_probe space whose trials take long enough to be caught in the middle (>= 2 x 0.6 s each).
+PROBE_SPACE = """
+method: sweep_probe
+description: test space of real drivers (each trial takes at least 2 x 0.6 s)
+params:
+  ratio: {type: float, low: 0.0, high: 0.5}
+fixed: {epochs: 2, sleep: 0.6}
+"""
 MARK = "TINYMEM_CRASH_TEST_ID"  # in the environment of every process a test's driver starts (Ray's included)
 
 class Driver:

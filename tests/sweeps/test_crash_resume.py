@@ -25,16 +25,9 @@ from sweeps import storage
 from sweeps import tags as T
 from sweeps.ledger import TrialLedger
 from sweeps.study import make_storage
-from tests.sweeps.drivers import Driver, children, wait_for
+from tests.sweeps.drivers import PROBE_SPACE, Driver, children, wait_for
 
 SAMPLES = 4
-PROBE_SPACE = """
-method: sweep_probe
-description: crash test space (each trial takes at least 2 x 0.6 s)
-params:
-  ratio: {type: float, low: 0.0, high: 0.5}
-fixed: {epochs: 2, sleep: 0.6}
-"""
 
 
 def _statuses(client: MlflowClient, experiment: str) -> list[str]:

@@ -20,20 +20,11 @@ from mlflow import MlflowClient
 from sweeps import tags as T
 from sweeps.ledger import FINISHED, TrialLedger, trials_with_runs
 from tests.sweeps.conftest import REPO
-from tests.sweeps.drivers import Driver, children, wait_for
+from tests.sweeps.drivers import PROBE_SPACE, Driver, children, launcher, wait_for
 from tests.sweeps.mlflow_server import MlflowServer
 
 SAMPLES = 6
-PROBE_SPACE = """
-method: sweep_probe
-description: outage test space (each trial takes at least 2 x 0.6 s)
-params:
-  ratio: {type: float, low: 0.0, high: 0.5}
-fixed: {epochs: 2, sleep: 0.6}
-"""
-# `python sweeps/report.py ARGS` with the test-only `sweep_probe` method registered (the sweep's record names it).
-REPORT = ("import runpy, sys; import tests.sweeps.probe_method; sys.argv = ['sweeps/report.py', *sys.argv[1:]]; "
-          "runpy.run_path('sweeps/report.py', run_name='__main__')")
+REPORT = launcher("sweeps/report.py")
 CLIENT_RETRIES = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": "5"}
 
 
