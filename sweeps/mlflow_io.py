@@ -60,23 +60,23 @@ def log_metrics(client: Any, run_id: str, values: dict[str, Any], step: int = 0,
     batch_log(client, run_id, metrics=metric_entities(values, step, int(time.time() * 1000) if at_ms is None else at_ms))
 
 
-def batch_log(client: Any, run_id: str, metrics: list | None = None, tags: dict[str, Any] | None = None) -> None:
-    """Metrics and tags of one run in as few calls as MLflow's batch limits allow (one, for a trial's result)."""
-    from mlflow.entities import RunTag
+def batch_log(client: Any, run_id: str, metrics: list | None = None, tags: dict[str, Any] | None = None,
+              params: dict[str, Any] | None = None) -> None:
+    """Metrics, tags and params of one run in as few calls as MLflow's batch limits allow (one, for a trial)."""
+    from mlflow.entities import Param, RunTag
 
-    metrics, tag_list = list(metrics or []), [RunTag(k, _tag_str(v)) for k, v in (tags or {}).items()]
+    metrics = list(metrics or [])
+    tag_list = [RunTag(k, _tag_str(v)) for k, v in (tags or {}).items()]
+    param_list = [Param(k, _param_str(v)) for k, v in (params or {}).items()]
     first = True
-    while first or metrics:  # MLflow caps a batch at 1000 metrics and 100 tags
-        client.log_batch(run_id, metrics=metrics[:900], tags=tag_list if first else [])
-        metrics, first = metrics[900:], False
+    # MLflow caps a batch at 1000 metrics, 100 params, 100 tags and 1000 entities in all.
+    while first or metrics or tag_list or param_list:
+        client.log_batch(run_id, metrics=metrics[:800], tags=tag_list[:90], params=param_list[:90])
+        metrics, tag_list, param_list, first = metrics[800:], tag_list[90:], param_list[90:], False
 
 
 def log_params(client: Any, run_id: str, params: dict[str, Any]) -> None:
-    from mlflow.entities import Param
-
-    items = [Param(k, _param_str(v)) for k, v in params.items()]
-    for i in range(0, len(items), 90):
-        client.log_batch(run_id, params=items[i:i + 90])
+    batch_log(client, run_id, params=params)
 
 
 def set_tags(client: Any, run_id: str, tags: dict[str, Any]) -> None:

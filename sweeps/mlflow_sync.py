@@ -24,7 +24,7 @@ from typing import Any
 from sweeps import tags as T
 from sweeps.inputs import log_data_inputs
 from sweeps.ledger import SYNC_LEDGER, TrialLedger
-from sweeps.mlflow_io import RUN_STATUS, batch_log, log_params, metric_entities, mlflow_client
+from sweeps.mlflow_io import RUN_STATUS, batch_log, metric_entities, mlflow_client
 
 log = logging.getLogger("sweeps")
 
@@ -130,44 +130,62 @@ class LedgerSync:
 
     def apply(self, event: dict[str, Any]) -> None:
         """Make MLflow hold `event` (a ledger event: `trial_id`, `event`, fields)."""
-        trial_id, kind = str(event["trial_id"]), event["event"]
+        self.apply_trial(str(event["trial_id"]), [event])
+
+    def apply_trial(self, trial_id: str, events: list[dict[str, Any]]) -> None:
+        """Make MLflow hold consecutive events of one trial, merged into the fewest calls: a writer that lags
+        behind (an outage, a busy machine) writes a whole trial as one run creation, one batch and one close."""
         if self.logged(trial_id):
             return  # all in MLflow already (a replay overlapping the driver's stream)
-        handler = getattr(self, f"_on_{kind}", None)
-        if handler is not None:
-            handler(trial_id, event)
-            self.applied += 1
+        w = _Write()
+        for event in events:
+            handler = getattr(self, f"_on_{event['event']}", None)
+            if handler is not None:
+                handler(trial_id, event, w)
+        if w.rid is None and (w.metrics or w.tags or w.params or w.close):
+            w.rid = self._run(trial_id)
+        if w.rid is not None:
+            batch_log(self.client, w.rid, metrics=w.metrics, tags=w.tags, params=w.params)
+            log_data_inputs(self.client, w.rid, w.inputs)
+            if w.close is not None:
+                status, at = w.close
+                self.client.set_terminated(w.rid, status=status, end_time=int(at * 1000) if at else None)
+        if w.close is not None:
+            self.progress.append(trial_id, "logged", logged=True)
+        self.applied += len(events)
 
     def _run(self, trial_id: str) -> str:
+        """The trial's run, made now if the writer never saw its `created` (a ledger written before it)."""
         rid = self.run_id(trial_id)
-        if rid is None:  # events of a trial whose `created` this writer never saw (an older ledger): make it
-            self._on_created(trial_id, {**(self.ledger.get(trial_id) or {}), "trial_id": trial_id})
-            rid = self.run_id(trial_id)
+        if rid is None:
+            rid = self._create(trial_id, {**(self.ledger.get(trial_id) or {}), "trial_id": trial_id})
         return rid
 
-    def _on_created(self, trial_id: str, event: dict[str, Any]) -> None:
+    def _create(self, trial_id: str, event: dict[str, Any]) -> str:
         from mlflow.utils.mlflow_tags import MLFLOW_PARENT_RUN_ID
 
         method, preset = event.get("method", ""), event.get("preset", "")
-        rid = self.run_id(trial_id)
-        if rid is None:
-            run = self.client.create_run(
-                self.ctx.experiment_id, run_name=event.get("run_name") or f"{method}-{trial_id}",
-                start_time=event.get("start_ms"),
-                tags={**self.ctx.system_tags, MLFLOW_PARENT_RUN_ID: self.ctx.parent_run_id, T.TRIAL_ID: trial_id,
-                      T.METHOD: method, T.PRESET: preset, T.STATE: "running", T.PARETO: "false"})
-            rid = run.info.run_id
-            self.progress.append(trial_id, "run", run_id=rid)
-        if "params" not in event:  # an older ledger's trial: its run was made and logged when it started
-            return
-        log_params(self.client, rid, {"method": method, "preset": preset, **event["params"]})
-        log_data_inputs(self.client, rid, self.ctx.data_inputs.get(preset, []))
+        run = self.client.create_run(
+            self.ctx.experiment_id, run_name=event.get("run_name") or f"{method}-{trial_id}",
+            start_time=event.get("start_ms"),
+            tags={**self.ctx.system_tags, MLFLOW_PARENT_RUN_ID: self.ctx.parent_run_id, T.TRIAL_ID: trial_id,
+                  T.METHOD: method, T.PRESET: preset, T.STATE: "running", T.PARETO: "false"})
+        self.progress.append(trial_id, "run", run_id=run.info.run_id)
+        return run.info.run_id
 
-    def _on_state(self, trial_id: str, event: dict[str, Any]) -> None:
-        rid = self._run(trial_id)
-        self.client.update_run(rid, status="RUNNING")
-        batch_log(self.client, rid, tags={T.STATE: "running", **({T.RESUMED: event["resumed"]}
-                                                                   if event.get("resumed") else {})})
+    # -- what each event adds to the trial's write
+
+    def _on_created(self, trial_id: str, event: dict[str, Any], w: "_Write") -> None:
+        w.rid = self.run_id(trial_id) or self._create(trial_id, event)
+        if "params" in event:  # an older ledger's trial had its run made and logged when it started
+            w.params.update({"method": event.get("method", ""), "preset": event.get("preset", ""),
+                             **event["params"]})
+            w.inputs = self.ctx.data_inputs.get(event.get("preset", ""), [])
+
+    def _on_state(self, trial_id: str, event: dict[str, Any], w: "_Write") -> None:
+        w.rid = self._run(trial_id)
+        self.client.update_run(w.rid, status="RUNNING")
+        w.tags.update({T.STATE: "running", **({T.RESUMED: event["resumed"]} if event.get("resumed") else {})})
 
     def _result_tags(self, trial_id: str, result: dict[str, Any]) -> dict[str, str]:
         tags = {}
@@ -179,43 +197,52 @@ class LedgerSync:
             tags[T.TRIAL_CONFIG] = result["trial_config"]
         return tags
 
-    def _on_result(self, trial_id: str, event: dict[str, Any]) -> None:
-        rid = self._run(trial_id)
+    def _on_result(self, trial_id: str, event: dict[str, Any], w: "_Write") -> None:
         result = event.get("epoch_result") or {}
-        batch_log(self.client, rid, metrics=metric_entities(result, int(event.get("step") or 0), int(event["at_ms"])),
-                  tags=self._result_tags(trial_id, result))
+        w.metrics += metric_entities(result, int(event.get("step") or 0), int(event["at_ms"]))
+        w.tags.update(self._result_tags(trial_id, result))
 
-    def _on_retry(self, trial_id: str, event: dict[str, Any]) -> None:
-        batch_log(self.client, self._run(trial_id),
-                  tags={T.RETRIES: str(event.get("retries", "")), T.LAST_ERROR: str(event.get("last_error", ""))})
+    def _on_retry(self, trial_id: str, event: dict[str, Any], w: "_Write") -> None:
+        w.tags.update({T.RETRIES: str(event.get("retries", "")), T.LAST_ERROR: str(event.get("last_error", ""))})
 
-    def _on_finished(self, trial_id: str, event: dict[str, Any]) -> None:
-        rid = self._run(trial_id)
+    def _on_finished(self, trial_id: str, event: dict[str, Any], w: "_Write") -> None:
         result, state = event.get("result") or {}, event["state"]
-        tags = {T.STATE: state}
-        metrics = []
         if event.get("result_ms") is not None:  # the final report: its metrics with the stamp it was given
-            metrics = metric_entities(result, int(result.get("epoch") or 0), int(event["result_ms"]))
-            tags.update(self._result_tags(trial_id, result))
+            w.metrics += metric_entities(result, int(result.get("epoch") or 0), int(event["result_ms"]))
+            w.tags.update(self._result_tags(trial_id, result))
+        w.tags[T.STATE] = state
         if state == "failed":
-            tags[T.ERROR] = str(event.get("error") or result.get("error") or "unknown error")[:8000]
+            w.tags[T.ERROR] = str(event.get("error") or result.get("error") or "unknown error")[:8000]
         elif state == "early_stopped":
-            tags[T.EARLY_STOPPED_AT_EPOCH] = str(result.get("epoch", ""))
-        batch_log(self.client, rid, metrics=metrics, tags=tags)
-        self._close(trial_id, rid, RUN_STATUS[state], event)
+            w.tags[T.EARLY_STOPPED_AT_EPOCH] = str(result.get("epoch", ""))
+        w.close = (RUN_STATUS[state], event.get("at"))
 
-    def _on_lost(self, trial_id: str, event: dict[str, Any]) -> None:
-        rid = self.run_id(trial_id)
-        if rid is None:  # never reached MLflow: nothing to close
+    def _on_lost(self, trial_id: str, event: dict[str, Any], w: "_Write") -> None:
+        if self.run_id(trial_id) is None and w.rid is None:  # never reached MLflow: nothing to close
             self.progress.append(trial_id, "logged", logged=True)
             return
-        batch_log(self.client, rid, tags={T.STATE: "failed", T.ERROR: str(event.get("error", "lost"))[:8000]})
-        self._close(trial_id, rid, "FAILED", event)
+        w.tags.update({T.STATE: "failed", T.ERROR: str(event.get("error", "lost"))[:8000]})
+        w.close = ("FAILED", event.get("at"))
 
-    def _close(self, trial_id: str, rid: str, status: str, event: dict[str, Any]) -> None:
-        at = event.get("at")
-        self.client.set_terminated(rid, status=status, end_time=int(at * 1000) if at else None)
-        self.progress.append(trial_id, "logged", logged=True)
+
+@dataclass
+class _Write:
+    """What a trial's events add up to in MLflow (`LedgerSync.apply_trial`)."""
+
+    rid: str | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+    metrics: list = field(default_factory=list)
+    tags: dict[str, Any] = field(default_factory=dict)
+    inputs: list[dict[str, Any]] = field(default_factory=list)
+    close: tuple[str, float | None] | None = None  # the MLflow status to end the run with, and when
+
+
+def by_trial(events: Iterable[dict[str, Any]]) -> list[tuple[str, list[dict[str, Any]]]]:
+    """Events grouped per trial, trials in the order they first appear, each trial's events in order."""
+    out: dict[str, list[dict[str, Any]]] = {}
+    for event in events:
+        out.setdefault(str(event["trial_id"]), []).append(event)
+    return list(out.items())
 
 
 Deadline = Callable[[], "float | None"]  # the current deadline (time.monotonic) or None; it may move while waiting
@@ -259,5 +286,5 @@ def sync_all(sync: LedgerSync, deadline: Deadline = lambda: None, **hooks: Any) 
     MLflow holds the whole ledger."""
     if not with_retry(sync, [sync.recover], deadline, **hooks):
         return False
-    events = sync.replay_events()
-    return with_retry(sync, [lambda e=e: sync.apply(e) for e in events], deadline, **hooks)
+    groups = by_trial(sync.replay_events())
+    return with_retry(sync, [lambda t=t, evs=evs: sync.apply_trial(t, evs) for t, evs in groups], deadline, **hooks)

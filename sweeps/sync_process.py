@@ -29,7 +29,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from sweeps.mlflow_sync import LedgerSync, SyncContext, sync_all, with_retry
+from sweeps.mlflow_sync import LedgerSync, SyncContext, by_trial, sync_all, with_retry
 
 NICE = 10  # the writer's niceness over the driver's
 ORPHAN_GRACE_S = 30.0  # how long a writer whose driver died keeps trying before it leaves the rest on disk
@@ -172,11 +172,19 @@ def main() -> int:
     hooks = {"on_down": down, "on_up": up}
     ok = sync_all(sync, lambda: end[0], **hooks)  # what a dead writer or driver left first
     unsynced = 0 if ok else len(sync.replay_events())
-    while (item := items.get()) is not done:
-        sync.fold(item)
-        if ok:
-            ok = with_retry(sync, [lambda: sync.apply(item)], lambda: end[0], **hooks)
-        unsynced += not ok
+    finished = False
+    while not finished:
+        batch = [items.get()]  # then all that is waiting: a writer that lags writes each trial in one go
+        while not items.empty():
+            batch.append(items.get())
+        finished = batch[-1] is done
+        events = [e for e in batch if e is not done]
+        for event in events:
+            sync.fold(event)
+        for trial_id, evs in by_trial(events):
+            if ok:
+                ok = with_retry(sync, [lambda: sync.apply_trial(trial_id, evs)], lambda: end[0], **hooks)
+            unsynced += 0 if ok else len(evs)
     deleted = [0]
     if ok:  # a create call that MLflow's client retried after the server had made the run: a second run
         ok = with_retry(sync, [lambda: deleted.__setitem__(0, sync.recover())], lambda: end[0], **hooks)

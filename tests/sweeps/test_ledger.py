@@ -255,3 +255,46 @@ def test_refresh_reads_on_what_another_writer_appended(tmp_path):
         f.write('gged": true}\n')
     assert reader.refresh()["t1"] == {"run_id": "r1", "logged": True}
     assert [e["event"] for e in reader.history("t1")] == ["run", "logged"]
+
+
+def test_a_lagging_writer_writes_a_trial_in_one_go_with_the_same_result(tmp_path):
+    """Events applied one by one and the same events applied as one group (a writer that lags) give the same
+    run; the group takes one run creation, one batch and one close."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = mlflow_client(uri)
+    exp = client.create_experiment("t-merge")
+    parent = client.create_run(exp).info.run_id
+    calls: dict[str, int] = {}
+
+    class Counting:
+        def __getattr__(self, name):
+            calls[name] = calls.get(name, 0) + 1
+            return getattr(client, name)
+
+    runs = {}
+    for how in ("one by one", "as one group"):
+        sweep = str(tmp_path / how.replace(" ", "-"))
+        ledger = TrialLedger(sweep)
+        ledger.append("t", "created", config={"ratio": 0.1}, state="running", method="durable", preset="math-tiny",
+                      params={"ratio": 0.1}, run_name="durable-t", start_ms=1_700_000_000_000)
+        ledger.append("t", "result", epoch_result={"retain_loss": 0.5, "ray_node_id": "n1"}, at_ms=1_700_000_000_001,
+                      step=1)
+        ledger.append("t", "finished", state="completed", result={**RESULT, "ray_node_id": "n1"},
+                      result_ms=1_700_000_000_002)
+        calls.clear()
+        sync = LedgerSync(SyncContext(uri, exp, parent, sweep), client=Counting())
+        events = ledger.history("t")
+        if how == "one by one":
+            for event in events:
+                sync.apply(event)
+        else:
+            sync.apply_trial("t", events)
+        rid = TrialLedger(sweep, SYNC_LEDGER).get("t")["run_id"]
+        run = client.get_run(rid)
+        runs[how] = (run.info.status, run.data.params, run.data.metrics,
+                     {k: v for k, v in run.data.tags.items() if k.startswith("tinymem.")}, dict(calls))
+        assert sync.logged("t")
+    assert runs["one by one"][:4] == runs["as one group"][:4]
+    assert runs["one by one"][0] == "FINISHED" and runs["one by one"][3][T.WHERE["ray_node_id"]] == "n1"
+    assert runs["as one group"][4] == {"create_run": 1, "log_batch": 1, "set_terminated": 1}
+    assert runs["one by one"][4]["log_batch"] == 3
