@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from sweeps import storage
+from sweeps.candidates import check_dominated
 from sweeps.errors import SweepError
 from sweeps.objectives import Objectives, resolve as resolve_objectives, resolve_max_loss
 from sweeps.options import AUTO, SWEEP_RECORD, SweepOptions, check_flags, check_model_options, split_list
@@ -143,6 +144,8 @@ def plan_sweep(opts: SweepOptions) -> SweepPlan:
                              f"{[m for m in method_names() if get_method(m).iterative]}")
         if opts.grid:
             raise SweepError("--scheduler asha cannot be combined with --grid paper (a grid is run in full)")
+    if opts.scheduler == "dominated":
+        check_dominated(space, opts.repeats, bool(opts.grid))
     if opts.grid:
         space.grid_points()  # raises if a method has no paper_grid
     goals = resolve_objectives(opts.objectives, next(iter(kinds.values())), heldout_frac=opts.heldout_frac,
