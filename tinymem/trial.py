@@ -423,7 +423,8 @@ def run_trial(config: TrialConfig | Mapping[str, Any], callback: Callable[[dict[
     info = {**out.info, "unlearn_rows": float(shown.numel()), "heldout_rows": float(heldout.numel()),
             **{f"seconds_{name}": sec for name, sec in robust_seconds.items()}}
     if checkpoints is not None:  # inside seconds["mitigate"]; apart here, so a sweep can say what it cost
-        info.update({"seconds_checkpoint_evals": checkpoints.seconds, "checkpoints": float(len(checkpoints.candidates))})
+        info.update({"seconds_checkpoint_evals": checkpoints.seconds,
+                     "checkpoints": float(len(checkpoints.candidates))})
     return TrialResult(method=method.name, params=method.params.to_dict(), before=before, after=after,
                        seconds=seconds, model_dir=saved, base_key=key, info=info, history=history,
                        candidates=list(checkpoints.candidates) if checkpoints is not None else [])

@@ -129,7 +129,8 @@ def test_resume_after_sigint_adds_no_candidate_twice(ray_runtime, sweep_root, sp
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     experiment = "t-anytime-resume"
     space = tmp_path / "bs.yaml"  # longer trials, so the interruption lands inside one
-    space.write_text((spaces_dir / "balanced_subnet.yaml").read_text().replace("low: 1, high: 3", "low: 2, high: 6"))
+    space.write_text((spaces_dir / "balanced_subnet.yaml").read_text().replace("low: 1, high: 3", "low: 4, high: 8")
+                     .replace("fixed: {}", "fixed: {batch_size: 8}"))
     cmd = [sys.executable, str(REPO / "sweeps" / "run.py"), "--method", "balanced_subnet", "--preset", "math-tiny",
            "--storage", sweep_root, "--tracking-uri", uri, "--experiment", experiment, "--search-space", str(space),
            "--num-samples", "4", "--max-concurrent", "1", "--keep-models", "none"]
@@ -142,7 +143,8 @@ def test_resume_after_sigint_adds_no_candidate_twice(ray_runtime, sweep_root, sp
         while time.time() < deadline:
             ledger = next((trials_with_runs(str(d)) for d in sweeps_dir.glob("*/")), {})
             done = [t for t, e in ledger.items() if e.get("state") == "completed"]
-            running = [t for t, e in ledger.items() if e.get("state") == "running" and e.get("checkpoint") == 1]
+            running = [t for t, e in ledger.items()
+                       if e.get("state") == "running" and (e.get("epoch_result") or {}).get("checkpoint") == 1]
             if len(done) >= 1 and running:  # a trial has told candidates and is still running
                 break
             assert proc.poll() is None, (tmp_path / "first.log").read_text()
