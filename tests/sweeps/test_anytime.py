@@ -70,6 +70,9 @@ def test_a_balanced_subnet_sweep_makes_candidates(ray_runtime, sweep_args, track
     cands = _check_candidates(out, rebuilt)
     assert out["trials"] == 3  # candidates are not trials
     assert all(r[SOURCE] in ("trial", CHECKPOINT) for r in out["pareto"])
+    for r in out["pareto"]:  # a candidate has no model of its own; its command rebuilds it with its epochs
+        if r[SOURCE] == CHECKPOINT:
+            assert r["model_dir"] is None and f"--set epochs={r['params']['epochs']} " in r["mitigate_command"]
     pareto = pd.read_csv(out["pareto_csv"])
     assert SOURCE in pareto.columns and len(pareto) == len(out["pareto"])
     # the per-epoch MLflow metrics hold each candidate's objectives at its epoch's step
