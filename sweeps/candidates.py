@@ -4,7 +4,7 @@
 Which trials make them (`anytime_from`): a method that is `anytime` (`tinymem.mitigations._anytime`) in a
 sweep whose space varies `epochs` (a distribution with a range, or a paper grid listing several counts), with
 one base-model seed (`--repeats` > 1 reports per-epoch results of the first seed only, which a mean over seeds
-would not match). Checkpoints start at the range's low end, so every candidate is a point of the space; with
+would not match) and no robustness objective (a checkpoint is evaluated without robustness metrics). Checkpoints start at the range's low end, so every candidate is a point of the space; with
 `epochs` fixed, not searched or categorical the sweep asks for none (such a space holds no other epoch count).
 
 A candidate's per-epoch result carries `checkpoint = 1`, every metric of the evaluation and the utility losses
@@ -25,15 +25,19 @@ from sweeps import study as S
 from sweeps.errors import SweepError
 from tinymem.errors import ConfigError
 from tinymem.mitigations import get_method, method_names
+from tinymem.robustness import NAMES as ROBUSTNESS
 
 CANDIDATE = "checkpoint"  # the flag of a candidate's per-epoch result, and its MLflow metric
 SOURCE = "source"  # report column: "trial" or "checkpoint"
 TRIAL, CHECKPOINT = "trial", "checkpoint"
 
 
-def anytime_from(space: Any, method: str, repeats: int = 1) -> int | None:
+def anytime_from(space: Any, method: str, repeats: int = 1, objectives: tuple[str, ...] | list[str] = ()
+                 ) -> int | None:
     """The first epoch a trial of `method` in `space` is evaluated at, or None when it makes no candidates."""
     if repeats > 1 or not get_method(method).anytime or method not in space.spaces:
+        return None
+    if any(o in ROBUSTNESS for o in objectives):  # a checkpoint is evaluated without robustness metrics
         return None
     sp = space.spaces[method]
     dist = sp.params.get("epochs")
@@ -43,14 +47,14 @@ def anytime_from(space: Any, method: str, repeats: int = 1) -> int | None:
     return min(grid) if len(set(grid)) > 1 else None
 
 
-def check_dominated(space: Any, repeats: int, grid: bool) -> None:
+def check_dominated(space: Any, repeats: int, grid: bool, objectives: tuple[str, ...] | list[str] = ()) -> None:
     """`--scheduler dominated` needs a method that makes candidates; a SweepError naming what is wrong."""
     if grid:
         raise SweepError("--scheduler dominated cannot be combined with --grid paper (a grid is run in full)")
-    if not any(anytime_from(space, m, repeats) for m in space.methods):
+    if not any(anytime_from(space, m, repeats, objectives) for m in space.methods):
         raise SweepError(f"--scheduler dominated stops trials on their anytime checkpoints, but {space.methods} make "
                          f"none (anytime methods: {[m for m in method_names() if get_method(m).anytime]}, with "
-                         f"`epochs` searched over a range and --repeats 1)")
+                         f"`epochs` searched over a range, --repeats 1 and no robustness objective)")
 
 
 def candidate_key(ray_id: str, epoch: int) -> str:

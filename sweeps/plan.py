@@ -144,13 +144,13 @@ def plan_sweep(opts: SweepOptions) -> SweepPlan:
                              f"{[m for m in method_names() if get_method(m).iterative]}")
         if opts.grid:
             raise SweepError("--scheduler asha cannot be combined with --grid paper (a grid is run in full)")
-    if opts.scheduler == "dominated":
-        check_dominated(space, opts.repeats, bool(opts.grid))
     if opts.grid:
         space.grid_points()  # raises if a method has no paper_grid
     goals = resolve_objectives(opts.objectives, next(iter(kinds.values())), heldout_frac=opts.heldout_frac,
                                robustness=opts.robustness)
     max_loss = resolve_max_loss(opts.max_utility_loss, next(iter(kinds.values())))
+    if opts.scheduler == "dominated":
+        check_dominated(space, opts.repeats, bool(opts.grid), goals.names)
     experiment = opts.experiment if opts.experiment is not None else f"{'+'.join(methods)}-{label}"
     _check_experiment_name(experiment)
     if opts.address:

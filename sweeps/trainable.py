@@ -127,7 +127,7 @@ def sweep_trainable(config: dict[str, Any], static: TrialStatic) -> None:
         trial_config["robustness"] = list(static.robustness)
     seeds = base_seeds(trial_config, static.repeats) if static.repeats > 1 else []
     configs = [seed_config(trial_config, s) for s in seeds] or [trial_config]
-    first_epoch = anytime_from(static.space, method, static.repeats)
+    first_epoch = anytime_from(static.space, method, static.repeats, objectives)
     # Not in `trial_config`: that one rebuilds the trial's model, which needs no candidates.
     anytime = {"anytime": True, "anytime_from": first_epoch} if first_epoch is not None else {}
     cpu0 = time.process_time()

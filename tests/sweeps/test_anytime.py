@@ -89,6 +89,7 @@ def test_which_sweeps_make_candidates(tmp_path, spaces_dir):
                                    tracking_uri=f"sqlite:///{tmp_path}/mlflow.db"))
     assert anytime_from(plan.space, "balanced_subnet") == 1
     assert anytime_from(plan.space, "balanced_subnet", repeats=3) is None  # per-epoch results of one seed only
+    assert anytime_from(plan.space, "balanced_subnet", objectives=["mem_pct", "relearn_mem_pct"]) is None
     durable = plan_sweep(SweepOptions(method="durable", preset="math-tiny", storage=str(tmp_path / "root"),
                                       search_space=str(spaces_dir / "durable.yaml"),
                                       tracking_uri=f"sqlite:///{tmp_path}/mlflow.db"))
