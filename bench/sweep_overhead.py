@@ -5,6 +5,9 @@ run, on the same base model with the same threads. Prints the wall-time ratio (e
     python bench/sweep_overhead.py                      # 12 balanced_subnet trials on math-demo
     python bench/sweep_overhead.py --preset math-tiny   # a quick check
 
+An anytime method's checkpoint evaluations (`sweeps.candidates`; with this grid, epoch 1 of each 2-epoch trial)
+run in both, inside the method's time, and are reported apart with the number of candidates they made.
+
 Ray's start (`ray.init`) is excluded from the engine's time and reported separately: a sweep pays it once,
 and a cluster user has it running already. The base model is made and evaluated before either timing, as
 a sweep does before its trials. The engine's time is the whole of `run_sweep` after Ray is up: MLflow parent
@@ -43,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import yaml
 
+    from sweeps.candidates import anytime_from
     from sweeps.engine import run_sweep
     from sweeps.options import SweepOptions
     from sweeps.plan import plan_sweep
@@ -72,6 +76,9 @@ def main(argv: list[str] | None = None) -> int:
                                    tracking_uri=f"sqlite:///{work / 'mlflow.db'}", experiment="sweep-overhead",
                                    search_space=str(space), command="bench/sweep_overhead.py"))
     points = plan.space.grid_points()
+    # The engine evaluates an anytime method's checkpoints (sweeps.candidates); the loop does the same work.
+    first = anytime_from(plan.space, args.method)
+    anytime = {"anytime": True, "anytime_from": first} if first is not None else {}
 
     def engine() -> tuple[float, object]:
         t0 = time.perf_counter()
@@ -82,30 +89,35 @@ def main(argv: list[str] | None = None) -> int:
     def loop() -> tuple[float, float]:
         # Same configs, same threads; its own work_dir so no checkpoint of the engine's trials is reused.
         t0 = time.perf_counter()
-        mitigate = 0.0
+        mitigate = checkpoints = 0.0
         for i, point in enumerate(points):
             _, _, params = plan.space.decode(point)
             r = run_trial({"method": args.method, "params": params, "preset": args.preset, "storage": storage,
-                           "seed": 0, "work_dir": str(work / f"loop-{i}")})
+                           "seed": 0, "work_dir": str(work / f"loop-{i}"), **anytime})
             mitigate += r.seconds["mitigate"]
-        return time.perf_counter() - t0, mitigate
+            checkpoints += r.info.get("seconds_checkpoint_evals", 0.0)
+        return time.perf_counter() - t0, mitigate, checkpoints
 
     if args.loop_first:
-        loop_s, loop_mitigate = loop()
+        loop_s, loop_mitigate, loop_ckpt = loop()
         engine_s, outcome = engine()
     else:
         engine_s, outcome = engine()
-        loop_s, loop_mitigate = loop()
+        loop_s, loop_mitigate, loop_ckpt = loop()
 
-    df = outcome.report.trials
+    df = outcome.report.trial_rows
     engine_mitigate = float(df["seconds_mitigate"].sum())
+    ckpt_col = "info_seconds_checkpoint_evals"
+    engine_ckpt = float(df[ckpt_col].sum()) if ckpt_col in df.columns else 0.0
+    candidates = len(outcome.report.trials) - len(df)
     ratio = engine_s / loop_s
     result = {"method": args.method, "preset": args.preset, "trials": len(points), "threads": args.threads,
               "order": "loop first" if args.loop_first else "engine first",
               "ray_start_s": round(ray_s, 2), "base_prepare_s": round(base_s, 2),
               "engine_s": round(engine_s, 2), "loop_s": round(loop_s, 2),
               "engine_sum_mitigate_s": round(engine_mitigate, 2), "loop_sum_mitigate_s": round(loop_mitigate, 2),
-              "ratio": round(ratio, 3)}
+              "candidates": candidates, "engine_sum_checkpoint_evals_s": round(engine_ckpt, 2),
+              "loop_sum_checkpoint_evals_s": round(loop_ckpt, 2), "ratio": round(ratio, 3)}
     if args.json:
         print(json.dumps(result, indent=1))
     else:
@@ -113,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  Ray start (excluded)     {ray_s:8.1f} s")
         print(f"  sweep engine             {engine_s:8.1f} s   (sum of mitigate phases {engine_mitigate:.1f} s)")
         print(f"  plain loop of run_trial  {loop_s:8.1f} s   (sum of mitigate phases {loop_mitigate:.1f} s)")
+        print(f"  anytime checkpoints      {candidates:8d}     (evaluations, in the mitigate phases: engine "
+              f"{engine_ckpt:.1f} s, loop {loop_ckpt:.1f} s)")
         print(f"  ratio engine / loop      {ratio:8.3f}")
     return 0
 

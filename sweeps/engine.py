@@ -31,6 +31,7 @@ from typing import Any
 from sweeps import storage
 from sweeps import tags as T
 from sweeps.bases import prepare_bases
+from sweeps.candidates import DominatedStop
 from sweeps.inputs import dataset_specs, log_data_inputs
 from sweeps.ledger import TrialLedger
 from sweeps.errors import TrackingPending
@@ -236,13 +237,14 @@ def run_sweep(plan: SweepPlan, say: Callable[[str], None] = print, stream: str =
                 scheduler = ASHAScheduler(time_attr="epoch", metric=ASHA_GUARD, mode="min",
                                           max_t=plan.space.max_epochs() or 100, grace_period=1,
                                           reduction_factor=3, stop_last_trials=False)
+            stop = DominatedStop(list(plan.objectives)) if o.scheduler == "dominated" else None
             tune_config = tune.TuneConfig(search_alg=search_alg, scheduler=scheduler, num_samples=total,
                                           max_concurrent_trials=o.max_concurrent,
                                           reuse_actors=True)
             # A metric/mode here would silently make the multi-objective study single-objective.
             assert tune_config.metric is None and tune_config.mode is None, "TuneConfig must not set metric/mode"
             run_config = tune.RunConfig(
-                name=plan.sweep_id, storage_path=plan.ray_parent, callbacks=callbacks, verbose=0,
+                name=plan.sweep_id, storage_path=plan.ray_parent, callbacks=callbacks, verbose=0, stop=stop,
                 failure_config=tune.FailureConfig(max_failures=o.max_failures),
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1))
             tuner = tune.Tuner(trainable, param_space={}, tune_config=tune_config, run_config=run_config)

@@ -30,15 +30,17 @@ MODEL_TYPE = "tinymem-mitigated"
 COMPLETE = "tinymem.json"  # written last into a model directory: marks it complete
 
 
-def kept_trials(rep: Any, keep: str) -> list[str]:
-    """Trial ids whose models stay: the front and the paper rule's pick (pareto), every completed trial (all)."""
+def kept_trials(rep: Any, keep: str, candidates: bool = False) -> list[str]:
+    """Trial ids whose models stay: the front and the paper rule's pick (pareto), every completed trial (all).
+    An anytime candidate of the front has no model directory (its run went on); `candidates` includes them."""
     if keep == "none" or rep.trials.empty:
         return []
+    trials = rep.trials if candidates else rep.trial_rows
     if keep == "all":
-        ids = list(rep.trials.loc[rep.trials["state"] == "completed", "trial_id"])
+        ids = list(trials.loc[trials["state"] == "completed", "trial_id"])
     else:
-        ids = list(rep.front["trial_id"])
-        if rep.best_index is not None:
+        ids = [t for t in rep.front["trial_id"] if t in set(trials["trial_id"])]
+        if rep.best_index is not None and rep.best_index in trials.index:
             ids.append(rep.trials.loc[rep.best_index, "trial_id"])
     return list(dict.fromkeys(ids))
 
@@ -137,13 +139,16 @@ def model_details(client: Any, rep: Any, storage_root: str) -> dict[str, dict[st
     """For the front and the paper rule's pick, from their runs' tags: trial id -> {model_dir, model_id,
     mitigate_command} (None where the sweep kept no model, or ran before configs were stored)."""
     out = {}
-    for trial_id in kept_trials(rep, "pareto"):
-        run_id = rep.trials.loc[rep.trials["trial_id"] == trial_id, "run_id"].iloc[0]
-        tags = client.get_run(run_id).data.tags
-        config = tags.get(T.TRIAL_CONFIG)
-        command = mitigate_command(json.loads(config), rebuild_dir(storage_root, trial_id)) if config else None
-        out[trial_id] = {"model_dir": tags.get(T.MODEL_DIR), "model_id": tags.get(T.MODEL_ID),
-                         "mitigate_command": command}
+    for trial_id in kept_trials(rep, "pareto", candidates=True):
+        row = rep.trials.loc[rep.trials["trial_id"] == trial_id].iloc[0]
+        tags = client.get_run(row["run_id"]).data.tags
+        config = json.loads(tags[T.TRIAL_CONFIG]) if tags.get(T.TRIAL_CONFIG) else None
+        if config is not None and row.get("source") == "checkpoint":  # the run with as many epochs as the candidate
+            config = {**config, "params": {**config.get("params", {}), "epochs": int(row["epochs"])}}
+        command = mitigate_command(config, rebuild_dir(storage_root, trial_id)) if config else None
+        own = row.get("source") != "checkpoint"  # a candidate's run holds its trial's model, not the candidate's
+        out[trial_id] = {"model_dir": tags.get(T.MODEL_DIR) if own else None,
+                         "model_id": tags.get(T.MODEL_ID) if own else None, "mitigate_command": command}
     return out
 
 

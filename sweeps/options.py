@@ -15,7 +15,7 @@ from tinymem.hf.options import HFSourceOptions
 from tinymem.store import DEFAULT_ROOT
 
 SAMPLERS = ("tpe", "gp", "nsga2", "random")  # sweeps.samplers builds them
-SCHEDULERS = ("none", "asha")
+SCHEDULERS = ("none", "asha", "dominated")  # dominated: sweeps.candidates.DominatedStop
 GRIDS = ("paper",)
 KEEP_MODELS = ("pareto", "all", "none")  # which trials' mitigated models stay as model directories (sweeps.models)
 # Sized so that the default sweep (`--method balanced_subnet` on math-demo) fits 15 minutes of a 2-core CPU.

@@ -66,6 +66,13 @@ def utility_loss(after: dict[str, float], base: dict[str, float], kind: str, spl
     return 100.0 * (a - b) / b if b and not math.isnan(b) else math.nan
 
 
+def with_losses(after: dict[str, float], base: dict[str, float], kind: str) -> dict[str, float]:
+    """`after` plus its utility loss on the selection split (an objective) and on the reported split: what a
+    trial's final result and each anytime candidate carry."""
+    return {**after, utility_loss_name(kind): utility_loss(after, base, kind),
+            utility_loss_name(kind, REPORT_SPLIT): utility_loss(after, base, kind, REPORT_SPLIT)}
+
+
 def non_dominated(points: np.ndarray) -> np.ndarray:
     """Boolean mask of the rows of `points` (n x m, minimised) that no other row dominates.
 

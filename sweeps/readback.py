@@ -1,6 +1,7 @@
 """A sweep read back from MLflow alone: its child runs as a table, annotated with the front, as a `Report`.
 
-Everything needed is in MLflow: the child runs' params, metrics and `tinymem.state` tags, and the parent run's
+Everything needed is in MLflow: the child runs' params, metrics (an anytime candidate: its run's metrics at the
+step of its epoch, `sweeps.candidates`) and `tinymem.state` tags, and the parent run's
 tags `tinymem.sweep` (task kind, objectives, the bound on the utility loss) and `tinymem.base` (base metrics per preset). Tags are read with
 `sweeps.tags.read`, so a sweep logged before the `tinymem.` namespace (bare `state`, ...) reads back too.
 """
@@ -14,6 +15,7 @@ from typing import Any
 import pandas as pd
 
 from sweeps import tags as T
+from sweeps.candidates import SOURCE, TRIAL, candidate_rows
 from sweeps.errors import SweepError
 from sweeps.pareto import MEM, select, utility_loss_name
 from sweeps.results import Report
@@ -73,6 +75,9 @@ def build_from_mlflow(client: Any, parent_run_id: str, out_dir: str | None, trac
         param_names = [p for p in param_names if p in searched] + [p for p in param_names if p not in searched]
     kind = sweep["kind"]
     objectives = list(sweep.get("objectives") or [MEM, utility_loss_name(kind)])
+    if not df.empty:  # every trial a row of source `trial`, then the anytime candidates of their runs
+        df = pd.concat([df.assign(**{SOURCE: TRIAL}), candidate_rows(client, df, param_names, objectives)],
+                       ignore_index=True)
     for col in dict.fromkeys([MEM, utility_loss_name(kind), *objectives]):
         if not df.empty and col not in df.columns:
             df[col] = math.nan

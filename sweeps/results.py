@@ -1,7 +1,9 @@
 """A sweep's results (`Report`): every trial annotated with `pareto` and `paper_score`, as table, CSV, PNG and tags.
 
 `sweeps.readback` builds a `Report` from MLflow alone; the files go under the sweep's directory on the
-storage root and are attached to the sweep's parent run.
+storage root and are attached to the sweep's parent run. Its rows are the trials (`source` trial) and their
+anytime candidates (`source` checkpoint, `sweeps.candidates`), which are eligible for the front; counts are of
+trials.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import pandas as pd
 
 from sweeps import storage
 from sweeps import tags as T
+from sweeps.candidates import CHECKPOINT, SOURCE, TRIAL
 from sweeps.pareto import MEM, REPORT_SPLIT, objectives_of, utility_loss_name
 from sweeps.mlflow_io import set_tags
 from tinymem.util import json_safe
@@ -58,9 +61,17 @@ class Report:
         return list(self.objective_names or objectives_of(self.kind))
 
     @property
+    def trial_rows(self) -> pd.DataFrame:
+        """The trials themselves, without their anytime candidates (`sweeps.candidates`)."""
+        if self.trials.empty or SOURCE not in self.trials.columns:
+            return self.trials
+        return self.trials[self.trials[SOURCE] != CHECKPOINT]
+
+    @property
     def counts(self) -> dict[str, int]:
-        states = self.trials["state"].value_counts().to_dict() if not self.trials.empty else {}
-        return {"trials": int(len(self.trials)), "completed": int(states.get("completed", 0)),
+        trials = self.trial_rows
+        states = trials["state"].value_counts().to_dict() if not trials.empty else {}
+        return {"trials": int(len(trials)), "completed": int(states.get("completed", 0)),
                 "failed": int(states.get("failed", 0)), "early_stopped": int(states.get("early_stopped", 0)),
                 "running": int(states.get("running", 0))}
 
@@ -82,7 +93,7 @@ class Report:
     def _columns(self, all_params: bool = False) -> list[str]:
         multi_method = self.trials["method"].nunique() > 1 if not self.trials.empty else False
         multi_preset = self.trials["preset"].nunique() > 1 if not self.trials.empty else False
-        cols = ["trial_id"] + (["method"] if multi_method else []) + (["preset"] if multi_preset else [])
+        cols = ["trial_id", SOURCE] + (["method"] if multi_method else []) + (["preset"] if multi_preset else [])
         shown = [p for p in self.param_names if all_params or p in (self.searched or self.param_names)]
         cols += [p for p in shown if p in self.trials.columns]
         cols += [MEM, *INTERVAL_COLUMNS, *self.objectives, self.loss_name] + UTILITY_COLUMNS[self.kind] + [
@@ -95,7 +106,7 @@ class Report:
 
         params = {p: clean(row[p]) for p in self.param_names if p in row.index and not _missing(row[p])}
         rec = {"trial_id": row["trial_id"], "run_id": row["run_id"], "method": row["method"],
-               "preset": row["preset"], "params": params}
+               "preset": row["preset"], "params": params, SOURCE: row.get(SOURCE, TRIAL)}
         for c in [MEM, *INTERVAL_COLUMNS, *self.objectives, self.loss_name] + UTILITY_COLUMNS[self.kind] + [
                 "seconds_mitigate", "paper_score", "feasible", "info_unlearn_rows"]:
             if c in row.index:
@@ -181,14 +192,20 @@ class Report:
         plot_report(self, path)
 
     def publish(self, client: Any, parent_run_id: str) -> None:
-        """Tag each child `tinymem.pareto` (and with a constraint `tinymem.feasible`) true/false and attach the CSVs and the PNG to the parent run."""
-        for idx, row in self.trials.iterrows():
-            tags = {T.PARETO: "true" if bool(row.get("pareto")) else "false"}
+        """Tag each child `tinymem.pareto` (and with a constraint `tinymem.feasible`) true/false and attach the CSVs
+        and the PNG to the parent run. A run is on the front when its trial or one of its anytime candidates is;
+        `tinymem.pareto_checkpoints` then lists the candidates' epochs."""
+        for run_id, rows in (self.trials.groupby("run_id", sort=False) if not self.trials.empty else []):
+            trial = rows[rows.get(SOURCE, pd.Series(TRIAL, index=rows.index)) != CHECKPOINT]
+            tags = {T.PARETO: "true" if bool(rows["pareto"].any()) else "false"}
             if self.constrained:
-                tags[T.FEASIBLE] = "true" if bool(row.get("feasible")) else "false"
-            if idx == self.best_index:
+                tags[T.FEASIBLE] = "true" if bool(trial["feasible"].any()) else "false"
+            if self.best_index in rows.index:
                 tags[T.PAPER_RULE_BEST] = "true"
-            set_tags(client, row["run_id"], tags)
+            front = rows[rows["pareto"] & ~rows.index.isin(trial.index)]
+            if len(front):
+                tags[T.PARETO_CHECKPOINTS] = ",".join(str(int(e)) for e in sorted(front["epochs"]))
+            set_tags(client, run_id, tags)
         for name, local in self.local_files.items():
             client.log_artifact(parent_run_id, local)
 

@@ -99,7 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: off, sample with --sampler)")
     p.add_argument("--scheduler", default="none", choices=options.SCHEDULERS,
                    help=f"asha: stop iterative trials early on the per-epoch guard metric `{options.ASHA_GUARD}`; "
-                        f"early-stopped trials are tagged and never enter the front (default: %(default)s)")
+                        f"dominated: stop an anytime trial whose last checkpoints neither improve on its own nor "
+                        f"beat other trials' points (docs/anytime.md); early-stopped trials are tagged and never "
+                        f"enter the front, their checkpoints do (default: %(default)s)")
     p.add_argument("--address", default=os.environ.get("RAY_ADDRESS") or None,
                    help="an existing Ray cluster (HOST:PORT, ray://HOST:PORT or auto; default: $RAY_ADDRESS, "
                         "else a fresh local runtime on 127.0.0.1)")

@@ -26,6 +26,7 @@ from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from sweeps import study as S
+from sweeps.candidates import catch_up_candidates, is_candidate, tell_candidate
 from sweeps.ledger import SYNC_LEDGER, TrialLedger, is_finished
 from sweeps.plan import SweepPlan
 from sweeps.samplers import SPACE_FILLING, make_sampler, startup_points, startup_size
@@ -81,7 +82,7 @@ class ParetoOptunaSearch(OptunaSearch):
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
-        for live in ("_ot_study", "_ot_trials", "_sampler", "_storage", "_left", "_views"):
+        for live in ("_ot_study", "_ot_trials", "_sampler", "_storage", "_left", "_views", "_candidates"):
             state.pop(live, None)
         return state
 
@@ -121,8 +122,11 @@ class ParetoOptunaSearch(OptunaSearch):
                 self.spec, lambda held: make_sampler(self.sampler_name, self.seed, self.num_samples, held),
                 [(dict(p), label) for p, label in self.points])
             unknown = ledger_trials_unknown(self.ledger_dir, set(self.handed))
-            told = S.catch_up(self._ot_study, self.spec, self._space, TrialLedger(self.ledger_dir).trials) \
-                if self.ledger_dir else 0
+            self._candidates = {k for k in S.told_ray_ids(self._ot_study) if "@" in k}  # keys told (`candidates`)
+            ledger = TrialLedger(self.ledger_dir) if self.ledger_dir else None
+            told = S.catch_up(self._ot_study, self.spec, self._space, ledger.trials) if ledger else 0
+            if ledger is not None:
+                told += catch_up_candidates(self._ot_study, self.spec, self._space, ledger, self._candidates)
             if told:
                 log.info("optuna study %s: told %d finished trial(s) from the ledger", self.spec.name, told)
             self._left = self.num_samples - len(self.handed) - sum(is_finished(e) for e in unknown.values())
@@ -142,7 +146,22 @@ class ParetoOptunaSearch(OptunaSearch):
         return config
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
-        pass  # multi-objective: Optuna takes no intermediate values
+        # Multi-objective: Optuna takes no intermediate values. An anytime candidate is a trial of its own.
+        if is_candidate(result):
+            self._tell_candidate(trial_id, result)
+
+    def _tell_candidate(self, trial_id: str, result: dict) -> None:
+        study = self._open()
+        live = self._ot_trials.get(trial_id)
+        entry = self._ledger_entry(trial_id) or {}
+        config = entry.get("config") or (dict(live.params) if live is not None else None)
+        if config is None:
+            return
+        try:
+            tell_candidate(study, self.spec, self._space, trial_id, config, result, entry.get("run_id"),
+                           self.__dict__.setdefault("_candidates", set()))
+        except Exception as exc:  # bookkeeping must not stop the sweep; a resume catches it up from the ledger
+            log.warning("optuna tell of candidate %s@e%s failed: %s", trial_id, result.get("epoch"), exc)
 
     def _ledger_entry(self, trial_id: str) -> dict[str, Any] | None:
         """The trial's ledger entry with its MLflow run id, both ledgers kept open and read on incrementally:
@@ -158,6 +177,8 @@ class ParetoOptunaSearch(OptunaSearch):
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         study = self._open()
+        if is_candidate(result):  # stopped at a checkpoint: Tune passes that result here, not to on_trial_result
+            self._tell_candidate(trial_id, result)
         state, values = S.outcome(result, self.spec.objectives, error=error)
         entry = self._ledger_entry(trial_id)
         run_id = (entry or {}).get("run_id")  # None while the MLflow writer has not made the run

@@ -30,6 +30,7 @@ TRIAL_ID = "tinymem.trial_id"
 STATE = "tinymem.state"  # running | completed | failed | early_stopped
 PARETO = "tinymem.pareto"  # "true" on the front's runs, "false" on the others
 FEASIBLE = "tinymem.feasible"  # with --max-utility-loss: "true" when the trial's utility loss is within it
+PARETO_CHECKPOINTS = "tinymem.pareto_checkpoints"  # epochs of the run's anytime candidates on the front, "1,3"
 PAPER_RULE_BEST = "tinymem.paper_rule_best"  # "true" on the paper's scalar rule's pick
 METHOD = "tinymem.method"
 PRESET = "tinymem.preset"

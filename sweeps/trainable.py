@@ -8,6 +8,9 @@ model directory `<models_dir>/<trial id>/` before its final report; after the sw
 asked for (`sweeps.models`). Saving at trial end costs a write of the weights and the data bundle, far less than
 rebuilding a model after the sweep, which would rerun the whole trial. The final report also carries
 `trial_config`: the config that rebuilds that model (JSON), which the driver stores in the trial's MLflow run.
+
+An anytime trial (`sweeps.candidates.anytime_from`) also evaluates its checkpoints: those per-epoch reports
+carry `checkpoint = 1`, the evaluation's metrics and the utility losses against the base model.
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ from typing import Any
 
 from sweeps import storage
 from sweeps.bases import base_config, limit_threads
-from sweeps.pareto import MEM, REPORT_SPLIT, utility_loss, utility_loss_name
+from sweeps.candidates import anytime_from, is_candidate
+from sweeps.pareto import MEM, utility_loss_name, with_losses
 from sweeps.space import SweepSpace
 from tinymem.errors import TinyMemError
 from tinymem.hf.options import HFSourceOptions
@@ -92,6 +96,7 @@ def sweep_trainable(config: dict[str, Any], static: TrialStatic) -> None:
     loss_name = utility_loss_name(kind)
     objectives = list(static.objectives) or [MEM, loss_name]
     last_epoch = 0
+    base_metrics: dict[str, float] = {}  # the base model's, for the utility losses of anytime candidates
     # Where the trial runs, in every result (Ray adds `hostname` and `node_ip`); the MLflow run is tagged with it.
     node_id = ray.get_runtime_context().get_node_id()
 
@@ -109,7 +114,10 @@ def sweep_trainable(config: dict[str, Any], static: TrialStatic) -> None:
     def on_epoch(metrics: dict[str, float]) -> None:
         nonlocal last_epoch
         last_epoch = int(metrics.get("epoch", last_epoch + 1))
-        report({**_numeric(metrics), "epoch": last_epoch, "final": 0, "ray_node_id": node_id})
+        row = _numeric(metrics)
+        if is_candidate(row):  # a configuration of its own (`sweeps.candidates`): scored like a final result
+            row = with_losses(row, base_metrics, kind)
+        report({**row, "epoch": last_epoch, "final": 0, "ray_node_id": node_id})
 
     trial_config = {"method": method, "params": params, **base_config(preset, static.source),
                     "storage": static.storage, "device": static.device, "seed": static.seed}
@@ -119,6 +127,9 @@ def sweep_trainable(config: dict[str, Any], static: TrialStatic) -> None:
         trial_config["robustness"] = list(static.robustness)
     seeds = base_seeds(trial_config, static.repeats) if static.repeats > 1 else []
     configs = [seed_config(trial_config, s) for s in seeds] or [trial_config]
+    first_epoch = anytime_from(static.space, method, static.repeats, objectives)
+    # Not in `trial_config`: that one rebuilds the trial's model, which needs no candidates.
+    anytime = {"anytime": True, "anytime_from": first_epoch} if first_epoch is not None else {}
     cpu0 = time.process_time()
     results = []
     saving = ModelSaver(static.models_dir, tune.get_context().get_trial_id())
@@ -127,9 +138,11 @@ def sweep_trainable(config: dict[str, Any], static: TrialStatic) -> None:
             # Per-epoch reports (and resume files) from the first base model only: one epoch axis per trial;
             # the first base model's mitigated model is the one kept.
             first = i == 0
-            results.append(run_trial({**config, **(saving.out_config() if first else {})},
+            extra = {**saving.out_config(), **anytime} if first else {}
+            results.append(run_trial({**config, **extra},
                                      callback=on_epoch if first else None,
-                                     on_work_dir=resume.restore if resume and first else None))
+                                     on_work_dir=resume.restore if resume and first else None,
+                                     on_base=base_metrics.update if first else None))
         upload_seconds = saving.publish()
     except (TinyMemError, FloatingPointError) as e:
         saving.discard()
@@ -192,10 +205,7 @@ class ModelSaver:
 def trial_metrics(result: Any, kind: str) -> dict[str, float]:
     """What one `run_trial` result reports: the metrics after the edit, the utility loss on the selection split
     (an objective) and on the reported split, `seconds_<phase>` and `info_<key>`."""
-    after = _numeric(result.after)
-    out: dict[str, float] = {**after, utility_loss_name(kind): utility_loss(after, result.before, kind),
-                             utility_loss_name(kind, REPORT_SPLIT): utility_loss(after, result.before, kind,
-                                                                                 REPORT_SPLIT)}
+    out: dict[str, float] = with_losses(_numeric(result.after), result.before, kind)
     out.update({f"seconds_{k}": float(v) for k, v in result.seconds.items()})
     out.update({f"info_{k}": v for k, v in _numeric(result.info).items()})
     return out

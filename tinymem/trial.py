@@ -22,6 +22,12 @@ Config keys (only `method` is required):
   `relearn_mem_pct`, `relearn_benign_mem_pct`, `sampled_mem_pct`, `perturbed_mem_pct`, `nll_gap` (default none).
   They are computed after the method and for the base model (cached per metric beside the base evaluation),
   and timed apart: `seconds["robustness"]` and `seconds["base_robustness"]`, never method time.
+- `anytime`: evaluate an anytime method (`Mitigation.anytime`) at checkpoints of its run
+  (`tinymem.mitigations._anytime`: every epoch up to 20 epochs, a geometric set beyond), each with the final
+  evaluation below, so a candidate at epoch e has the numbers of a run with `epochs = e`; `anytime_from`: the
+  first epoch evaluated (default 1). The candidates go to `callback` with their epoch (`checkpoint = 1`) and to
+  `TrialResult.candidates`; their time is method time, also reported apart (`info["seconds_checkpoint_evals"]`).
+  A method that is not anytime ignores it.
 
 The base evaluation (metrics and which forget rows are memorized) is computed once per base model and cached
 beside the store (`<storage>/cache/<key>/`), so every trial of a sweep shares it.
@@ -50,6 +56,7 @@ from tinymem.hf.models import load_trial_base
 from tinymem.hf.options import HFSourceOptions
 from tinymem.metrics import Extraction, deltas, evaluate, forget_extraction, rate_with_interval
 from tinymem.mitigations import get_method
+from tinymem.mitigations._anytime import CheckpointEvaluator, checkpoint_epochs, no_checkpoint
 from tinymem.mitigations.base import MitigationContext
 from tinymem.models import pick_device
 from tinymem.presets import DEFAULT_PRESET, get_preset
@@ -59,7 +66,7 @@ from tinymem.store import DEFAULT_ROOT, ModelStore, read_manifest, write_manifes
 from tinymem.util import atomic_path, atomic_write_text
 
 TRIAL_KEYS = ("method", "params", "preset", "set", "model_dir", "storage", "device", "seed", "out_dir",
-              "progress", "work_dir", "heldout_frac", "robustness") + HFSourceOptions.keys()
+              "progress", "work_dir", "heldout_frac", "robustness", "anytime", "anytime_from") + HFSourceOptions.keys()
 
 
 @dataclass(frozen=True)
@@ -83,6 +90,8 @@ class TrialConfig:
     work_dir: str | None = None
     heldout_frac: float = 0.0  # share of the unlearning set withheld from the method (heldout_mem_pct)
     robustness: tuple[str, ...] = ()  # robustness metric names (`tinymem.robustness.NAMES`), none by default
+    anytime: bool = False  # evaluate an anytime method at checkpoints of its run (candidates)
+    anytime_from: int = 1  # the first epoch a checkpoint is evaluated at
 
     def __post_init__(self) -> None:
         if self.source.model and (self.model_dir or self.preset):
@@ -105,7 +114,8 @@ class TrialConfig:
                    seed=int(config.get("seed", 0)), out_dir=_opt_str(config.get("out_dir")),
                    progress=bool(config.get("progress")), work_dir=_opt_str(config.get("work_dir")),
                    heldout_frac=float(config.get("heldout_frac") or 0.0),
-                   robustness=parse_names(config.get("robustness")))
+                   robustness=parse_names(config.get("robustness")), anytime=_flag(config.get("anytime"), "anytime"),
+                   anytime_from=_positive_int(config.get("anytime_from", 1), "anytime_from"))
 
     def to_dict(self) -> dict[str, Any]:
         """The dict form (`from_dict(c.to_dict()) == c`): unset values and an empty method left out."""
@@ -113,12 +123,34 @@ class TrialConfig:
              "set": dict(self.set), "model_dir": self.model_dir, "storage": self.storage, "device": self.device,
              "seed": self.seed, "out_dir": self.out_dir, "progress": self.progress, "work_dir": self.work_dir,
              "heldout_frac": self.heldout_frac or None, "robustness": list(self.robustness) or None,
+             "anytime": self.anytime or None, "anytime_from": self.anytime_from if self.anytime_from != 1 else None,
              **self.source.as_config()}
         return {k: v for k, v in d.items() if v is not None}
 
 
 def _opt_str(value: Any) -> str | None:
     return str(value) if value else None
+
+
+def _flag(value: Any, name: str) -> bool:
+    if value is None or isinstance(value, bool):
+        return bool(value)
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off", ""):
+        return False
+    raise ConfigError(f"{name}={value!r} is not allowed; choose from [true, false]")
+
+
+def _positive_int(value: Any, name: str) -> int:
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        number = 0
+    if isinstance(value, bool) or number < 1 or float(value) != number:
+        raise ConfigError(f"{name}={value!r} is not allowed; allowed: an integer >= 1")
+    return number
 
 
 def _trial_config(config: TrialConfig | Mapping[str, Any], require_method: bool = True) -> TrialConfig:
@@ -139,6 +171,7 @@ class TrialResult:
     base_key: str
     info: dict[str, float] = field(default_factory=dict)
     history: list[dict[str, float]] = field(default_factory=list)
+    candidates: list[dict[str, float]] = field(default_factory=list)  # anytime checkpoints: `epoch` + metrics
 
     @property
     def deltas(self) -> dict[str, float]:
@@ -301,11 +334,13 @@ def _phase(seconds: dict[str, float], name: str):
 
 
 def run_trial(config: TrialConfig | Mapping[str, Any], callback: Callable[[dict[str, float]], None] | None = None,
-              on_work_dir: Callable[[Path], None] | None = None) -> TrialResult:
+              on_work_dir: Callable[[Path], None] | None = None,
+              on_base: Callable[[dict[str, float]], None] | None = None) -> TrialResult:
     """Run one mitigation trial (see the module docstring); a dict config is read by `TrialConfig.from_dict`.
     `callback` receives intermediate metrics (with `epoch`) from iterative methods. `on_work_dir(path)` is
     called with the method's work directory just before the method runs (a sweep puts a retried trial's
-    resume files back there)."""
+    resume files back there). `on_base(before)` gets the base model's metrics before the method runs (a sweep
+    scores each anytime candidate against them as it arrives)."""
     config = _trial_config(config)
     method_cls = get_method(config.method)
     method = method_cls(config.params)  # validates before any expensive work
@@ -331,6 +366,20 @@ def run_trial(config: TrialConfig | Mapping[str, Any], callback: Callable[[dict[
     shown, heldout = split_heldout(base.memorized_rows, config.heldout_frac, seed)
     rows = shown
     history: list[dict[str, float]] = []
+    if on_base is not None:
+        on_base(dict(before))
+
+    def evaluate_after(m: torch.nn.Module, progress: bool = False) -> dict[str, float]:
+        """The evaluation after the method, one code path for the final model and every anytime candidate."""
+        metrics = evaluate(m, bundle, progress=progress)
+        if heldout.numel():
+            metrics.update(heldout_memorization(m, bundle, heldout))
+        return metrics
+
+    checkpoints = None
+    if config.anytime and method_cls.anytime and "epochs" in method.params.names():
+        epochs = int(method.params.epochs)
+        checkpoints = CheckpointEvaluator(evaluate_after, frozenset(checkpoint_epochs(epochs, config.anytime_from)))
 
     def report(metrics: dict[str, float]) -> None:
         history.append(dict(metrics))
@@ -342,7 +391,7 @@ def run_trial(config: TrialConfig | Mapping[str, Any], callback: Callable[[dict[
         model=model, bundle=bundle, forget=bundle.forget[rows], forget_clean=bundle.forget_clean[rows],
         retain=bundle.retain, base_spec=spec, base_key=key, seed=seed, device=device, report=report,
         evaluate=lambda m: evaluate(m, bundle), work_dir=work_dir, store_root=storage,
-        progress=config.progress)
+        progress=config.progress, checkpoint=checkpoints if checkpoints is not None else no_checkpoint)
     if on_work_dir is not None:
         on_work_dir(work_dir)
     torch.manual_seed(seed)
@@ -351,9 +400,7 @@ def run_trial(config: TrialConfig | Mapping[str, Any], callback: Callable[[dict[
     mitigated = out.model.eval()
 
     with _phase(seconds, "eval"):
-        after = evaluate(mitigated, bundle, progress=config.progress)
-        if heldout.numel():
-            after.update(heldout_memorization(mitigated, bundle, heldout))
+        after = evaluate_after(mitigated, config.progress)
     bad = [k for k in ("mem_pct", "test_acc", "test_ppl") if k in after and isinstance(after[k], float)
            and math.isnan(after[k]) and not math.isnan(base.metrics.get(k, 0.0))]
     if bad:
@@ -375,8 +422,12 @@ def run_trial(config: TrialConfig | Mapping[str, Any], callback: Callable[[dict[
     seconds["mitigate_total"] = seconds["mitigate"] + float(out.info.get("seconds_cached_work", 0.0))
     info = {**out.info, "unlearn_rows": float(shown.numel()), "heldout_rows": float(heldout.numel()),
             **{f"seconds_{name}": sec for name, sec in robust_seconds.items()}}
+    if checkpoints is not None:  # inside seconds["mitigate"]; apart here, so a sweep can say what it cost
+        info.update({"seconds_checkpoint_evals": checkpoints.seconds,
+                     "checkpoints": float(len(checkpoints.candidates))})
     return TrialResult(method=method.name, params=method.params.to_dict(), before=before, after=after,
-                       seconds=seconds, model_dir=saved, base_key=key, info=info, history=history)
+                       seconds=seconds, model_dir=saved, base_key=key, info=info, history=history,
+                       candidates=list(checkpoints.candidates) if checkpoints is not None else [])
 
 
 def save_mitigated(model: torch.nn.Module, bundle: DataBundle, out_dir: Path, spec: BaseSpec | None, key: str,

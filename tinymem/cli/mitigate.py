@@ -60,6 +60,8 @@ def cmd_mitigate(args: argparse.Namespace) -> int:
         config["heldout_frac"] = args.heldout_frac
     if args.robustness:
         config["robustness"] = args.robustness  # validated by the trial config, before any work
+    if args.anytime:
+        config["anytime"] = True
     if args.repeats == 1:
         result = run_trial(config, callback=progress)
         if args.json:
@@ -146,8 +148,11 @@ SHOWN = ("clean_recovered_pct", "token_match", "nll_gap", "val_acc", "test_acc",
 
 
 def _result_json(result) -> dict:
-    return {"method": result.method, "params": result.params, "before": result.before, "after": result.after,
-            "seconds": result.seconds, "model_dir": result.model_dir, "info": result.info}
+    out = {"method": result.method, "params": result.params, "before": result.before, "after": result.after,
+           "seconds": result.seconds, "model_dir": result.model_dir, "info": result.info}
+    if result.candidates:
+        out["candidates"] = result.candidates
+    return out
 
 
 def _print_table(method: str, params: dict, before: dict, after: dict) -> None:
@@ -167,6 +172,9 @@ def _print_result(result) -> None:
     print(f"  unlearning set: {int(result.info.get('unlearn_rows', 0))} rows"
           + (f", {int(result.info['heldout_rows'])} held out" if result.info.get("heldout_rows") else ""))
     print("  seconds: " + ", ".join(f"{k} {v:.2f}" for k, v in result.seconds.items()))
+    for c in result.candidates:  # --anytime: the same run after earlier epochs (each an `epochs = e` run)
+        print(f"  checkpoint epochs={int(c['epoch'])}: mem_pct {format_rate(c, 'mem_pct')}, "
+              f"val_acc {c.get('val_acc', float('nan')):.3f}, test_acc {c.get('test_acc', float('nan')):.3f}")
     print(f"mitigated model: {result.model_dir}")
 
 
@@ -197,6 +205,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                     help="also measure robustness metrics, for the base model and after the method: all, or a "
                          "comma list of relearn_mem_pct, relearn_benign_mem_pct, sampled_mem_pct, "
                          "perturbed_mem_pct, nll_gap (default: none; they cost seconds, in seconds.robustness)")
+    mi.add_argument("--anytime", action="store_true",
+                    help="an anytime method (`tinymem methods`) is also evaluated after earlier epochs of its run, "
+                         "each the result of a run with that many epochs (every epoch up to 20, a geometric set "
+                         "beyond; in seconds.mitigate, apart as info.seconds_checkpoint_evals)")
     mi.add_argument("--verbose", action="store_true",
                     help="print an iterative method's metrics after every epoch on stderr (default: off; on a "
                          "terminal, progress bars show on stderr)")

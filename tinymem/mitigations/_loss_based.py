@@ -15,8 +15,10 @@ retain rows (`LossBasedMitigation.uses_retain`). What they share:
   learning rate, dropout off (eval mode: deterministic, and a frozen reference scores a row the same way
   every time). Since neither the learning rate nor the batches depend on the total epoch count, the model
   after epoch e is exactly the model of a run with `epochs=e` (`anytime`).
-- **Reports**: after each epoch `ctx.report({"epoch": e, **epoch_probe(...)})`; `info` splits the time into
-  `seconds_train`, `seconds_epoch_evals` (the probes) and `seconds_reference` (NPO's reference pass).
+- **Reports**: after each epoch `ctx.report({"epoch": e, **epoch_probe(...), **ctx.checkpoint(...)})` (the
+  anytime candidate, when asked); `info` splits the time into `seconds_train`, `seconds_epoch_evals` (the
+  probes) and `seconds_reference` (NPO's reference pass); the candidates' own time is `run_trial`'s
+  `seconds_checkpoint_evals`.
   Not checkpointed: the default runs take seconds to a few minutes on math-demo.
 """
 
@@ -154,7 +156,7 @@ def train_loss_based(ctx: MitigationContext, method: LossBasedMitigation) -> Mit
     info = {"seconds_reference": time.perf_counter() - t0, "seconds_epoch_evals": 0.0}
     params = list(model.parameters())
     flags = [w.requires_grad for w in params]
-    steps, probe = 0, {}
+    steps, probe, seconds_candidates = 0, {}, 0.0
     bar = progress_bar(p.epochs, method.name, "epoch", ctx.progress)
     t_start = time.perf_counter()
     try:
@@ -176,14 +178,17 @@ def train_loss_based(ctx: MitigationContext, method: LossBasedMitigation) -> Mit
                     steps += 1
                 t_probe = time.perf_counter()
                 probe = epoch_probe(ctx, model)
-                info["seconds_epoch_evals"] += time.perf_counter() - t_probe
-                ctx.report({"epoch": float(epoch + 1), **probe})
+                t_candidate = time.perf_counter()
+                info["seconds_epoch_evals"] += t_candidate - t_probe
+                candidate = ctx.checkpoint(epoch + 1, lambda: model)
+                seconds_candidates += time.perf_counter() - t_candidate
+                ctx.report({"epoch": float(epoch + 1), **probe, **candidate})
                 bar.update(1)
     finally:
         bar.close()
         for w, f in zip(params, flags):
             w.grad = None  # the returned model carries no optimizer leftovers
             w.requires_grad_(f)
-    info["seconds_train"] = time.perf_counter() - t_start - info["seconds_epoch_evals"]
+    info["seconds_train"] = time.perf_counter() - t_start - info["seconds_epoch_evals"] - seconds_candidates
     return MitigationOutput(model.eval(), {"steps": float(steps), "forget_rows": float(ctx.forget.shape[0]),
                                            **info, **{f"final_{k}": v for k, v in probe.items()}})

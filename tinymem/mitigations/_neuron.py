@@ -12,7 +12,10 @@ by zeroing their input weights and biases (`ModelAdapter.ablate_neurons`). What 
 - activation patching through `ModelAdapter.neuron_hook(s)`: `capture_activations`, `scaled_neurons`.
 - `suffix_loss_sums`: per-row sums of suffix cross-entropy from logits.
 - `train_gates`: the gate-training loop shared by Slimming and Hard Concrete (Adam on one gate vector per
-  layer, gradients zeroed every step, the penalty stop checked every epoch, one `ctx.report` per epoch).
+  layer, gradients zeroed every step, the penalty stop checked every epoch, one `ctx.report` per epoch). Adam
+  at a constant learning rate with row order and gate noise drawn epoch after epoch from the seed: the gates
+  after epoch e are those of a run with `epochs = e`, so both are `anytime` (`ablated_copy` is the candidate).
+  An attribution taken from the cache trains nothing and so makes no candidates.
 - `top_neurons` / `ablate_top`: the edit. Layers come from the adapter by index, so the paper's substring
   layer matching (which sends layers 0-5 to 10-15 on 16-layer models) cannot happen.
 - `AttributionCache` and `attribute_and_ablate`: attributions are computed once per (base model, method,
@@ -255,13 +258,16 @@ class GateTraining:
 
 def train_gates(ctx: MitigationContext, fs: ForgetSet, gates: list[torch.Tensor],
                 multiplier: Callable[[int, torch.Generator], torch.Tensor],
-                penalty: Callable[[], torch.Tensor], cfg: GateTraining, penalty_name: str) -> dict[str, float]:
+                penalty: Callable[[], torch.Tensor], cfg: GateTraining, penalty_name: str,
+                candidate: Callable[[], nn.Module] | None = None) -> dict[str, float]:
     """Minimise suffix CE(forget) + l1_lambda * penalty() over the per-layer `gates` with Adam.
 
     `multiplier(layer, generator)` is the factor applied to that layer's activations in a training step.
     Fixes two bugs of the paper's code: gradients are zeroed every step (the paper zeroed them once per epoch, so they
     accumulated over batches), and the `penalty < stop_loss` stop is checked after every epoch (the paper
-    checked every 100 epochs, so it never fired). Reports `{epoch, train_loss, <penalty_name>}` each epoch.
+    checked every 100 epochs, so it never fired). Reports `{epoch, train_loss, <penalty_name>}` each epoch, and
+    at anytime checkpoints the metrics of `candidate()` (the model ablated by the gates as they are now); not at
+    the epoch the stop fires, which is the run's last.
     """
     model = ctx.model
     adapter = ModelAdapter(model)
@@ -295,9 +301,11 @@ def train_gates(ctx: MitigationContext, fs: ForgetSet, gates: list[torch.Tensor]
         epochs_run = epoch
         reg = float(penalty().detach())
         mean_ce = ce_sum / max(tok_sum, 1.0)
-        ctx.report({"epoch": float(epoch), "train_loss": mean_ce, penalty_name: reg})
+        stopping = reg < cfg.stop_loss
+        ckpt = ctx.checkpoint(epoch, candidate) if candidate is not None and not stopping else {}
+        ctx.report({"epoch": float(epoch), "train_loss": mean_ce, penalty_name: reg, **ckpt})
         bar.update(1)
-        if reg < cfg.stop_loss:
+        if stopping:
             break
     bar.close()
     return {"epochs_run": float(epochs_run), f"final_{penalty_name}": reg, "final_train_loss": mean_ce}
@@ -332,6 +340,16 @@ def ablate_top(adapter: ModelAdapter, scores: Scores, ratio: float) -> dict[int,
         adapter.ablate_neurons(layer, idx)
         chosen[layer] = idx
     return chosen
+
+
+def ablated_copy(model: nn.Module, scores: Scores, ratio: float) -> nn.Module:
+    """A copy of `model` with the top `ratio` neurons of `scores` ablated (the model stays as it is): an anytime
+    checkpoint's candidate, the edit `attribute_and_ablate` would make with these scores."""
+    import copy
+
+    edited = copy.deepcopy(model)
+    ablate_top(ModelAdapter(edited), scores.detach().float().cpu(), ratio)
+    return edited
 
 
 # ----------------------------------------------------------------------------------------------------------

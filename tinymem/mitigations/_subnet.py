@@ -194,7 +194,8 @@ def train_scores(ctx: MitigationContext, sub: ScoreSubnetwork, *, method: str, p
 
     `epoch_batches(e)` yields the batches of epoch e (deterministic in e, so a resumed run sees the same
     data); `step_loss(batch)` returns the scalar to minimise. Reported keys per epoch: `epoch`,
-    `forget_loss`, `retain_loss`, `forget_mem_pct` (see `_batches.epoch_probe`).
+    `forget_loss`, `retain_loss`, `forget_mem_pct` (see `_batches.epoch_probe`), and at anytime checkpoints the
+    candidate's metrics (`ctx.checkpoint`; the masked model evaluates exactly as the baked one would).
     Returns info for MitigationOutput: steps, resumed_from_epoch and the last probe.
     """
     scores = sub.scores()
@@ -220,12 +221,14 @@ def train_scores(ctx: MitigationContext, sub: ScoreSubnetwork, *, method: str, p
             opt.step()
             steps += 1
         probe = epoch_probe(ctx, ctx.model)
+        # The anytime candidate before the resume file: a trial that dies while evaluating it redoes the epoch.
+        candidate = ctx.checkpoint(epoch + 1, lambda: ctx.model)
         # Checkpoint before reporting: a scheduler may stop the trial inside `report`, and a retry must
         # then resume after this epoch, not redo it.
         if path is not None:
             _save(path, {"epoch": epoch + 1, "steps": steps, "scores": [s.detach() for s in scores],
                          "optimizer": opt.state_dict()})
-        ctx.report({"epoch": float(epoch + 1), **probe})
+        ctx.report({"epoch": float(epoch + 1), **probe, **candidate})
         bar.update(1)
     bar.close()
     if path is not None:

@@ -37,6 +37,7 @@ from torch import nn
 from tinymem.adapter import ModelAdapter
 from tinymem.data.bundle import DataBundle
 from tinymem.errors import ConfigError
+from tinymem.mitigations._anytime import no_checkpoint
 from tinymem.mitigations.memory import MethodMemory
 from tinymem.specs import BaseSpec, coerce
 
@@ -120,6 +121,9 @@ class MitigationContext:
     - `evaluate(model)`: the metric engine bound to this bundle.
     - `work_dir`: a per-(model, method) directory for caches (neuron attributions) and checkpoints that a
       retried trial resumes from. `store_root` is the model-store root (regularizers store trained models).
+    - `checkpoint(epoch, model_fn)`: anytime methods call it after each epoch and add what it returns to that
+      epoch's report: the candidate's metrics when the trial asked for anytime candidates and the epoch is on
+      the schedule (`tinymem.mitigations._anytime`), else {}. `model_fn()` builds the model of `epochs = epoch`.
     """
 
     model: nn.Module
@@ -136,6 +140,7 @@ class MitigationContext:
     work_dir: Path | None = None
     store_root: str | None = None
     progress: bool = False
+    checkpoint: Callable[[int, Callable[[], nn.Module]], dict[str, float]] = no_checkpoint
 
     @property
     def adapter(self) -> ModelAdapter:
@@ -168,6 +173,10 @@ class Mitigation:
     iterative: ClassVar[bool] = False  # reports per-epoch metrics through ctx.report
     control: ClassVar[bool] = False  # a random control (edits without looking at the forget set)
     memory: ClassVar[MethodMemory | None] = None
+    # Epoch e of a run is exactly a run with `epochs = e` (nothing depends on the total count: constant learning
+    # rate, batches from (seed, e)), and the method calls `ctx.checkpoint` each epoch: a sweep evaluates it
+    # there, each checkpoint a candidate configuration (`tinymem.mitigations._anytime`).
+    anytime: ClassVar[bool] = False
 
     def __init__(self, params: Hyperparams | dict[str, Any] | None = None):
         if not isinstance(params, Hyperparams):
@@ -191,7 +200,8 @@ class Mitigation:
     @classmethod
     def describe(cls) -> dict[str, Any]:
         doc = (cls.__doc__ or "").strip().splitlines()
-        return {"name": cls.name, "family": cls.family, "iterative": cls.iterative, "control": cls.control,
+        return {"name": cls.name, "family": cls.family, "iterative": cls.iterative, "anytime": cls.anytime,
+                "control": cls.control,
                 "summary": doc[0] if doc else "", "hyperparameters": cls.Params.spec()}
 
 

@@ -27,7 +27,7 @@ import torch
 from tinymem.adapter import ModelAdapter
 from tinymem.mitigations import register
 from tinymem.mitigations._neuron import (DEFAULT_RATIO, RATIO_HELP, GateTraining, NeuronMitigation, Scores,
-                                         forget_set, train_gates)
+                                         ablated_copy, forget_set, train_gates)
 from tinymem.mitigations.base import Hyperparams, MitigationContext, hp
 from tinymem.mitigations.memory import MethodMemory
 from tinymem.util import model_device
@@ -80,9 +80,12 @@ def hard_concrete_scores(ctx: MitigationContext, p: Params) -> tuple[Scores, dic
 
     cfg = GateTraining(epochs=p.epochs, lr=p.lr, l1_lambda=p.l1_lambda, stop_loss=p.stop_loss,
                        batch_size=p.batch_size, seed=ctx.seed)
+    def scores() -> Scores:
+        return torch.stack([torch.sigmoid(s.detach()) for s in logits]).cpu()
+
     info = train_gates(ctx, forget_set(ctx), logits, lambda layer, gen: sample_gate(logits[layer], p.beta, gen),
-                       penalty, cfg, "l0_fraction")
-    return torch.stack([torch.sigmoid(s.detach()) for s in logits]).cpu(), info
+                       penalty, cfg, "l0_fraction", candidate=lambda: ablated_copy(ctx.model, scores(), p.ratio))
+    return scores(), info
 
 
 @register
@@ -96,6 +99,7 @@ class HardConcrete(NeuronMitigation):
     Params = Params
     memory = MethodMemory(1, 0, True, rows=Params.batch_size)
     iterative = True
+    anytime = True  # Adam at a constant lr, data and gate noise drawn epoch by epoch from the seed (`train_gates`)
 
     def attribute(self, ctx: MitigationContext) -> tuple[Scores, dict[str, float]]:
         return hard_concrete_scores(ctx, self.params)

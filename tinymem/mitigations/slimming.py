@@ -23,7 +23,7 @@ import torch
 from tinymem.adapter import ModelAdapter
 from tinymem.mitigations import register
 from tinymem.mitigations._neuron import (DEFAULT_RATIO, RATIO_HELP, GateTraining, NeuronMitigation, Scores,
-                                         forget_set, train_gates)
+                                         ablated_copy, forget_set, train_gates)
 from tinymem.mitigations.base import Hyperparams, MitigationContext, hp
 from tinymem.mitigations.memory import MethodMemory
 from tinymem.util import model_device
@@ -50,9 +50,12 @@ def slimming_scores(ctx: MitigationContext, p: Params) -> tuple[Scores, dict[str
 
     cfg = GateTraining(epochs=p.epochs, lr=p.lr, l1_lambda=p.l1_lambda, stop_loss=p.stop_loss,
                        batch_size=p.batch_size, seed=ctx.seed)
+    def scores() -> Scores:
+        return torch.stack([c.detach().clamp(0.0, 1.0) for c in coefs]).cpu()
+
     info = train_gates(ctx, forget_set(ctx), coefs, lambda layer, _gen: coefs[layer].clamp(0.0, 1.0), penalty,
-                       cfg, "l1")
-    return torch.stack([c.detach().clamp(0.0, 1.0) for c in coefs]).cpu(), info
+                       cfg, "l1", candidate=lambda: ablated_copy(ctx.model, scores(), p.ratio))
+    return scores(), info
 
 
 @register
@@ -66,6 +69,7 @@ class Slimming(NeuronMitigation):
     Params = Params
     memory = MethodMemory(1, 0, True, rows=Params.batch_size)
     iterative = True
+    anytime = True  # Adam at a constant lr, data and gate noise drawn epoch by epoch from the seed (`train_gates`)
 
     def attribute(self, ctx: MitigationContext) -> tuple[Scores, dict[str, float]]:
         return slimming_scores(ctx, self.params)

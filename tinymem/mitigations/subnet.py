@@ -52,6 +52,8 @@ class Subnet(WeightMitigation):
     # scores, their gradients, momentum, mask, masked weight W*M
     memory = MethodMemory(1, 5, True, rows=SubnetParams.batch_size)
     iterative = True
+    # SGD at a constant lr on the scores, batches from (seed, e): epoch e of a run is the run with epochs=e.
+    anytime = True
 
     def batches(self, ctx: MitigationContext):
         rows = ctx.forget.to(ctx.device)

@@ -1,0 +1,182 @@
+"""Anytime candidates on the sweep's side: each checkpoint of an anytime trial is a configuration of its own
+(`epochs = e`), scored like a trial, told to the Optuna study, and read back from MLflow as a report row.
+
+Which trials make them (`anytime_from`): a method that is `anytime` (`tinymem.mitigations._anytime`) in a
+sweep whose space varies `epochs` (a distribution with a range, or a paper grid listing several counts), with
+one base-model seed (`--repeats` > 1 reports per-epoch results of the first seed only, which a mean over seeds
+would not match) and no robustness objective (a checkpoint is evaluated without robustness metrics). Checkpoints start at the range's low end, so every candidate is a point of the space; with
+`epochs` fixed, not searched or categorical the sweep asks for none (such a space holds no other epoch count).
+
+A candidate's per-epoch result carries `checkpoint = 1`, every metric of the evaluation and the utility losses
+against the base model (`pareto.with_losses`, as the final result). It reaches MLflow through the ledger like
+any per-epoch result, as metrics at step e of the trial's run (so MLflow's latest value stays the trial's own),
+and Optuna as a finished trial keyed `<ray trial id>@e<epoch>` (`candidate_key`): told once, also across a
+resume that reruns the epoch.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pandas as pd
+
+from sweeps import study as S
+from sweeps.errors import SweepError
+from tinymem.errors import ConfigError
+from tinymem.mitigations import get_method, method_names
+from tinymem.robustness import NAMES as ROBUSTNESS
+
+CANDIDATE = "checkpoint"  # the flag of a candidate's per-epoch result, and its MLflow metric
+SOURCE = "source"  # report column: "trial" or "checkpoint"
+TRIAL, CHECKPOINT = "trial", "checkpoint"
+
+
+def anytime_from(space: Any, method: str, repeats: int = 1, objectives: tuple[str, ...] | list[str] = ()
+                 ) -> int | None:
+    """The first epoch a trial of `method` in `space` is evaluated at, or None when it makes no candidates."""
+    if repeats > 1 or not get_method(method).anytime or method not in space.spaces:
+        return None
+    if any(o in ROBUSTNESS for o in objectives):  # a checkpoint is evaluated without robustness metrics
+        return None
+    sp = space.spaces[method]
+    dist = sp.params.get("epochs")
+    if dist is not None:
+        return int(dist.low) if dist.type == "int" and dist.high > dist.low else None
+    grid = [int(v) for v in sp.paper_grid.get("epochs", ()) if isinstance(v, (int, float))]
+    return min(grid) if len(set(grid)) > 1 else None
+
+
+def check_dominated(space: Any, repeats: int, grid: bool, objectives: tuple[str, ...] | list[str] = ()) -> None:
+    """`--scheduler dominated` needs a method that makes candidates; a SweepError naming what is wrong."""
+    if grid:
+        raise SweepError("--scheduler dominated cannot be combined with --grid paper (a grid is run in full)")
+    if not any(anytime_from(space, m, repeats, objectives) for m in space.methods):
+        raise SweepError(f"--scheduler dominated stops trials on their anytime checkpoints, but {space.methods} make "
+                         f"none (anytime methods: {[m for m in method_names() if get_method(m).anytime]}, with "
+                         f"`epochs` searched over a range, --repeats 1 and no robustness objective)")
+
+
+def candidate_key(ray_id: str, epoch: int) -> str:
+    """The candidate's id: the Optuna user attr `ray_trial_id` of its study trial and its report `trial_id`."""
+    return f"{ray_id}@e{int(epoch)}"
+
+
+def candidate_config(space: Any, config: dict[str, Any], epoch: int) -> dict[str, Any]:
+    """The trial's (Ray) config with `epochs = epoch`: the configuration the candidate is."""
+    method, _, _ = space.decode(config)
+    return {**config, space.key(method, "epochs"): int(epoch)}
+
+
+def is_candidate(result: dict[str, Any] | None) -> bool:
+    return bool(result) and not result.get("final") and result.get(CANDIDATE) == 1
+
+
+def tell_candidate(study: Any, spec: S.StudySpec, space: Any, ray_id: str, config: dict[str, Any],
+                   result: dict[str, Any], run_id: str | None, told: set[str]) -> bool:
+    """Add one candidate to the study as a finished trial unless `told` has its key (then updated); whether it
+    was added."""
+    key = candidate_key(ray_id, int(result["epoch"]))
+    if key in told:
+        return False
+    state, values = S.outcome({**result, "final": 1}, spec.objectives)
+    S.add_finished(study, spec, space, key, candidate_config(space, config, int(result["epoch"])), state, values,
+                   result, run_id)
+    told.add(key)
+    return True
+
+
+def catch_up_candidates(study: Any, spec: S.StudySpec, space: Any, ledger: Any, told: set[str]) -> int:
+    """Tell the study every candidate the trial ledger (a `TrialLedger`) holds and it lacks; the count told."""
+    n = 0
+    for ray_id, entry in ledger.trials.items():
+        if "config" not in entry:
+            continue
+        for event in ledger.history(ray_id):
+            result = event.get("epoch_result") if event.get("event") == "result" else None
+            if is_candidate(result):
+                n += tell_candidate(study, spec, space, ray_id, entry["config"], result, entry.get("run_id"), told)
+    return n
+
+
+class DominatedStop:
+    """Early stop of anytime trials (`--scheduler dominated`): a Tune stopper (a callable of trial id and result).
+
+    The rule: at a checkpoint e >= `min_epochs`, stop the trial when each of its last `k` checkpoints is covered
+    both by an earlier checkpoint of the same trial (it stopped improving) and by a point some other trial
+    reached (a checkpoint or a final result: the sweep's front holds something at least as good). A point b is
+    covered by a when a_i <= b_i + margin_i in every objective, margin_i = `margin` times the spread of that
+    objective over every point seen so far. A trial that still improves on its own earlier checkpoints by more
+    than the margin is never stopped, nor one whose points beat everything else. The stopped trial is
+    early-stopped (Optuna: PRUNED); its checkpoints stay candidates.
+    """
+
+    def __init__(self, objectives: list[str], min_epochs: int = 3, k: int = 2, margin: float = 0.02):
+        self.objectives, self.min_epochs, self.k, self.margin = list(objectives), min_epochs, k, margin
+        self.points: dict[str, list[tuple[float, ...]]] = {}  # trial id -> its points (checkpoints, then final)
+
+    def _vector(self, result: dict[str, Any]) -> tuple[float, ...] | None:
+        try:
+            v = tuple(float(result[m]) for m in self.objectives)
+        except (KeyError, TypeError, ValueError):
+            return None
+        return v if all(map(math.isfinite, v)) else None
+
+    def _covered(self, b: tuple[float, ...], others: list[tuple[float, ...]], margins: list[float]) -> bool:
+        return any(all(a_i <= b_i + m for a_i, b_i, m in zip(a, b, margins)) for a in others)
+
+    def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
+        final = bool(result.get("final")) and not result.get("failed")
+        if not (final or is_candidate(result)):
+            return False
+        v = self._vector(result)
+        if v is None:
+            return False
+        mine = self.points.setdefault(trial_id, [])
+        mine.append(v)
+        if final or int(result.get("epoch") or 0) < self.min_epochs or len(mine) <= self.k:
+            return False
+        everything = [p for pts in self.points.values() for p in pts]
+        margins = [self.margin * (max(col) - min(col)) for col in zip(*everything)]
+        others = [p for t, pts in self.points.items() if t != trial_id for p in pts]
+        return all(self._covered(mine[i], mine[:i], margins) and self._covered(mine[i], others, margins)
+                   for i in range(len(mine) - self.k, len(mine)))
+
+
+def _report_metric(name: str, objectives: list[str]) -> bool:
+    """A metric a candidate row needs: an objective or an evaluation metric (memorization, val / test utility)."""
+    return name in objectives or name.startswith(("mem_pct", "val_", "test_", "paper_", "heldout_mem_pct"))
+
+
+def candidate_rows(client: Any, trials: pd.DataFrame, param_names: list[str], objectives: list[str]
+                   ) -> pd.DataFrame:
+    """The anytime candidates of a sweep's trial rows (`readback.runs_dataframe`), rebuilt from MLflow alone: the
+    steps at which a run logged `checkpoint`, each a row with the trial's hyperparameters but `epochs = step` and
+    the metrics of that step (the last value logged there: a rerun epoch is one candidate), `source` checkpoint,
+    state `completed` (eligible for the front whatever became of the trial after it)."""
+    rows = []
+    for _, trial in trials.iterrows():
+        if not _anytime(str(trial.get("method", ""))):
+            continue
+        epochs = sorted({int(m.step) for m in client.get_metric_history(trial["run_id"], CANDIDATE)})
+        if not epochs:
+            continue
+        keys = [k for k in trials.columns if _report_metric(str(k), objectives) and pd.notna(trial.get(k))]
+        values: dict[int, dict[str, float]] = {e: {} for e in epochs}
+        for key in keys:
+            for m in sorted(client.get_metric_history(trial["run_id"], key), key=lambda m: m.timestamp):
+                if int(m.step) in values:
+                    values[int(m.step)][key] = m.value
+        for e in epochs:  # the trial's own columns, costs and probes included, do not describe the candidate
+            row = {k: trial[k] for k in ("run_id", "started_ms", "method", "preset", *param_names) if k in trial.index}
+            row.update({**values[e], "trial_id": candidate_key(trial["trial_id"], e), "epochs": e,
+                        "state": "completed", "error": "", SOURCE: CHECKPOINT})
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _anytime(method: str) -> bool:
+    try:
+        return get_method(method).anytime
+    except ConfigError:  # a method registered in a module this process did not import: no candidates to read
+        return False

@@ -1,0 +1,166 @@
+"""Anytime candidates in a sweep (real Ray, MLflow and Optuna storage, math-tiny): each checkpoint of a
+balanced_subnet trial is a report row marked `checkpoint` (table, CSV, rebuilt from MLflow alone), a finished
+trial of the Optuna study with `epochs = e`, and eligible for the front; a resume after Ctrl-C adds none twice.
+The early-stop rule (`DominatedStop`) stops a trial whose checkpoints are dominated, never one that improves."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from sweeps.candidates import CHECKPOINT, SOURCE, DominatedStop, anytime_from, candidate_key
+from sweeps.errors import SweepError
+from sweeps.ledger import trials_with_runs
+from sweeps.options import SweepOptions
+from sweeps.plan import plan_sweep
+from tests.sweeps.conftest import REPO, run_cli
+
+
+def _study(out: dict):
+    import optuna
+
+    return optuna.load_study(study_name=out["optuna_study"], storage=out["optuna_storage"])
+
+
+def _check_candidates(out: dict, rebuilt: dict | None = None) -> pd.DataFrame:
+    """What every anytime sweep must hold: candidate rows in the CSV marked `checkpoint`, each an earlier epoch
+    of a trial of the sweep, and the study with one finished trial per trial and per candidate, none twice."""
+    rows = pd.read_csv(out["trials_csv"])
+    trials, cands = rows[rows[SOURCE] == "trial"], rows[rows[SOURCE] == CHECKPOINT]
+    assert len(trials) == out["trials"] and len(cands) > 0
+    assert rows["trial_id"].is_unique  # a rerun epoch is one candidate
+    epochs_of = dict(zip(trials["trial_id"], trials["epochs"]))
+    for _, c in cands.iterrows():
+        ray_id, e = c["trial_id"].rsplit("@e", 1)
+        assert int(e) == c["epochs"] and 1 <= c["epochs"] < epochs_of[ray_id]
+        assert c["run_id"] == trials.loc[trials["trial_id"] == ray_id, "run_id"].iloc[0]
+        assert pd.notna(c["mem_pct"]) and pd.notna(c["val_acc_drop"]) and pd.notna(c["test_acc"])
+    study = _study(out)
+    told = [t for t in study.get_trials(deepcopy=False) if t.state.name != "FAIL" or "closed" not in t.user_attrs]
+    keys = [t.user_attrs["ray_trial_id"] for t in told]
+    assert sorted(keys) == sorted(rows["trial_id"]), "one study trial per trial and per candidate"
+    for t in told:
+        if "@e" in t.user_attrs["ray_trial_id"]:
+            c = cands[cands["trial_id"] == t.user_attrs["ray_trial_id"]].iloc[0]
+            assert t.state.name == "COMPLETE" and t.params["epochs"] == c["epochs"]
+            assert t.values == pytest.approx([c["mem_pct"], c["val_acc_drop"]])
+    if rebuilt is not None:  # report.py from MLflow alone: the same rows, the same front
+        assert sorted(r["trial_id"] for r in rebuilt["pareto"]) == sorted(r["trial_id"] for r in out["pareto"])
+    return cands
+
+
+def test_a_balanced_subnet_sweep_makes_candidates(ray_runtime, sweep_args, tracking_uri, capsys, tmp_path):
+    code, out, err = run_cli(sweep_args("balanced_subnet", "t-anytime", "--num-samples", "3", "--keep-models",
+                                        "none"), capsys)
+    assert code == 0, err
+    from sweeps.report import main as report_main
+
+    capsys.readouterr()
+    assert report_main(["--experiment", "t-anytime", "--tracking-uri", tracking_uri, "--out", str(tmp_path / "r"),
+                        "--json"]) == 0
+    rebuilt = json.loads(capsys.readouterr().out)
+    cands = _check_candidates(out, rebuilt)
+    assert out["trials"] == 3  # candidates are not trials
+    assert all(r[SOURCE] in ("trial", CHECKPOINT) for r in out["pareto"])
+    for r in out["pareto"]:  # a candidate has no model of its own; its command rebuilds it with its epochs
+        if r[SOURCE] == CHECKPOINT:
+            assert r["model_dir"] is None and f"--set epochs={r['params']['epochs']} " in r["mitigate_command"]
+    pareto = pd.read_csv(out["pareto_csv"])
+    assert SOURCE in pareto.columns and len(pareto) == len(out["pareto"])
+    # the per-epoch MLflow metrics hold each candidate's objectives at its epoch's step
+    from mlflow import MlflowClient
+
+    c = cands.iloc[0]
+    history = MlflowClient(tracking_uri).get_metric_history(c["run_id"], "mem_pct")
+    assert [m.value for m in history if m.step == c["epochs"]] == [pytest.approx(c["mem_pct"])]
+
+
+def test_which_sweeps_make_candidates(tmp_path, spaces_dir):
+    plan = plan_sweep(SweepOptions(method="balanced_subnet", preset="math-tiny", storage=str(tmp_path / "root"),
+                                   search_space=str(spaces_dir / "balanced_subnet.yaml"),
+                                   tracking_uri=f"sqlite:///{tmp_path}/mlflow.db"))
+    assert anytime_from(plan.space, "balanced_subnet") == 1
+    assert anytime_from(plan.space, "balanced_subnet", repeats=3) is None  # per-epoch results of one seed only
+    assert anytime_from(plan.space, "balanced_subnet", objectives=["mem_pct", "relearn_mem_pct"]) is None
+    durable = plan_sweep(SweepOptions(method="durable", preset="math-tiny", storage=str(tmp_path / "root"),
+                                      search_space=str(spaces_dir / "durable.yaml"),
+                                      tracking_uri=f"sqlite:///{tmp_path}/mlflow.db"))
+    assert anytime_from(durable.space, "durable") is None  # not anytime
+    probe = plan_sweep(SweepOptions(method="sweep_probe", preset="math-tiny", storage=str(tmp_path / "root"),
+                                    search_space=str(spaces_dir / "sweep_probe.yaml"),
+                                    tracking_uri=f"sqlite:///{tmp_path}/mlflow.db"))
+    assert anytime_from(probe.space, "sweep_probe") is None
+    with pytest.raises(SweepError, match=r"--scheduler dominated stops trials on their anytime checkpoints, but "
+                                         r"\['durable'\] make none"):
+        plan_sweep(SweepOptions(method="durable", preset="math-tiny", storage=str(tmp_path / "root"),
+                                search_space=str(spaces_dir / "durable.yaml"), scheduler="dominated",
+                                tracking_uri=f"sqlite:///{tmp_path}/mlflow.db"))
+
+
+def _checkpoint(epoch: int, mem: float, loss: float) -> dict:
+    return {"epoch": epoch, "final": 0, "checkpoint": 1, "mem_pct": mem, "val_acc_drop": loss}
+
+
+def test_early_stop_stops_a_dominated_trial_and_not_one_that_improves():
+    stop = DominatedStop(["mem_pct", "val_acc_drop"], min_epochs=3, k=2, margin=0.02)
+    assert not stop("a", {"final": 1, "failed": 0, "epoch": 8, "mem_pct": 0.0, "val_acc_drop": 0.2})
+    # b stalls at points a already beats: stopped at the first epoch the rule allows with k stalled checkpoints
+    b = [_checkpoint(1, 40.0, 1.0), _checkpoint(2, 30.0, 1.2), _checkpoint(3, 30.0, 1.3), _checkpoint(4, 30.0, 1.4)]
+    assert [stop("b", r) for r in b] == [False, False, False, True]
+    # c improves every epoch (memorization falls), though a still dominates it: never stopped
+    c = [_checkpoint(e, 50.0 - 10 * e, 1.0) for e in range(1, 5)]
+    assert not any(stop("c", r) for r in c)
+    # d stalls but at a point nobody beats: never stopped
+    d = [_checkpoint(e, 0.0, 0.0) for e in range(1, 6)]
+    assert not any(stop("d", r) for r in d)
+    # a stalled trial before min_epochs is not stopped; nor on results that are not checkpoints
+    e = DominatedStop(["mem_pct", "val_acc_drop"], min_epochs=5, k=1)
+    e("x", {"final": 1, "failed": 0, "epoch": 8, "mem_pct": 0.0, "val_acc_drop": 0.0})
+    assert [e("y", _checkpoint(i, 10.0, 1.0)) for i in range(1, 6)] == [False] * 4 + [True]
+    assert not e("y", {"epoch": 6, "final": 0, "retain_loss": 1.0})
+
+
+@pytest.mark.slow
+def test_resume_after_sigint_adds_no_candidate_twice(ray_runtime, sweep_root, spaces_dir, tmp_path, capsys):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    experiment = "t-anytime-resume"
+    space = tmp_path / "bs.yaml"  # longer trials, so the interruption lands inside one
+    space.write_text((spaces_dir / "balanced_subnet.yaml").read_text().replace("low: 1, high: 3", "low: 4, high: 8")
+                     .replace("fixed: {}", "fixed: {batch_size: 8}"))
+    cmd = [sys.executable, str(REPO / "sweeps" / "run.py"), "--method", "balanced_subnet", "--preset", "math-tiny",
+           "--storage", sweep_root, "--tracking-uri", uri, "--experiment", experiment, "--search-space", str(space),
+           "--num-samples", "4", "--max-concurrent", "1", "--keep-models", "none"]
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    log = open(tmp_path / "first.log", "w")
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    sweeps_dir = Path(sweep_root) / "sweeps" / experiment
+    try:
+        deadline = time.time() + 600
+        while time.time() < deadline:
+            ledger = next((trials_with_runs(str(d)) for d in sweeps_dir.glob("*/")), {})
+            done = [t for t, e in ledger.items() if e.get("state") == "completed"]
+            running = [t for t, e in ledger.items()
+                       if e.get("state") == "running" and (e.get("epoch_result") or {}).get("checkpoint") == 1]
+            if len(done) >= 1 and running:  # a trial has told candidates and is still running
+                break
+            assert proc.poll() is None, (tmp_path / "first.log").read_text()
+            time.sleep(0.3)
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(timeout=180) == 130, (tmp_path / "first.log").read_text()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        log.close()
+    code, out, err = run_cli(["--experiment", experiment, "--resume", "--storage", sweep_root, "--json"], capsys)
+    assert code == 0, err
+    assert (out["trials"], out["completed"]) == (4, 4)
+    _check_candidates(out)
+    assert candidate_key("t", 3) == "t@e3"
