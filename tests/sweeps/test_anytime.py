@@ -19,6 +19,7 @@ import pytest
 from sweeps.candidates import CHECKPOINT, SOURCE, DominatedStop, anytime_from, candidate_key
 from sweeps.errors import SweepError
 from sweeps.ledger import trials_with_runs
+from sweeps.study import make_storage
 from sweeps.options import SweepOptions
 from sweeps.plan import plan_sweep
 from tests.sweeps.conftest import REPO, run_cli
@@ -27,7 +28,7 @@ from tests.sweeps.conftest import REPO, run_cli
 def _study(out: dict):
     import optuna
 
-    return optuna.load_study(study_name=out["optuna_study"], storage=out["optuna_storage"])
+    return optuna.load_study(study_name=out["optuna_study"], storage=make_storage(out["optuna_storage"]))
 
 
 def _check_candidates(out: dict, rebuilt: dict | None = None) -> pd.DataFrame:
