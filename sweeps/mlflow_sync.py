@@ -187,9 +187,11 @@ class LedgerSync:
         self.client.update_run(w.rid, status="RUNNING")
         w.tags.update({T.STATE: "running", **({T.RESUMED: event["resumed"]} if event.get("resumed") else {})})
 
-    def _result_tags(self, trial_id: str, result: dict[str, Any]) -> dict[str, str]:
+    def _result_tags(self, trial_id: str, result: dict[str, Any], ray_where: dict[str, Any] | None = None
+                     ) -> dict[str, str]:
         tags = {}
-        where = {tag: str(result[k]) for k, tag in T.WHERE.items() if result.get(k)}
+        seen = {**(ray_where or {}), **result}  # Ray's node_ip / hostname, the trainable's ray_node_id
+        where = {tag: str(seen[k]) for k, tag in T.WHERE.items() if seen.get(k)}
         if where and self._where.get(trial_id) != where:  # a retried trial may move to another node
             tags.update(where)
             self._where[trial_id] = where
@@ -200,7 +202,7 @@ class LedgerSync:
     def _on_result(self, trial_id: str, event: dict[str, Any], w: "_Write") -> None:
         result = event.get("epoch_result") or {}
         w.metrics += metric_entities(result, int(event.get("step") or 0), int(event["at_ms"]))
-        w.tags.update(self._result_tags(trial_id, result))
+        w.tags.update(self._result_tags(trial_id, result, event.get("where")))
 
     def _on_retry(self, trial_id: str, event: dict[str, Any], w: "_Write") -> None:
         w.tags.update({T.RETRIES: str(event.get("retries", "")), T.LAST_ERROR: str(event.get("last_error", ""))})
@@ -209,7 +211,7 @@ class LedgerSync:
         result, state = event.get("result") or {}, event["state"]
         if event.get("result_ms") is not None:  # the final report: its metrics with the stamp it was given
             w.metrics += metric_entities(result, int(result.get("epoch") or 0), int(event["result_ms"]))
-            w.tags.update(self._result_tags(trial_id, result))
+            w.tags.update(self._result_tags(trial_id, result, event.get("where")))
         w.tags[T.STATE] = state
         if state == "failed":
             w.tags[T.ERROR] = str(event.get("error") or result.get("error") or "unknown error")[:8000]

@@ -129,12 +129,14 @@ class TrialLogger(Callback):
         if is_finished(self.ledger.get(trial.trial_id)):
             return
         at_ms = int(time.time() * 1000)
+        # Where it ran: Ray's own fields, which the trial's runs are tagged with (`sweeps.tags.WHERE`).
+        where = {k: result[k] for k in ("node_ip", "hostname") if result.get(k)}
         if result.get("final"):  # the trial's last word
             self._event(trial.trial_id, "finished", state="failed" if result.get("failed") else "completed",
-                        result=final_result(result), result_ms=at_ms)
+                        result=final_result(result), result_ms=at_ms, where=where)
         else:
             self._event(trial.trial_id, "result", epoch_result=final_result(result), at_ms=at_ms,
-                        step=int(result.get("epoch") or 0))
+                        step=int(result.get("epoch") or 0), where=where)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         if not is_finished(self.ledger.get(trial.trial_id)):  # a scheduler stopped it between epochs

@@ -29,7 +29,7 @@ from pathlib import Path
 import pytest
 
 from sweeps import tags as T
-from sweeps.ledger import TrialLedger
+from sweeps.ledger import trials_with_runs
 from tests.cluster.ray_nodes import HEAD_IP, WORKER_IP, LocalCluster, NodeStartError
 
 pytestmark = pytest.mark.slow
@@ -229,9 +229,9 @@ def test_sweep_survives_losing_a_node(cluster, storage, tmp_path):
     assert len(runs) == n and len(set(trial_ids)) == n, f"{len(runs)} child runs for {n} trials: {trial_ids}"
     assert all(r.info.status == "FINISHED" and r.data.tags[T.STATE] == "completed" for r in runs), \
         [(r.info.status, r.data.tags.get(T.STATE)) for r in runs]
-    ledger = TrialLedger(str(storage / "sweeps" / exp / outcome["sweep_id"]))
-    assert sorted(ledger.trials) == sorted(trial_ids)
-    assert all(e["state"] == "completed" and e["logged"] for e in ledger.trials.values()), ledger.trials
+    ledger = trials_with_runs(str(storage / "sweeps" / exp / outcome["sweep_id"]))
+    assert sorted(ledger) == sorted(trial_ids)
+    assert all(e["state"] == "completed" and e["logged"] for e in ledger.values()), ledger
 
     # The lost trial(s) were retried on the surviving node, resuming from the checkpoint on shared storage.
     by_trial = {r.data.tags[T.TRIAL_ID]: r for r in runs}
