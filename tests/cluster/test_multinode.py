@@ -29,7 +29,7 @@ from pathlib import Path
 import pytest
 
 from sweeps import tags as T
-from sweeps.ledger import trials_with_runs
+from sweeps.ledger import TrialLedger, trials_with_runs
 from tests.cluster.ray_nodes import HEAD_IP, WORKER_IP, LocalCluster, NodeStartError
 
 pytestmark = pytest.mark.slow
@@ -160,29 +160,16 @@ def test_trials_run_on_both_nodes(cluster, storage, tmp_path):
           f"{ {ip: sum(t['node_ip'] == ip for t in where) for ip in sorted(ips)} }")
 
 
-def _live_trials(client, experiment: str) -> dict[str, dict]:
-    """trial id -> {epoch, node_ip} of each running trial's latest per-epoch result, as the driver logs it to MLflow.
-
-    The driver logs every result to the trial's child run as it arrives (and tags where the trial runs), so
-    this is live. (Ray's result.json under --storage is not: the driver syncs it only every ~10 s.)"""
-    try:
-        exp = client.get_experiment_by_name(experiment)
-        if exp is None:
-            return {}
-        runs = client.search_runs([exp.experiment_id], filter_string=f"tags.\"{T.STATE}\" = 'running'", max_results=100)
-    except Exception:  # the driver is writing (SQLite busy) or creating the experiment: ask again
-        return {}
+def _live_trials(storage: Path, experiment: str) -> dict[str, dict]:
+    """trial id -> {epoch, node_ip} of each running trial's latest per-epoch result, from the sweep's trial
+    ledger, which the driver appends to as each result arrives (MLflow is written after it by a separate,
+    low-priority writer process, so on a busy machine it lags by seconds; Ray's result.json under --storage
+    is synced only every ~10 s)."""
     out = {}
-    for r in runs:
-        tid = r.data.tags.get(T.TRIAL_ID)
-        if not tid or not r.data.metrics:
-            continue
-        # Per-epoch metrics are logged with step = epoch; a running trial has only those.
-        try:
-            history = client.get_metric_history(r.info.run_id, sorted(r.data.metrics)[0])
-        except Exception:
-            continue
-        out[tid] = {"epoch": max(m.step for m in history), "node_ip": r.data.tags.get(T.WHERE["node_ip"])}
+    for sweep_dir in sorted((storage / "sweeps" / experiment).glob("*/")):
+        for tid, entry in TrialLedger(str(sweep_dir)).trials.items():
+            if entry.get("state") == "running" and entry.get("step"):
+                out[tid] = {"epoch": int(entry["step"]), "node_ip": (entry.get("where") or {}).get("node_ip")}
     return out
 
 
@@ -197,16 +184,10 @@ def test_sweep_survives_losing_a_node(cluster, storage, tmp_path):
     victims: dict[str, int] = {}
     try:
         # Wait until a trial on the second node is past its second epoch (so its checkpoint of epoch >= 1 is
-        # on the shared storage) and not finished, then lose the node. MLflow is read only once the driver has
-        # set it up (it says so), so this test never races it creating the database.
+        # on the shared storage) and not finished, then lose the node.
         deadline = time.time() + 240
-        while time.time() < deadline and proc.poll() is None and f"sweep {exp}/" not in err.read_text():
-            time.sleep(0.2)
-        from mlflow import MlflowClient
-
-        client = MlflowClient(f"sqlite:///{storage / 'mlflow.db'}")
         while time.time() < deadline and proc.poll() is None:
-            for tid, last in _live_trials(client, exp).items():
+            for tid, last in _live_trials(storage, exp).items():
                 if last["node_ip"] == WORKER_IP and 2 <= last["epoch"] <= EPOCHS - 4:
                     victims[tid] = int(last["epoch"])
             if victims:

@@ -18,6 +18,7 @@ from sweeps import tags as T
 from sweeps.ledger import trials_with_runs
 from sweeps.readback import latest_parent_run
 from tests.sweeps.conftest import REPO, run_cli
+from tests.sweeps.drivers import LAUNCH, PROBE_SPACE
 from tests.sweeps.mlflow_server import MlflowServer
 
 
@@ -35,13 +36,17 @@ def _run_map(root: str, experiment: str) -> dict:
 
 
 @pytest.mark.slow
-def test_interrupted_sweep_resumes_keeping_every_finished_trial_once(ray_runtime, sweep_root, spaces_dir,
+def test_interrupted_sweep_resumes_keeping_every_finished_trial_once(ray_runtime, sweep_root,
                                                                      tmp_path, capsys):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     experiment = "t-resume"
-    cmd = [sys.executable, str(REPO / "sweeps" / "run.py"), "--method", "durable", "--preset", "math-tiny",
+    # sweep_probe trials last >= 1.2 s each, so the interruption lands with some but not all of them finished
+    # (durable's last well under a second: all six could finish between two looks at the ledger).
+    space = tmp_path / "probe.yaml"
+    space.write_text(PROBE_SPACE)
+    cmd = [sys.executable, "-c", LAUNCH, "--method", "sweep_probe", "--preset", "math-tiny",
            "--storage", sweep_root, "--tracking-uri", uri, "--experiment", experiment,
-           "--search-space", str(spaces_dir / "durable.yaml"), "--num-samples", "6", "--max-concurrent", "1"]
+           "--search-space", str(space), "--num-samples", "6", "--max-concurrent", "1"]
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     log = open(tmp_path / "first.log", "w")
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
