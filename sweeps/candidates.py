@@ -1,7 +1,7 @@
 """Anytime candidates on the sweep's side: each checkpoint of an anytime trial is a configuration of its own
 (`epochs = e`), scored like a trial, told to the Optuna study, and read back from MLflow as a report row.
 
-Which trials make them (`anytime_from`): a method that is `anytime` (`tinymem.mitigations._anytime`) in a
+Which trials make them (`anytime_config`): a method that is `anytime` (`tinymem.mitigations._anytime`) in a
 sweep whose space varies `epochs` (a distribution with a range, or a paper grid listing several counts), with
 one base-model seed (`--repeats` > 1 reports per-epoch results of the first seed only, which a mean over seeds
 would not match) and no robustness objective (a checkpoint is evaluated without robustness metrics). Checkpoints start at the range's low end, so every candidate is a point of the space; with
@@ -23,6 +23,7 @@ import pandas as pd
 
 from sweeps import study as S
 from sweeps.errors import SweepError
+from sweeps.space import grid_epochs
 from tinymem.errors import ConfigError
 from tinymem.mitigations import get_method, method_names
 from tinymem.robustness import NAMES as ROBUSTNESS
@@ -32,29 +33,65 @@ SOURCE = "source"  # report column: "trial" or "checkpoint"
 TRIAL, CHECKPOINT = "trial", "checkpoint"
 
 
-def anytime_from(space: Any, method: str, repeats: int = 1, objectives: tuple[str, ...] | list[str] = ()
-                 ) -> int | None:
-    """The first epoch a trial of `method` in `space` is evaluated at, or None when it makes no candidates."""
-    if repeats > 1 or not get_method(method).anytime or method not in space.spaces:
-        return None
+def anytime_config(space: Any, method: str, repeats: int = 1, objectives: tuple[str, ...] | list[str] = (),
+                   mode: str = "on") -> dict[str, Any]:
+    """The trial-config keys that make a trial of `method` evaluate candidates ({} when it makes none).
+
+    `mode`: "on" (from the low end of the searched `epochs` range, or from a paper grid's smallest count, every
+    epoch), "grid" (`--grid paper-anytime`: exactly the grid's other epoch counts) or "off" (`--no-anytime`)."""
+    if mode == "off" or repeats > 1 or not get_method(method).anytime or method not in space.spaces:
+        return {}
     if any(o in ROBUSTNESS for o in objectives):  # a checkpoint is evaluated without robustness metrics
-        return None
+        return {}
     sp = space.spaces[method]
     dist = sp.params.get("epochs")
+    if mode == "grid":  # the grid's own epoch counts, whatever the sampled range would be
+        counts = grid_epochs(sp)
+        return {"anytime": True, "anytime_at": counts[:-1]} if len(counts) > 1 else {}
     if dist is not None:
-        return int(dist.low) if dist.type == "int" and dist.high > dist.low else None
-    grid = [int(v) for v in sp.paper_grid.get("epochs", ()) if isinstance(v, (int, float))]
-    return min(grid) if len(set(grid)) > 1 else None
+        ok = dist.type == "int" and dist.high > dist.low
+        return {"anytime": True, "anytime_from": int(dist.low)} if ok else {}
+    counts = grid_epochs(sp)
+    return {"anytime": True, "anytime_from": counts[0]} if len(counts) > 1 else {}
 
 
-def check_dominated(space: Any, repeats: int, grid: bool, objectives: tuple[str, ...] | list[str] = ()) -> None:
+def anytime_mode(opts: Any) -> str:
+    """The `mode` of `anytime_config` for a sweep's options (`sweeps.options.SweepOptions`)."""
+    if not opts.anytime:
+        return "off"
+    return "grid" if opts.grid == "paper-anytime" else "on"
+
+
+def grid_points(plan: Any) -> list[dict[str, Any]]:
+    """The grid points a grid sweep (`plan.options.grid`) runs: the paper's, or with `paper-anytime` those at each
+    anytime method's largest epoch count; a seeded subset with --num-samples."""
+    o = plan.options
+    return plan.space.grid_points(limit=o.num_samples, seed=o.seed, anytime=anytime_mode(o) == "grid")
+
+
+def check_dominated(space: Any, repeats: int, grid: bool, objectives: tuple[str, ...] | list[str] = (),
+                    anytime: bool = True) -> None:
     """`--scheduler dominated` needs a method that makes candidates; a SweepError naming what is wrong."""
     if grid:
         raise SweepError("--scheduler dominated cannot be combined with --grid paper (a grid is run in full)")
-    if not any(anytime_from(space, m, repeats, objectives) for m in space.methods):
+    if not anytime:
+        raise SweepError("--scheduler dominated stops trials on their anytime checkpoints, which --no-anytime "
+                         "turns off; give one of them")
+    if not any(anytime_config(space, m, repeats, objectives) for m in space.methods):
         raise SweepError(f"--scheduler dominated stops trials on their anytime checkpoints, but {space.methods} make "
                          f"none (anytime methods: {[m for m in method_names() if get_method(m).anytime]}, with "
                          f"`epochs` searched over a range, --repeats 1 and no robustness objective)")
+
+
+def check_anytime_grid(space: Any, anytime: bool) -> None:
+    """`--grid paper-anytime` needs an anytime method whose paper grid lists several epoch counts."""
+    if not anytime:
+        raise SweepError("--grid paper-anytime takes the grid's epoch counts from anytime checkpoints, which "
+                         "--no-anytime turns off; use --grid paper")
+    if not any(len(grid_epochs(sp)) > 1 for sp in space.spaces.values()):
+        raise SweepError(f"--grid paper-anytime: no method of {space.methods} is anytime with several epoch counts "
+                         f"in its paper_grid (anytime methods: "
+                         f"{[m for m in method_names() if get_method(m).anytime]}); use --grid paper")
 
 
 def candidate_key(ray_id: str, epoch: int) -> str:

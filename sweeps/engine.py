@@ -31,7 +31,7 @@ from typing import Any
 from sweeps import storage
 from sweeps import tags as T
 from sweeps.bases import prepare_bases
-from sweeps.candidates import DominatedStop
+from sweeps.candidates import DominatedStop, anytime_mode, grid_points
 from sweeps.inputs import dataset_specs, log_data_inputs
 from sweeps.ledger import TrialLedger
 from sweeps.errors import TrackingPending
@@ -120,7 +120,7 @@ def _start_parent(plan: SweepPlan, client: Any, experiment_id: str, bases: dict[
     log_data_inputs(client, rid, [spec for specs in inputs.values() for spec in specs])
     log_params(client, rid, {
         "method": ",".join(plan.space.methods), "preset": ",".join(plan.space.presets),
-        "sampler": "grid:paper" if o.grid else o.sampler, "scheduler": o.scheduler,
+        "sampler": f"grid:{o.grid}" if o.grid else o.sampler, "scheduler": o.scheduler,
         "num_samples": o.num_samples, "max_concurrent": o.max_concurrent, "cpus_per_trial": o.cpus_per_trial,
         "gpus_per_trial": o.gpus_per_trial, "seed": o.seed, "storage": plan.storage,
         "objectives": ",".join(plan.objectives), "task": plan.kind, "ray_address": o.address or "local",
@@ -213,6 +213,7 @@ def run_sweep(plan: SweepPlan, say: Callable[[str], None] = print, stream: str =
                              checkpoint_work_dir=checkpoints.work_dir_is_node_local(plan.storage),
                              models_dir=storage.join(plan.sweep_dir, "models") if o.keep_models != "none" else None,
                              objectives=tuple(plan.objectives), robustness=plan.goals.robustness,
+                             anytime=anytime_mode(o),
                              finished=TrialLedger(plan.sweep_dir).finished_results() if plan.resumed else {})
         resources = {"cpu": o.cpus_per_trial, "gpu": o.gpus_per_trial}
         trainable = tune.with_resources(tune.with_parameters(trainable_fn or sweep_trainable, static=static), resources)
@@ -228,7 +229,7 @@ def run_sweep(plan: SweepPlan, say: Callable[[str], None] = print, stream: str =
                                        resume_errored=False, restart_errored=False)
         else:
             if o.grid:
-                search_alg = GridSearcher(plan.space.grid_points(limit=o.num_samples, seed=o.seed),
+                search_alg = GridSearcher(grid_points(plan),
                                           ledger_dir=plan.sweep_dir)
             else:
                 search_alg = make_searcher(plan, total)

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sweeps import tags as T
+from sweeps.candidates import grid_points
 from sweeps.models import keep_models
 from sweeps.options import DEFAULT_NUM_SAMPLES
 from sweeps.plan import SweepPlan
@@ -26,7 +27,7 @@ def sweep_total(plan: SweepPlan) -> int:
     """How many trials the sweep asks for: the grid's points, or the sample budget."""
     o = plan.options
     if o.grid:
-        return len(plan.space.grid_points(limit=o.num_samples, seed=o.seed))
+        return len(grid_points(plan))
     return o.num_samples or DEFAULT_NUM_SAMPLES
 
 

@@ -16,7 +16,7 @@ from tinymem.store import DEFAULT_ROOT
 
 SAMPLERS = ("tpe", "gp", "nsga2", "random")  # sweeps.samplers builds them
 SCHEDULERS = ("none", "asha", "dominated")  # dominated: sweeps.candidates.DominatedStop
-GRIDS = ("paper",)
+GRIDS = ("paper", "paper-anytime")  # paper-anytime: an anytime method's epoch axis from checkpoints
 KEEP_MODELS = ("pareto", "all", "none")  # which trials' mitigated models stay as model directories (sweeps.models)
 # Sized so that the default sweep (`--method balanced_subnet` on math-demo) fits 15 minutes of a 2-core CPU.
 DEFAULT_NUM_SAMPLES = 12
@@ -55,6 +55,7 @@ class SweepOptions:
     max_failures: int = 1
     device: str = "auto"
     command: str = ""
+    anytime: bool = True  # anytime methods evaluate checkpoints as candidates (sweeps.candidates); --no-anytime
     warm_start: bool = True  # evaluate each method's default hyperparameters first (Optuna samplers only)
     repeats: int = 1  # base-model seeds per configuration; objectives are the means over them
     heldout_frac: float = 0.0  # share of the unlearning set withheld from each method (heldout_mem_pct)

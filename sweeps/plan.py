@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from sweeps import storage
-from sweeps.candidates import check_dominated
+from sweeps.candidates import check_anytime_grid, check_dominated
 from sweeps.errors import SweepError
 from sweeps.objectives import Objectives, resolve as resolve_objectives, resolve_max_loss
 from sweeps.options import AUTO, SWEEP_RECORD, SweepOptions, check_flags, check_model_options, split_list
@@ -147,11 +147,13 @@ def plan_sweep(opts: SweepOptions) -> SweepPlan:
             raise SweepError("--scheduler asha cannot be combined with --grid paper (a grid is run in full)")
     if opts.grid:
         space.grid_points()  # raises if a method has no paper_grid
+    if opts.grid == "paper-anytime":
+        check_anytime_grid(space, opts.anytime)
     goals = resolve_objectives(opts.objectives, next(iter(kinds.values())), heldout_frac=opts.heldout_frac,
                                robustness=opts.robustness)
     max_loss = resolve_max_loss(opts.max_utility_loss, next(iter(kinds.values())))
     if opts.scheduler == "dominated":
-        check_dominated(space, opts.repeats, bool(opts.grid), goals.names)
+        check_dominated(space, opts.repeats, bool(opts.grid), goals.names, opts.anytime)
     experiment = opts.experiment if opts.experiment is not None else f"{'+'.join(methods)}-{label}"
     _check_experiment_name(experiment)
     if opts.address:

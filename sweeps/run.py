@@ -95,8 +95,13 @@ def build_parser() -> argparse.ArgumentParser:
                         f"{DEFAULT_ROOT}/optuna.journal when --storage is an object store); open it with "
                         "optuna-dashboard PATH|URL")
     p.add_argument("--grid", default=None, choices=options.GRIDS,
-                   help="run the paper's grid from the search space file instead of a sampler "
-                        "(default: off, sample with --sampler)")
+                   help="run the paper's grid from the search space file instead of a sampler; paper-anytime: "
+                        "the same configurations, an anytime method's smaller epoch counts evaluated as "
+                        "checkpoints of its run at the largest (docs/anytime.md) (default: off, sample with "
+                        "--sampler)")
+    p.add_argument("--no-anytime", dest="anytime", action="store_false",
+                   help="anytime methods (docs/anytime.md) evaluate no checkpoints: each trial is one configuration "
+                        "(default: they do, when the space searches epochs)")
     p.add_argument("--scheduler", default="none", choices=options.SCHEDULERS,
                    help=f"asha: stop iterative trials early on the per-epoch guard metric `{options.ASHA_GUARD}`; "
                         f"dominated: stop an anytime trial whose last checkpoints neither improve on its own nor "
@@ -161,7 +166,7 @@ def options_from_args(args: argparse.Namespace, argv: list[str]) -> options.Swee
         resume=args.resume, seed=args.seed, search_space=args.search_space, max_failures=args.max_failures,
         device=args.device, repeats=args.repeats, heldout_frac=args.heldout_frac, keep_models=args.keep_models,
         objectives=args.objectives, robustness=args.robustness, max_utility_loss=args.max_utility_loss,
-        optuna_storage=args.optuna_storage, sync_wait=args.sync_wait,
+        optuna_storage=args.optuna_storage, sync_wait=args.sync_wait, anytime=args.anytime,
         register_model=args.register_model, command=shlex.join([*invoked_as().split(), *argv]))
 
 

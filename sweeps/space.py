@@ -165,9 +165,12 @@ class SweepSpace:
             points.append(cfg)
         return points
 
-    def grid_points(self, limit: int | None = None, seed: int = 0) -> list[dict[str, Any]]:
+    def grid_points(self, limit: int | None = None, seed: int = 0, anytime: bool = False) -> list[dict[str, Any]]:
         """The paper's grid as trial configs: presets x methods x each method's grid, in loop order.
 
+        With `anytime` (`--grid paper-anytime`), an anytime method whose grid lists several epoch counts runs
+        only the points at the largest count: its smaller counts are checkpoints of those runs
+        (`sweeps.candidates.anytime_config`), with exactly the numbers of separate runs.
         With `limit` below the grid size, a seeded random subset of `limit` points (kept in loop order), so an
         equal-budget comparison with a sampler is possible.
         """
@@ -178,7 +181,10 @@ class SweepSpace:
                 if not grid:
                     raise SweepError(f"search space {space.source} has no paper_grid for {method}; "
                                      f"--grid paper needs one")
+                top = grid_epochs(space)[-1] if anytime and len(grid_epochs(space)) > 1 else None
                 for point in grid:
+                    if top is not None and point.get("epochs") != top:
+                        continue  # a checkpoint of the point at `top` epochs
                     cfg = {self.key(method, k): v for k, v in point.items()}
                     if self.multi_method:
                         cfg["method"] = method
@@ -223,3 +229,10 @@ class SweepSpace:
 
     def to_dict(self) -> dict[str, Any]:
         return {"methods": {m: s.to_dict() for m, s in self.spaces.items()}, "presets": list(self.presets)}
+
+
+def grid_epochs(space: SearchSpace) -> list[int]:
+    """The distinct epoch counts of an anytime method's paper grid, ascending ([] otherwise)."""
+    if not get_method(space.method).anytime:
+        return []
+    return sorted({int(v) for v in space.paper_grid.get("epochs", ()) if isinstance(v, (int, float))})

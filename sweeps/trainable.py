@@ -9,7 +9,7 @@ asked for (`sweeps.models`). Saving at trial end costs a write of the weights an
 rebuilding a model after the sweep, which would rerun the whole trial. The final report also carries
 `trial_config`: the config that rebuilds that model (JSON), which the driver stores in the trial's MLflow run.
 
-An anytime trial (`sweeps.candidates.anytime_from`) also evaluates its checkpoints: those per-epoch reports
+An anytime trial (`sweeps.candidates.anytime_config`) also evaluates its checkpoints: those per-epoch reports
 carry `checkpoint = 1`, the evaluation's metrics and the utility losses against the base model.
 """
 
@@ -26,7 +26,7 @@ from typing import Any
 
 from sweeps import storage
 from sweeps.bases import base_config, limit_threads
-from sweeps.candidates import anytime_from, is_candidate
+from sweeps.candidates import anytime_config, is_candidate
 from sweeps.pareto import MEM, utility_loss_name, with_losses
 from sweeps.space import SweepSpace
 from tinymem.errors import TinyMemError
@@ -54,6 +54,7 @@ class TrialStatic:
     models_dir: str | None = None  # where each trial saves its model (`<sweep dir>/models`); None: not saved
     objectives: tuple[str, ...] = ()  # () : mem_pct and the utility loss (a TrialStatic pickled before the field)
     robustness: tuple[str, ...] = ()  # robustness metrics each trial computes (`sweeps.objectives`)
+    anytime: str = "on"  # candidates: on | grid (--grid paper-anytime) | off (--no-anytime); sweeps.candidates
     # trial id -> final result of the trials the ledger has as finished (a resume): re-reported, never rerun.
     finished: dict[str, dict[str, Any]] = field(default_factory=dict)
 
@@ -127,9 +128,8 @@ def sweep_trainable(config: dict[str, Any], static: TrialStatic) -> None:
         trial_config["robustness"] = list(static.robustness)
     seeds = base_seeds(trial_config, static.repeats) if static.repeats > 1 else []
     configs = [seed_config(trial_config, s) for s in seeds] or [trial_config]
-    first_epoch = anytime_from(static.space, method, static.repeats, objectives)
     # Not in `trial_config`: that one rebuilds the trial's model, which needs no candidates.
-    anytime = {"anytime": True, "anytime_from": first_epoch} if first_epoch is not None else {}
+    anytime = anytime_config(static.space, method, static.repeats, objectives, static.anytime)
     cpu0 = time.process_time()
     results = []
     saving = ModelSaver(static.models_dir, tune.get_context().get_trial_id())

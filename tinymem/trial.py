@@ -25,7 +25,9 @@ Config keys (only `method` is required):
 - `anytime`: evaluate an anytime method (`Mitigation.anytime`) at checkpoints of its run
   (`tinymem.mitigations._anytime`: every epoch up to 20 epochs, a geometric set beyond), each with the final
   evaluation below, so a candidate at epoch e has the numbers of a run with `epochs = e`; `anytime_from`: the
-  first epoch evaluated (default 1). The candidates go to `callback` with their epoch (`checkpoint = 1`) and to
+  first epoch evaluated (default 1); `anytime_at`: instead of that schedule, exactly these epochs (a list or a
+  comma list of integers >= 1; those below the run's epoch count are evaluated: a grid's other epoch counts).
+  The candidates go to `callback` with their epoch (`checkpoint = 1`) and to
   `TrialResult.candidates`; their time is method time, also reported apart (`info["seconds_checkpoint_evals"]`).
   A method that is not anytime ignores it.
 
@@ -66,7 +68,8 @@ from tinymem.store import DEFAULT_ROOT, ModelStore, read_manifest, write_manifes
 from tinymem.util import atomic_path, atomic_write_text
 
 TRIAL_KEYS = ("method", "params", "preset", "set", "model_dir", "storage", "device", "seed", "out_dir",
-              "progress", "work_dir", "heldout_frac", "robustness", "anytime", "anytime_from") + HFSourceOptions.keys()
+              "progress", "work_dir", "heldout_frac", "robustness", "anytime", "anytime_from",
+              "anytime_at") + HFSourceOptions.keys()
 
 
 @dataclass(frozen=True)
@@ -92,6 +95,7 @@ class TrialConfig:
     robustness: tuple[str, ...] = ()  # robustness metric names (`tinymem.robustness.NAMES`), none by default
     anytime: bool = False  # evaluate an anytime method at checkpoints of its run (candidates)
     anytime_from: int = 1  # the first epoch a checkpoint is evaluated at
+    anytime_at: tuple[int, ...] = ()  # exactly these checkpoint epochs instead of the schedule (empty: the schedule)
 
     def __post_init__(self) -> None:
         if self.source.model and (self.model_dir or self.preset):
@@ -115,7 +119,8 @@ class TrialConfig:
                    progress=bool(config.get("progress")), work_dir=_opt_str(config.get("work_dir")),
                    heldout_frac=float(config.get("heldout_frac") or 0.0),
                    robustness=parse_names(config.get("robustness")), anytime=_flag(config.get("anytime"), "anytime"),
-                   anytime_from=_positive_int(config.get("anytime_from", 1), "anytime_from"))
+                   anytime_from=_positive_int(config.get("anytime_from", 1), "anytime_from"),
+                   anytime_at=_epoch_list(config.get("anytime_at")))
 
     def to_dict(self) -> dict[str, Any]:
         """The dict form (`from_dict(c.to_dict()) == c`): unset values and an empty method left out."""
@@ -124,6 +129,7 @@ class TrialConfig:
              "seed": self.seed, "out_dir": self.out_dir, "progress": self.progress, "work_dir": self.work_dir,
              "heldout_frac": self.heldout_frac or None, "robustness": list(self.robustness) or None,
              "anytime": self.anytime or None, "anytime_from": self.anytime_from if self.anytime_from != 1 else None,
+             "anytime_at": list(self.anytime_at) or None,
              **self.source.as_config()}
         return {k: v for k, v in d.items() if v is not None}
 
@@ -151,6 +157,18 @@ def _positive_int(value: Any, name: str) -> int:
     if isinstance(value, bool) or number < 1 or float(value) != number:
         raise ConfigError(f"{name}={value!r} is not allowed; allowed: an integer >= 1")
     return number
+
+
+def _epoch_list(value: Any) -> tuple[int, ...]:
+    """`anytime_at` as sorted distinct epochs: a list or a comma list of integers >= 1 (empty: none)."""
+    if value is None or value == "":
+        return ()
+    items = [v.strip() for v in value.split(",") if v.strip()] if isinstance(value, str) else list(value)
+    try:
+        return tuple(sorted({_positive_int(v, "anytime_at") for v in items}))
+    except ConfigError:
+        raise ConfigError(f"anytime_at={value!r} is not allowed; allowed: a list or a comma list of integers >= 1, "
+                          f"e.g. '1,10'") from None
 
 
 def _trial_config(config: TrialConfig | Mapping[str, Any], require_method: bool = True) -> TrialConfig:
@@ -379,7 +397,9 @@ def run_trial(config: TrialConfig | Mapping[str, Any], callback: Callable[[dict[
     checkpoints = None
     if config.anytime and method_cls.anytime and "epochs" in method.params.names():
         epochs = int(method.params.epochs)
-        checkpoints = CheckpointEvaluator(evaluate_after, frozenset(checkpoint_epochs(epochs, config.anytime_from)))
+        at = [e for e in config.anytime_at if e < epochs] if config.anytime_at else \
+            checkpoint_epochs(epochs, config.anytime_from)
+        checkpoints = CheckpointEvaluator(evaluate_after, frozenset(at))
 
     def report(metrics: dict[str, float]) -> None:
         history.append(dict(metrics))

@@ -38,6 +38,10 @@ def test_config_key_is_validated():
         TrialConfig.from_dict({"method": "subnet", "anytime": "maybe"})
     with pytest.raises(ConfigError, match=r"anytime_from=0 is not allowed; allowed: an integer >= 1"):
         TrialConfig.from_dict({"method": "subnet", "anytime_from": 0})
+    assert TrialConfig.from_dict({"method": "subnet", "anytime_at": "10, 1,10"}).anytime_at == (1, 10)
+    assert TrialConfig.from_dict({"method": "subnet", "anytime_at": [10, 1]}).to_dict()["anytime_at"] == [1, 10]
+    with pytest.raises(ConfigError, match=r"anytime_at='1,x' is not allowed; allowed: a list or a comma list"):
+        TrialConfig.from_dict({"method": "subnet", "anytime_at": "1,x"})
 
 
 def _config(tiny_store, method, params, **extra):
@@ -79,3 +83,12 @@ def test_a_method_that_is_not_anytime_makes_no_candidates(tiny_store, tmp_path):
                                work_dir=str(tmp_path)), callback=reports.append)
     assert result.candidates == [] and reports and not any("checkpoint" in r for r in reports)
     assert "seconds_checkpoint_evals" not in result.info
+
+
+def test_anytime_at_evaluates_exactly_the_epochs_asked_below_the_run(tiny_store, tmp_path):
+    """A grid's other epoch counts as checkpoints (`--grid paper-anytime`): only those, and never the last."""
+    params = {"ratio": 0.3, "epochs": 4, "batch_size": 32}
+    result = run_trial(_config(tiny_store, "balanced_subnet", params, anytime=True, anytime_at=[1, 3, 4, 10],
+                               work_dir=str(tmp_path)))
+    assert [int(c["epoch"]) for c in result.candidates] == [1, 3]
+    assert result.info["checkpoints"] == 2.0

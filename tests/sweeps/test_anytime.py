@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from sweeps.candidates import CHECKPOINT, SOURCE, DominatedStop, anytime_from, candidate_key
+from sweeps.candidates import CHECKPOINT, SOURCE, DominatedStop, anytime_config, candidate_key
 from sweeps.errors import SweepError
 from sweeps.ledger import trials_with_runs
 from sweeps.study import make_storage
@@ -88,17 +88,18 @@ def test_which_sweeps_make_candidates(tmp_path, spaces_dir):
     plan = plan_sweep(SweepOptions(method="balanced_subnet", preset="math-tiny", storage=str(tmp_path / "root"),
                                    search_space=str(spaces_dir / "balanced_subnet.yaml"),
                                    tracking_uri=f"sqlite:///{tmp_path}/mlflow.db"))
-    assert anytime_from(plan.space, "balanced_subnet") == 1
-    assert anytime_from(plan.space, "balanced_subnet", repeats=3) is None  # per-epoch results of one seed only
-    assert anytime_from(plan.space, "balanced_subnet", objectives=["mem_pct", "relearn_mem_pct"]) is None
+    assert anytime_config(plan.space, "balanced_subnet") == {"anytime": True, "anytime_from": 1}
+    assert anytime_config(plan.space, "balanced_subnet", mode="off") == {}  # --no-anytime
+    assert anytime_config(plan.space, "balanced_subnet", repeats=3) == {}  # per-epoch results of one seed only
+    assert anytime_config(plan.space, "balanced_subnet", objectives=["mem_pct", "relearn_mem_pct"]) == {}
     durable = plan_sweep(SweepOptions(method="durable", preset="math-tiny", storage=str(tmp_path / "root"),
                                       search_space=str(spaces_dir / "durable.yaml"),
                                       tracking_uri=f"sqlite:///{tmp_path}/mlflow.db"))
-    assert anytime_from(durable.space, "durable") is None  # not anytime
+    assert anytime_config(durable.space, "durable") == {}  # not anytime
     probe = plan_sweep(SweepOptions(method="sweep_probe", preset="math-tiny", storage=str(tmp_path / "root"),
                                     search_space=str(spaces_dir / "sweep_probe.yaml"),
                                     tracking_uri=f"sqlite:///{tmp_path}/mlflow.db"))
-    assert anytime_from(probe.space, "sweep_probe") is None
+    assert anytime_config(probe.space, "sweep_probe") == {}
     with pytest.raises(SweepError, match=r"--scheduler dominated stops trials on their anytime checkpoints, but "
                                          r"\['durable'\] make none"):
         plan_sweep(SweepOptions(method="durable", preset="math-tiny", storage=str(tmp_path / "root"),
@@ -165,3 +166,38 @@ def test_resume_after_sigint_adds_no_candidate_twice(ray_runtime, sweep_root, sp
     assert (out["trials"], out["completed"]) == (4, 4)
     _check_candidates(out)
     assert candidate_key("t", 3) == "t@e3"
+
+
+def test_paper_anytime_grid_answers_the_epoch_axis_from_checkpoints(ray_runtime, sweep_args, capsys):
+    """`--grid paper-anytime`: the grid's 4 points (ratio x epochs {1, 3}) are 2 runs at 3 epochs whose epoch-1
+    checkpoints have exactly the numbers of the plain grid's epoch-1 runs (`--grid paper --no-anytime`)."""
+    code, plain, err = run_cli(sweep_args("balanced_subnet", "t-grid-plain", "--grid", "paper", "--no-anytime",
+                                          "--keep-models", "none"), capsys)
+    assert code == 0, err
+    code, fast, err = run_cli(sweep_args("balanced_subnet", "t-grid-anytime", "--grid", "paper-anytime",
+                                         "--keep-models", "none"), capsys)
+    assert code == 0, err
+    p_rows, f_rows = pd.read_csv(plain["trials_csv"]), pd.read_csv(fast["trials_csv"])
+    assert (plain["trials"], len(p_rows), (p_rows[SOURCE] == CHECKPOINT).sum()) == (4, 4, 0)
+    assert fast["trials"] == 2 and sorted(f_rows[SOURCE]) == [CHECKPOINT, CHECKPOINT, "trial", "trial"]
+    key = ["ratio", "epochs", "loss_weighting"]
+    assert sorted(map(tuple, p_rows[key].values.tolist())) == sorted(map(tuple, f_rows[key].values.tolist()))
+    merged = p_rows.merge(f_rows, on=key, suffixes=("_plain", "_anytime"))
+    for metric in ("mem_pct", "val_acc", "test_acc", "val_acc_drop"):
+        assert (merged[f"{metric}_plain"] == merged[f"{metric}_anytime"]).all(), merged[[*key, f"{metric}_plain",
+                                                                                         f"{metric}_anytime"]]
+
+
+def test_anytime_flags_that_conflict_are_refused(tmp_path, spaces_dir):
+    common = dict(preset="math-tiny", storage=str(tmp_path / "root"), tracking_uri=f"sqlite:///{tmp_path}/m.db")
+    bs = str(spaces_dir / "balanced_subnet.yaml")
+    with pytest.raises(SweepError, match="--grid paper-anytime takes the grid's epoch counts from anytime "
+                                         "checkpoints, which --no-anytime turns off"):
+        plan_sweep(SweepOptions(method="balanced_subnet", search_space=bs, grid="paper-anytime", anytime=False,
+                                **common))
+    with pytest.raises(SweepError, match=r"--grid paper-anytime: no method of \['durable'\] is anytime"):
+        plan_sweep(SweepOptions(method="durable", search_space=str(spaces_dir / "durable.yaml"),
+                                grid="paper-anytime", **common))
+    with pytest.raises(SweepError, match="which --no-anytime turns off; give one of them"):
+        plan_sweep(SweepOptions(method="balanced_subnet", search_space=bs, scheduler="dominated", anytime=False,
+                                **common))
