@@ -1,30 +1,30 @@
-"""Search efficiency: Optuna's multi-objective sampler against the paper's grid, for balanced_subnet on
-math-demo, through the sweep engine.
+"""Search efficiency at equal compute: samplers (with and without anytime checkpoints and the utility
+constraint) against the paper's grid, cost counted in the trials' CPU-seconds, through the real sweep engine.
 
-Two numbers per arm:
+Arms (`--arms`, default all): `grid` (the paper's whole grid with its fixed values, `--grid paper
+--no-anytime`), `grid+anytime` (`--grid paper-anytime`: the same configurations, the smaller epoch counts
+as checkpoints), and `<sampler>[+anytime][+constraint][+stop]` for random, tpe and gp (`+stop`:
+`--scheduler dominated`, the early stop of anytime trials whose checkpoints stall, docs/anytime.md). Every arm searches the same
+space: the paper grid's ranges (ratio 1e-5..0.8 log, epochs 1..20, loss weighting 0.5..0.9) with the grid's
+fixed values (so only the search differs). No warm start (the method's defaults were chosen on this model);
+`--warm-start` adds `+warm` rows of the arms named.
 
-- trials to the first hit: the position (in start order) of the first trial with `mem_pct` <= 1 and
-  `test_acc_drop` <= 1 point;
-- the hypervolume of the arm's Pareto front on (mem_pct, test_acc_drop), both minimised, with the reference
-  point (base mem_pct, 10 points of accuracy drop), normalised by the reference box, at equal budgets.
+Cost: each trial's process CPU-seconds (`seconds_cpu`, anytime evaluations included). A point (a trial's
+result or a checkpoint) costs what the arm had spent when it became known: the finished trials' CPU plus
+the running ones' CPU pro rata of their elapsed time (checkpoints arrive along the run). The grid runs in
+loop order, so its figures are the expectation over 2,000 uniformly random orders of its points (a grid
+with budget B would be searched that way), each trial's checkpoints at their share of its CPU.
 
-Design (honest about a 2-core CPU): the full paper grid for balanced_subnet is 90 configurations (10 ratios x
-3 epochs x 3 loss weightings), hours on 2 cores. By default both arms get the same budget B (`--budget`,
-default 24): the sampler runs B trials; the grid arm runs a seeded random subset of B grid points. The engine
-runs those in the paper's loop order (small, useless ratios first), which is not how someone with budget B would
-search, so the grid's figure is the expected position of the first hit over uniformly random orders of the
-points it ran, (B + 1) / (H + 1) for H hits among them (the loop-order position is in the JSON too); its
-hypervolume at B is likewise averaged over random orders. With `--full-grid` the whole grid runs and the same
-formula is exact for the grid. `--seeds 0,1,2` repeats both arms per seed (the sampler's seed, and the grid
-subset's), and the summary compares the mean first hits; a sampler run without a hit counts as B + 1 there.
-The aim is for the sampler to need at most a third of the grid's trials.
+Figures per arm and seed: CPU-seconds to the first hit (mem_pct <= 1 and val_acc_drop <= 1 point; the
+selection split) and the same on test (mem_pct <= 1, test_acc_drop <= 1); the hypervolume of the front on
+(mem_pct, val_acc_drop) in the box [0, base mem_pct] x [-2, 10] points, normalised by its area, at 1/4, 1/3, 1/2 and all of the
+grid's CPU-seconds at that seed (a sampler arm: blank past its end; a grid arm is complete, so its last
+value holds). Medians and ranges over seeds.
 
-By default the sampler gets no warm start (the engine's sweeps evaluate the method's defaults first; that is
-a property of the defaults, not of the search); `--warm-start` includes it.
+Resumable: each (preset, method, arm, seed, samples) is one line of `--out`, skipped when present.
 
-    python bench/search_efficiency.py                       # B = 24 per arm, seed 0
-    python bench/search_efficiency.py --budget 12 --seeds 0,1,2 --out seeds.jsonl
-    python bench/search_efficiency.py --budget 30 --full-grid
+    python bench/search_efficiency.py --preset math-tiny --seeds 0,1,2      # the table of docs/study.md
+    python bench/search_efficiency.py --summary-only                        # print the table from --out
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ import json
 import math
 import os
 import random
+import statistics
 import sys
 import tempfile
 import time
@@ -42,179 +43,261 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 MEM_MAX, DROP_MAX, REF_DROP = 1.0, 1.0, 10.0
+LOW_DROP = -2.0  # the hypervolume box's lower edge in accuracy drop (a gain of 2 points)
+FRACTIONS = (0.25, 1 / 3, 0.5, 1.0)
+SAMPLERS = ("random", "tpe", "gp")
+ARMS = ["grid", "grid+anytime", *[f"{s}{a}{c}" for s in SAMPLERS for a in ("", "+anytime")
+                                  for c in (("", "+constraint", "+constraint+stop") if a and s != "random"
+                                            else ("",))]]
+OUT = Path(__file__).resolve().parent / "results" / "search_efficiency.jsonl"
+ORDERS = 2000
+
+
+def bench_space(method: str, path: str | None) -> tuple[str, dict]:
+    """A space file for the bench: the grid's ranges as distributions, the grid's fixed values fixed."""
+    import yaml
+
+    from sweeps.space_file import default_space_path, load_search_space
+
+    sp = load_search_space(path or default_space_path(method), method)
+    params = {}
+    for name, values in sp.paper_grid.items():
+        nums = sorted(float(v) for v in values)
+        if all(float(v).is_integer() for v in values) and not any(isinstance(v, float) for v in values):
+            params[name] = {"type": "int", "low": int(nums[0]), "high": int(nums[-1])}
+        else:
+            params[name] = {"type": "float", "low": nums[0], "high": nums[-1],
+                            "log": nums[-1] / max(nums[0], 1e-12) > 100}
+    doc = {"method": method, "description": f"bench: the paper grid's ranges of {method}", "params": params,
+           "fixed": dict(sp.paper_fixed), "paper_grid": dict(sp.paper_grid), "paper_fixed": dict(sp.paper_fixed)}
+    out = Path(tempfile.mkdtemp(prefix="search-eff-space-")) / f"{method}.yaml"
+    out.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return str(out), doc
+
+
+def arm_options(arm: str, seed: int, samples: int, common: dict):
+    from sweeps.options import SweepOptions
+
+    parts = arm.split("+")
+    base = dict(seed=seed, anytime="anytime" in parts, warm_start="warm" in parts,
+                scheduler="dominated" if "stop" in parts else "none",
+                max_utility_loss=None if "constraint" in parts else "none", keep_models="none",
+                experiment=f"search-eff-{arm.replace('+', '-')}-s{seed}-{time.strftime('%H%M%S')}", **common)
+    if parts[0] == "grid":
+        return SweepOptions(grid="paper-anytime" if "anytime" in parts else "paper", **base)
+    return SweepOptions(sampler=parts[0], num_samples=samples, **base)
+
+
+def trials_of(sweep_dir: str) -> list[dict]:
+    """Each trial from the ledger: start/end (ms), CPU-seconds, and its points (checkpoints, then the final)."""
+    from sweeps.ledger import TrialLedger
+
+    ledger, out = TrialLedger(sweep_dir), []
+    for tid, entry in ledger.trials.items():
+        events = ledger.history(tid)
+        start = next((e["start_ms"] for e in events if e.get("event") == "created"), None)
+        fin = next((e for e in reversed(events) if e.get("event") == "finished"), None)
+        if start is None or fin is None:
+            continue
+        res, points = fin.get("result") or {}, []
+        for e in events:
+            r = e.get("epoch_result") or {}
+            if e.get("event") == "result" and r.get("checkpoint") == 1:
+                points.append(_point(r, e["at_ms"], "checkpoint", int(r["epoch"])))
+        if fin.get("state") == "completed":
+            points.append(_point(res, fin["result_ms"], "trial", int((entry.get("params") or {}).get("epochs", 0))))
+        out.append({"trial_id": tid, "start_ms": start, "end_ms": fin.get("result_ms") or start,
+                    "cpu_s": float(res.get("seconds_cpu") or 0.0), "state": fin.get("state"),
+                    "params": entry.get("params"), "points": [p for p in points if p is not None]})
+    return sorted(out, key=lambda t: t["start_ms"])
+
+
+def _point(r: dict, at_ms: int, source: str, epochs: int) -> dict | None:
+    try:
+        p = {k: float(r[k]) for k in ("mem_pct", "val_acc_drop", "test_acc_drop")}
+    except (KeyError, TypeError, ValueError):
+        return None
+    return {**p, "at_ms": at_ms, "source": source, "epochs": epochs} if all(map(math.isfinite, p.values())) else None
+
+
+def run_arm(arm: str, seed: int, samples: int, common: dict) -> dict:
+    from sweeps.engine import run_sweep
+    from sweeps.plan import plan_sweep
+
+    plan = plan_sweep(arm_options(arm, seed, samples, common))
+    t0 = time.time()
+    outcome = run_sweep(plan, say=lambda line: print(line, file=sys.stderr, flush=True), stream="stderr")
+    base = outcome.bases[plan.space.presets[0]]["metrics"]
+    return {"arm": arm, "seed": seed, "wall_s": time.time() - t0, "trials": trials_of(plan.sweep_dir),
+            "base": {k: base.get(k) for k in ("mem_pct", "mem_rows", "mem_counted", "val_acc", "test_acc")}}
+
+
+def costed_points(rec: dict, order: list[dict] | None = None) -> list[tuple[float, dict]]:
+    """(CPU-seconds spent when the point was known, point), by cost. `order`: the trials run one after another in
+    that order (the grid's random orders); else as they ran, running trials' CPU counted pro rata of time."""
+    trials = rec["trials"]
+    out = []
+    if order is not None:
+        spent = 0.0
+        for t in order:
+            span = max(1, t["end_ms"] - t["start_ms"])
+            out += [(spent + t["cpu_s"] * min(1.0, (p["at_ms"] - t["start_ms"]) / span), p) for p in t["points"]]
+            spent += t["cpu_s"]
+        return sorted(out, key=lambda x: x[0])
+
+    def spent_at(ms: float) -> float:
+        return sum(t["cpu_s"] * min(1.0, max(0.0, (ms - t["start_ms"]) / max(1, t["end_ms"] - t["start_ms"])))
+                   for t in trials)
+
+    return sorted(((spent_at(p["at_ms"]), p) for t in trials for p in t["points"]), key=lambda x: x[0])
 
 
 def hypervolume(points: list[tuple[float, float]], ref: tuple[float, float]) -> float:
-    """Area dominated by `points` (both objectives minimised) inside the box below `ref`."""
-    inside = sorted((x, y) for x, y in points if x < ref[0] and y < ref[1])
-    front: list[tuple[float, float]] = []
-    for x, y in inside:  # sorted by x: keep a point only if it improves y
+    """Area dominated by `points` (both minimised) inside the box [0, ref_x] x [LOW_DROP, ref_y], over the box's
+    area (1 = a point at no memorization and a gain of LOW_DROP points; a larger gain counts as that)."""
+    front, hv = [], 0.0
+    for x, y in sorted((x, max(y, LOW_DROP)) for x, y in points if x < ref[0] and y < ref[1]):
         if not front or y < front[-1][1]:
             front.append((x, y))
-    hv = 0.0
     for i, (x, y) in enumerate(front):
-        x_next = front[i + 1][0] if i + 1 < len(front) else ref[0]
-        hv += (x_next - x) * (ref[1] - y)
-    return hv
+        hv += ((front[i + 1][0] if i + 1 < len(front) else ref[0]) - x) * (ref[1] - y)
+    return hv / (ref[0] * (ref[1] - LOW_DROP))
 
 
-def first_hit(rows: list[dict]) -> int | None:
-    for i, r in enumerate(rows, 1):
-        if r["ok"] and r["mem_pct"] <= MEM_MAX and r["test_acc_drop"] <= DROP_MAX:
-            return i
-    return None
+def figures(costed: list[tuple[float, dict]], ref: tuple[float, float], grid_cpu: float, end: float | None
+            ) -> dict:
+    """First hits and hypervolumes at the grid's CPU fractions; `end`: the arm's CPU-seconds, past which it has
+    no value (a sampler arm would have gone on); None: it is complete (a grid), its last value holds."""
+    def first(split: str) -> float | None:
+        return next((c for c, p in costed if p["mem_pct"] <= MEM_MAX and p[f"{split}_acc_drop"] <= DROP_MAX), None)
+
+    hv = {}
+    for f in FRACTIONS:
+        budget = f * grid_cpu
+        pts = [(p["mem_pct"], p["val_acc_drop"]) for c, p in costed if c <= budget]
+        hv[f"{f:.3f}"] = hypervolume(pts, ref) if end is None or budget <= end * 1.02 else None
+    return {"first_hit_val": first("val"), "first_hit_test": first("test"), "hv": hv}
 
 
-def arm_rows(outcome) -> list[dict]:
-    """Trials of a finished sweep in start order: objectives and whether they completed."""
-    df = outcome.report.trials
-    rows = []
-    for _, r in df.iterrows():
-        ok = r["state"] == "completed" and math.isfinite(r.get("mem_pct", math.nan)) \
-            and math.isfinite(r.get("test_acc_drop", math.nan))
-        rows.append({"ok": bool(ok), "mem_pct": float(r.get("mem_pct", math.nan)),
-                     "test_acc_drop": float(r.get("test_acc_drop", math.nan)),
-                     "params": {k: r[k] for k in ("ratio", "epochs", "loss_weighting") if k in r},
-                     "seconds_mitigate": float(r.get("seconds_mitigate", math.nan))})
-    return rows
-
-
-def hv_at(rows: list[dict], budget: int, ref: tuple[float, float]) -> float:
-    pts = [(r["mem_pct"], r["test_acc_drop"]) for r in rows[:budget] if r["ok"]]
-    return hypervolume(pts, ref) / (ref[0] * ref[1])
-
-
-def expected_first_hit(n: int, h: int) -> float | None:
-    """Expected position of the first hit when n points holding h hits are run in a uniformly random order."""
-    return (n + 1) / (h + 1) if h else None
-
-
-def is_hit(r: dict) -> bool:
-    return r["ok"] and r["mem_pct"] <= MEM_MAX and r["test_acc_drop"] <= DROP_MAX
-
-
-def one_seed(args, seed: int, common: dict, stamp: str, say) -> dict:
-    """Both arms at one seed: the sampler (seeded), and the grid (a random subset drawn with that seed)."""
-    from sweeps.engine import run_sweep
-    from sweeps.options import SweepOptions
-    from sweeps.plan import plan_sweep
-
-    t0 = time.time()
-    sampler_plan = plan_sweep(SweepOptions(sampler=args.sampler, num_samples=args.budget, warm_start=args.warm_start,
-                                           seed=seed, experiment=f"search-eff-{args.sampler}-{stamp}-s{seed}",
-                                           **common))
-    sampler_out = run_sweep(sampler_plan, say=say, stream="stderr")
-    sampler_s = time.time() - t0
-    grid_size = len(sampler_plan.space.grid_points())
-    grid_n = None if args.full_grid else min(args.budget, grid_size)
-    t0 = time.time()
-    grid_plan = plan_sweep(SweepOptions(grid="paper", num_samples=grid_n, seed=seed,
-                                        experiment=f"search-eff-grid-{stamp}-s{seed}", **common))
-    grid_out = run_sweep(grid_plan, say=say, stream="stderr")
-    grid_s = time.time() - t0
-
-    base_mem = float(sampler_out.bases[args.preset]["metrics"]["mem_pct"])
-    ref = (base_mem, REF_DROP)
-    s_rows, g_rows = arm_rows(sampler_out), arm_rows(grid_out)
-    budget = args.budget
-    sampler = {"name": args.sampler, "warm_start": args.warm_start, "trials": len(s_rows),
-               "first_hit": first_hit(s_rows), "hits": sum(map(is_hit, s_rows)), "hv": hv_at(s_rows, budget, ref),
-               "seconds": sampler_s, "hit_params": [r["params"] for r in s_rows if is_hit(r)]}
-    n, h = len(g_rows), sum(map(is_hit, g_rows))
-    # The grid arm's points run in the paper's loop order (small ratios first), which is not how someone with a
-    # budget would search it: its figure is the expectation over random orders of the points it ran.
-    grid = {"trials": n, "hits": h, "seconds": grid_s, "expected_first_hit_random_order": expected_first_hit(n, h),
-            "first_hit_loop_order": first_hit(g_rows), "hit_params": [r["params"] for r in g_rows if is_hit(r)]}
-    rng = random.Random(seed)
-    hvs = []
-    for _ in range(200):  # hypervolume after `budget` trials, averaged over random orders of the grid points run
-        order = g_rows[:]
+def summarize(rec: dict, grid_rec: dict) -> dict:
+    ref = (float(rec["base"]["mem_pct"]), REF_DROP)
+    grid_cpu = sum(t["cpu_s"] for t in grid_rec["trials"])
+    total = sum(t["cpu_s"] for t in rec["trials"])
+    if not rec["arm"].startswith("grid"):
+        return {**figures(costed_points(rec), ref, grid_cpu, total), "cpu_s": total, "trials": len(rec["trials"]),
+                "wall_s": rec["wall_s"]}
+    rng, runs = random.Random(rec["seed"]), []
+    for _ in range(ORDERS):
+        order = rec["trials"][:]
         rng.shuffle(order)
-        hvs.append(hv_at(order, budget, ref))
-    grid["hv_at_budget_random_order_mean"] = sum(hvs) / len(hvs)
-    if args.full_grid:
-        grid["hv_full_grid"] = hv_at(g_rows, n, ref)
-    return {"seed": seed, "grid_size": grid_size, "reference_point": {"mem_pct": ref[0], "test_acc_drop": ref[1]},
-            "sampler": sampler, "grid": grid}
+        runs.append(figures(costed_points(rec, order), ref, grid_cpu, None))
+    mean = (lambda xs: None if any(x is None for x in xs) else sum(xs) / len(xs))
+    return {"first_hit_val": mean([r["first_hit_val"] for r in runs]),
+            "first_hit_test": mean([r["first_hit_test"] for r in runs]),
+            "hv": {k: mean([r["hv"][k] for r in runs]) for k in runs[0]["hv"]}, "cpu_s": total,
+            "trials": len(rec["trials"]), "wall_s": rec["wall_s"]}
+
+
+def load(path: Path) -> dict[tuple, dict]:
+    out = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            if line.strip():
+                r = json.loads(line)
+                out[(r["preset"], r["method"], r["arm"], r["seed"], r["samples"])] = r
+    return out
+
+
+def table(records: dict[tuple, dict], preset: str, method: str, samples: int, seeds: list[int]) -> list[str]:
+    by_arm: dict[str, list[dict]] = {}
+    for seed in seeds:
+        g = records.get((preset, method, "grid", seed, 0))
+        if g is None:
+            continue
+        for (p, m, arm, s, n), rec in records.items():
+            if (p, m, s) == (preset, method, seed) and n in (0, samples):
+                by_arm.setdefault(arm, []).append({**summarize(rec, g), "seed": seed, "grid_cpu": g["cpu"]})
+    if not by_arm:
+        return ["no results yet"]
+    base = next(iter(records.values()))["base"]
+    lines = [f"{method} on {preset} (base mem_pct {base['mem_pct']:.1f} = {base.get('mem_rows')}/"
+             f"{base.get('mem_counted')} rows, test_acc {base['test_acc']:.2f}); hit: mem_pct <= {MEM_MAX} and "
+             f"acc drop <= {DROP_MAX} pt; cost: trial CPU-seconds; HV on (mem_pct, val_acc_drop) in [0, base] x "
+             f"[{LOW_DROP:.0f}, {REF_DROP:.0f}]; median [min, max] over seeds {seeds}; grid: expectation over {ORDERS} random orders",
+             "| arm | seeds | trials | CPU-s to hit (val) | x grid | CPU-s to hit (test) | HV@1/4 | HV@1/3 | HV@1/2 | "
+             "HV@all | arm CPU-s | wall s |", "|" + "---|" * 12]
+    grid_hit = statistics.median(r["first_hit_val"] or math.inf for r in by_arm.get("grid", []) or [{}])
+
+    def cell(xs: list, fmt: str = "{:.3f}") -> str:
+        if not xs or any(x is None for x in xs):
+            return "-" if not xs or all(x is None for x in xs) else f"{sum(x is None for x in xs)} miss"
+        med = statistics.median(xs)
+        return f"{fmt.format(med)} [{fmt.format(min(xs))}, {fmt.format(max(xs))}]"
+
+    for arm in sorted(by_arm, key=lambda a: (ARMS.index(a.replace("+warm", "")) if a.replace("+warm", "") in ARMS
+                                            else 99, a)):
+        rs = by_arm[arm]
+        hits = [r["first_hit_val"] for r in rs]
+        ratio = (statistics.median(hits) / grid_hit) if None not in hits and grid_hit not in (0, math.inf) else None
+        lines.append(f"| {arm} | {len(rs)} | {statistics.median(r['trials'] for r in rs):.0f} | "
+                     f"{cell(hits, '{:.0f}')} | {'-' if ratio is None else f'{ratio:.2f}'} | "
+                     f"{cell([r['first_hit_test'] for r in rs], '{:.0f}')} | "
+                     + " | ".join(cell([r["hv"][f"{f:.3f}"] for r in rs]) for f in FRACTIONS)
+                     + f" | {statistics.median(r['cpu_s'] for r in rs):.0f} | "
+                     f"{statistics.median(r['wall_s'] for r in rs):.0f} |")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description="Optuna multi-objective sampler vs the paper's grid (see module doc).")
+    ap = argparse.ArgumentParser(description="Samplers vs the paper's grid at equal CPU-seconds (see module doc).")
     ap.add_argument("--method", default="balanced_subnet")
-    ap.add_argument("--preset", default="math-demo")
-    ap.add_argument("--budget", type=int, default=24, help="trials per arm (default: %(default)s)")
-    ap.add_argument("--sampler", default="tpe", choices=("tpe", "nsga2", "random"))
-    ap.add_argument("--full-grid", action="store_true", help="run the whole paper grid (slow on 2 cores)")
-    ap.add_argument("--warm-start", action="store_true", help="let the sampler evaluate the method defaults first")
-    ap.add_argument("--seeds", default="0", help="comma list; each seed runs both arms (default: %(default)s)")
-    ap.add_argument("--max-concurrent", type=int, default=None, help="trials at once (default: as CPUs allow)")
+    ap.add_argument("--preset", default="math-tiny")
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--arms", default=",".join(ARMS), help=f"comma list of {ARMS} (default: all)")
+    ap.add_argument("--warm-start", default="", metavar="ARMS", help="also run these sampler arms with the warm start")
+    ap.add_argument("--samples", type=int, default=30, help="trials per sampler arm (default: %(default)s)")
     ap.add_argument("--storage", default="./tinymem-runs")
-    ap.add_argument("--search-space", default=None, help="default: search_spaces/<method>.yaml")
-    ap.add_argument("--tracking-uri", default=None, help="default: a SQLite file in a temporary directory")
-    ap.add_argument("--out", default=None, help="also append each seed's result to this JSON-lines file")
-    ap.add_argument("--json", action="store_true")
+    ap.add_argument("--out", default=str(OUT))
+    ap.add_argument("--summary-only", action="store_true")
     args = ap.parse_args(argv)
     try:
         seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
     except ValueError:
         ap.error(f"--seeds {args.seeds!r}: expected a comma list of integers, e.g. 0,1,2")
+    arms = [a for a in args.arms.split(",") if a]
+    warm = [f"{a}+warm" for a in args.warm_start.split(",") if a]
+    bad = [a for a in arms + [w.removesuffix("+warm") for w in warm] if a not in ARMS]
+    if bad or any(w.startswith("grid") for w in warm):
+        ap.error(f"--arms / --warm-start {bad or warm}: allowed arms {ARMS} (no warm start for the grid)")
     if not seeds:
         ap.error("--seeds is empty; give at least one integer")
-    os.environ.pop("RAY_ADDRESS", None)
+    out = Path(args.out)
+    records = load(out)
+    if not args.summary_only:
+        os.environ.pop("RAY_ADDRESS", None)
+        from sweeps.ray_runtime import connect_ray
+        from sweeps.storage import normalize_root
 
-    from sweeps.ray_runtime import connect_ray
-    from sweeps.storage import normalize_root
-
-    storage = normalize_root(args.storage)
-    uri = args.tracking_uri or f"sqlite:///{Path(tempfile.mkdtemp(prefix='search-eff-')) / 'mlflow.db'}"
-    stamp = time.strftime("%H%M%S")
-    common = dict(method=args.method, preset=args.preset, storage=storage, tracking_uri=uri,
-                  max_concurrent=args.max_concurrent, search_space=args.search_space,
-                  command="bench/search_efficiency.py")
-    connect_ray(None)
-    say = (lambda line: print(line, file=sys.stderr, flush=True))
-
-    results = []
-    for seed in seeds:
-        res = one_seed(args, seed, common, stamp, say)
-        results.append(res)
-        if args.out:
-            with open(args.out, "a") as f:
-                f.write(json.dumps(res, default=str) + "\n")
-        say(f"seed {seed}: sampler first hit {res['sampler']['first_hit']}, grid expected "
-            f"{res['grid']['expected_first_hit_random_order']}")
-
-    budget = args.budget
-    # A sampler run without a hit counts as budget + 1 (a lower bound) in the mean; the table says so.
-    s_first = [r["sampler"]["first_hit"] or budget + 1 for r in results]
-    g_first = [r["grid"]["expected_first_hit_random_order"] or budget + 1 for r in results]
-    summary = {"seeds": seeds, "sampler_first_hit_mean": sum(s_first) / len(s_first),
-               "grid_expected_first_hit_mean": sum(g_first) / len(g_first),
-               "sampler_misses": sum(r["sampler"]["first_hit"] is None for r in results),
-               "grid_misses": sum(r["grid"]["hits"] == 0 for r in results)}
-    summary["ratio"] = summary["sampler_first_hit_mean"] / summary["grid_expected_first_hit_mean"]
-    if args.json:
-        print(json.dumps({"method": args.method, "preset": args.preset, "budget": budget, "runs": results,
-                          "summary": summary}, indent=1, default=str))
-        return 0
-    ref = results[0]["reference_point"]
-    print(f"{args.method} on {args.preset}: hit = mem_pct <= {MEM_MAX} and test_acc_drop <= {DROP_MAX} point; "
-          f"hypervolume reference (mem_pct {ref['mem_pct']:.1f}, drop {ref['test_acc_drop']:.0f}), normalised; "
-          f"budget {budget} per arm; grid = {'the whole grid' if args.full_grid else 'a random subset'} of "
-          f"{results[0]['grid_size']} points, first hit = expectation over random orders of the points run")
-    name = f"optuna {args.sampler}" + (" (warm start)" if args.warm_start else "")
-    print(f"{'seed':>4s} {'arm':24s} {'trials':>6s} {'hits':>5s} {'first hit':>10s} {'HV@' + str(budget):>8s} "
-          f"{'wall s':>7s}")
-    for r in results:
-        s, g = r["sampler"], r["grid"]
-        exp = g["expected_first_hit_random_order"]
-        print(f"{r['seed']:4d} {name:24s} {s['trials']:6d} {s['hits']:5d} {str(s['first_hit'] or '-'):>10s} "
-              f"{s['hv']:8.3f} {s['seconds']:7.0f}")
-        print(f"{r['seed']:4d} {'paper grid':24s} {g['trials']:6d} {g['hits']:5d} "
-              f"{(f'{exp:.1f}' if exp else '-'):>10s} {g['hv_at_budget_random_order_mean']:8.3f} {g['seconds']:7.0f}")
-    print(f"mean first hit: sampler {summary['sampler_first_hit_mean']:.2f}, grid "
-          f"{summary['grid_expected_first_hit_mean']:.2f} (a miss counts as {budget + 1}; misses: sampler "
-          f"{summary['sampler_misses']}, grid {summary['grid_misses']}); ratio {summary['ratio']:.2f} (aim: <= 0.33)")
+        space, _ = bench_space(args.method, None)
+        uri = f"sqlite:///{Path(tempfile.mkdtemp(prefix='search-eff-')) / 'mlflow.db'}"
+        common = dict(method=args.method, preset=args.preset, storage=normalize_root(args.storage),
+                      tracking_uri=uri, search_space=space, command="bench/search_efficiency.py")
+        connect_ray(None)
+        for seed in seeds:
+            for arm in ["grid", *[a for a in arms if a != "grid"], *warm]:  # the grid first: the others' yardstick
+                n = 0 if arm.startswith("grid") else args.samples
+                key = (args.preset, args.method, arm, seed, n)
+                if key in records:
+                    continue
+                rec = {"preset": args.preset, "method": args.method, "samples": n, **run_arm(arm, seed, n, common)}
+                rec["cpu"] = sum(t["cpu_s"] for t in rec["trials"])
+                out.parent.mkdir(parents=True, exist_ok=True)
+                with out.open("a") as f:
+                    f.write(json.dumps(rec) + "\n")
+                records[key] = rec
+                print(f"seed {seed} {arm}: {len(rec['trials'])} trials, {rec['cpu']:.0f} CPU-s, "
+                      f"{rec['wall_s']:.0f} s wall", file=sys.stderr, flush=True)
+    print("\n".join(table(records, args.preset, args.method, args.samples, seeds)))
     return 0
 
 

@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import yaml
 
-    from sweeps.candidates import anytime_from
+    from sweeps.candidates import anytime_config, anytime_mode
     from sweeps.engine import run_sweep
     from sweeps.options import SweepOptions
     from sweeps.plan import plan_sweep
@@ -77,8 +77,7 @@ def main(argv: list[str] | None = None) -> int:
                                    search_space=str(space), command="bench/sweep_overhead.py"))
     points = plan.space.grid_points()
     # The engine evaluates an anytime method's checkpoints (sweeps.candidates); the loop does the same work.
-    first = anytime_from(plan.space, args.method)
-    anytime = {"anytime": True, "anytime_from": first} if first is not None else {}
+    anytime = anytime_config(plan.space, args.method, mode=anytime_mode(plan.options))
 
     def engine() -> tuple[float, object]:
         t0 = time.perf_counter()

@@ -14,7 +14,7 @@ from sweeps.errors import SweepError
 from tinymem.hf.options import HFSourceOptions
 from tinymem.store import DEFAULT_ROOT
 
-SAMPLERS = ("tpe", "gp", "nsga2", "random")  # sweeps.samplers builds them
+SAMPLERS = ("auto", "tpe", "gp", "nsga2", "random")  # sweeps.samplers builds them; auto: resolve_sampler
 SCHEDULERS = ("none", "asha", "dominated")  # dominated: sweeps.candidates.DominatedStop
 GRIDS = ("paper", "paper-anytime")  # paper-anytime: an anytime method's epoch axis from checkpoints
 KEEP_MODELS = ("pareto", "all", "none")  # which trials' mitigated models stay as model directories (sweeps.models)
@@ -42,7 +42,7 @@ class SweepOptions:
     max_concurrent: int | None = None  # None: as many as the resources allow
     cpus_per_trial: float = 1.0
     gpus_per_trial: float | str | None = None  # None: "auto" with a model, else 0; run_sweep resolves "auto"
-    sampler: str = "tpe"
+    sampler: str = "auto"  # the plan resolves it to a concrete one (sweeps.samplers.resolve_sampler)
     grid: str | None = None
     scheduler: str = "none"
     address: str | None = None

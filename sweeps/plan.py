@@ -18,7 +18,9 @@ from sweeps import storage
 from sweeps.candidates import check_anytime_grid, check_dominated
 from sweeps.errors import SweepError
 from sweeps.objectives import Objectives, resolve as resolve_objectives, resolve_max_loss
-from sweeps.options import AUTO, SWEEP_RECORD, SweepOptions, check_flags, check_model_options, split_list
+from sweeps.options import (AUTO, DEFAULT_NUM_SAMPLES, SWEEP_RECORD, SweepOptions, check_flags, check_model_options,
+                            split_list)
+from sweeps.samplers import resolve_sampler
 from sweeps.pareto import task_kind, utility_loss_name
 from sweeps.ray_runtime import check_ray_address
 from sweeps.space import SweepSpace
@@ -158,8 +160,10 @@ def plan_sweep(opts: SweepOptions) -> SweepPlan:
     _check_experiment_name(experiment)
     if opts.address:
         check_ray_address(opts.address)
-    # Resolved into the options, so the sweep record keeps where the study is (a resume looks there).
-    opts = replace(opts, optuna_storage=normalize_storage(opts.optuna_storage or default_storage(storage_root)))
+    # Resolved into the options, so the sweep record keeps where the study is and which sampler `auto` chose
+    # (a resume uses them).
+    opts = replace(opts, optuna_storage=normalize_storage(opts.optuna_storage or default_storage(storage_root)),
+                   sampler=resolve_sampler(opts.sampler, opts.num_samples or DEFAULT_NUM_SAMPLES))
     if not opts.grid:  # a grid asks no sampler: no study
         check_storage(opts.optuna_storage)  # creates nothing
     tracking_uri = opts.tracking_uri or default_tracking_uri(storage_root)

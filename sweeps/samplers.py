@@ -25,6 +25,12 @@ from typing import Any
 from sweeps.options import SEED_MAX
 from sweeps.space import Distribution, SweepSpace
 
+# `auto` (the default): the sampler that measured best for the budget (bench/search_efficiency.py, docs/study.md):
+# the GP up to AUTO_GP_MAX_TRIALS trials; beyond, MO-TPE, because a GP fit is cubic in the points it has been told
+# (anytime candidates included) and its seconds per suggestion would come to rival the trials'.
+AUTO = "auto"
+AUTO_GP_MAX_TRIALS = 100
+
 # Completed trials a model-based sampler needs before it models (until then it draws at random); the start-up
 # points fill the space before that anyway, so this only matters when trials finish late (concurrency).
 MODEL_STARTUP = 2
@@ -35,6 +41,13 @@ def startup_size(num_samples: int) -> int:
     """How many trials a sweep of `num_samples` spends before the model (warm-start points included): about a
     quarter of the budget, 4 to 10 (Optuna's 10 would be most of a small budget)."""
     return max(4, min(10, num_samples // 4))
+
+
+def resolve_sampler(name: str, num_samples: int) -> str:
+    """The concrete sampler of `--sampler name` for a budget of `num_samples` trials (`auto` chosen here)."""
+    if name != AUTO:
+        return name
+    return "gp" if num_samples <= AUTO_GP_MAX_TRIALS else "tpe"
 
 
 def make_sampler(name: str, seed: int, num_samples: int, reloaded_trials: int = 0) -> Any:

@@ -176,7 +176,7 @@ CASES = [
           "space.yaml is not a writable directory"),
     flags("optuna-journal-a-directory", ["--optuna-storage", "{in}"], "is a directory; allowed: a file path"),
     flags("unknown-sampler", ["--sampler", "cmaes"], "argument --sampler: invalid choice: 'cmaes'",
-          "'tpe', 'gp', 'nsga2', 'random'"),
+          "'auto', 'tpe', 'gp', 'nsga2', 'random'"),
     flags("grid-with-a-sampler", ["--grid", "paper", "--sampler", "nsga2"], "--sampler nsga2", "--grid paper"),
     flags("grid-with-asha", ["--grid", "paper", "--scheduler", "asha"], "--scheduler asha cannot be combined"),
     flags("preset-twice", ["--preset", "math-tiny,math-tiny"], "--preset lists a preset twice"),

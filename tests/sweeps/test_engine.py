@@ -221,7 +221,7 @@ def test_help_explains_every_flag_with_its_default(monkeypatch):
                  "--sampler", "--grid", "--scheduler", "--address", "--storage", "--tracking-uri", "--experiment",
                  "--resume", "--seed", "--search-space", "--json"):
         assert flag in text
-    assert "default: math-demo" in text and "default: tpe" in text and "default: ./tinymem-runs" in text
+    assert "default: math-demo" in text and "default: auto" in text and "default: ./tinymem-runs" in text
 
 
 # Runs sweeps/run.py as `python sweeps/run.py --help` does (runpy, as __main__), then says what got imported.

@@ -1,0 +1,54 @@
+"""The arithmetic of `bench/search_efficiency.py` on hand-made trials: what a point costs (in sequence and
+with trials running side by side), the grid's expectation over random orders, and the hypervolume."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+_spec = importlib.util.spec_from_file_location(
+    "search_efficiency", Path(__file__).resolve().parents[2] / "bench" / "search_efficiency.py")
+B = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(B)
+
+
+def _trial(start: int, end: int, cpu: float, *points: tuple[int, float, float]) -> dict:
+    return {"start_ms": start, "end_ms": end, "cpu_s": cpu, "params": {},
+            "points": [{"at_ms": at, "mem_pct": m, "val_acc_drop": d, "test_acc_drop": d, "source": "trial",
+                        "epochs": 1} for at, m, d in points]}
+
+
+def test_a_point_costs_what_the_arm_had_spent_when_it_was_known():
+    # Two trials side by side: A (0-1000 ms, 4 CPU-s) and B (500-1500 ms, 2 CPU-s). A's checkpoint at 500 ms
+    # costs half of A; A's end at 1000 ms costs all of A and half of B.
+    a = _trial(0, 1000, 4.0, (500, 10.0, 0.0), (1000, 5.0, 0.0))
+    b = _trial(500, 1500, 2.0, (1500, 0.0, 0.5))
+    costs = [c for c, _ in B.costed_points({"trials": [a, b]})]
+    assert costs == pytest.approx([2.0, 5.0, 6.0])
+    # In sequence B then A: B's point costs 2, A's checkpoint 2 + 2, its end 2 + 4.
+    costs = [c for c, _ in B.costed_points({"trials": [a, b]}, order=[b, a])]
+    assert costs == pytest.approx([2.0, 4.0, 6.0])
+
+
+def test_first_hit_of_the_grid_is_its_expectation_over_random_orders():
+    # Two equal trials, one a hit: in half the orders the hit comes first (cost 1), else second (cost 2).
+    hit, miss = _trial(0, 1000, 1.0, (1000, 0.0, 0.0)), _trial(0, 1000, 1.0, (1000, 40.0, 0.0))
+    rec = {"arm": "grid", "seed": 0, "wall_s": 1.0, "trials": [hit, miss], "base": {"mem_pct": 50.0}}
+    s = B.summarize(rec, rec)
+    assert s["first_hit_val"] == pytest.approx(1.5, abs=0.05)
+    assert s["hv"]["1.000"] == pytest.approx(B.hypervolume([(0.0, 0.0), (40.0, 0.0)], (50.0, 10.0)))
+    sampler = {**rec, "arm": "tpe", "trials": [miss, hit]}  # side by side: the hit is known once both ran
+    assert B.summarize(sampler, rec)["first_hit_val"] == pytest.approx(2.0)
+
+
+def test_hypervolume_is_the_dominated_share_of_the_box():
+    ref = (50.0, 10.0)
+    assert B.hypervolume([], ref) == 0.0
+    assert B.hypervolume([(0.0, B.LOW_DROP)], ref) == pytest.approx(1.0)
+    assert B.hypervolume([(0.0, -5.0)], ref) == pytest.approx(1.0)  # a larger gain counts as the box's edge
+    one = B.hypervolume([(25.0, 4.0)], ref)
+    assert one == pytest.approx(25 * 6 / (50 * 12))
+    assert B.hypervolume([(25.0, 4.0), (30.0, 5.0)], ref) == pytest.approx(one)  # a dominated point adds nothing
+    assert B.hypervolume([(25.0, 4.0), (60.0, 0.0)], ref) == pytest.approx(one)  # outside the box: nothing
