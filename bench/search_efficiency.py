@@ -49,6 +49,7 @@ SAMPLERS = ("random", "tpe", "gp")
 ARMS = ["grid", "grid+anytime", *[f"{s}{a}{c}" for s in SAMPLERS for a in ("", "+anytime")
                                   for c in (("", "+constraint", "+constraint+stop") if a and s != "random"
                                             else ("",))]]
+DEFAULT_ARMS = [a for a in ARMS if not a.endswith("+stop")]
 OUT = Path(__file__).resolve().parent / "results" / "search_efficiency.jsonl"
 ORDERS = 2000
 
@@ -198,24 +199,31 @@ def summarize(rec: dict, grid_rec: dict) -> dict:
             "trials": len(rec["trials"]), "wall_s": rec["wall_s"]}
 
 
+def arm_startup(arm: str, startup: int) -> int:
+    """The start-up size an arm's results depend on: 0 for the grid and random search (none)."""
+    return startup if arm.split("+")[0] in ("tpe", "gp") else 0
+
+
 def load(path: Path) -> dict[tuple, dict]:
     out = {}
     if path.exists():
         for line in path.read_text().splitlines():
             if line.strip():
                 r = json.loads(line)
-                out[(r["preset"], r["method"], r["arm"], r["seed"], r["samples"])] = r
+                st = r.get("startup", arm_startup(r["arm"], 7))  # written before the field: the rule then
+                out[(r["preset"], r["method"], r["arm"], r["seed"], r["samples"], st)] = r
     return out
 
 
-def table(records: dict[tuple, dict], preset: str, method: str, samples: int, seeds: list[int]) -> list[str]:
+def table(records: dict[tuple, dict], preset: str, method: str, samples: int, seeds: list[int], startup: int
+          ) -> list[str]:
     by_arm: dict[str, list[dict]] = {}
     for seed in seeds:
-        g = records.get((preset, method, "grid", seed, 0))
+        g = records.get((preset, method, "grid", seed, 0, 0))
         if g is None:
             continue
-        for (p, m, arm, s, n), rec in records.items():
-            if (p, m, s) == (preset, method, seed) and n in (0, samples):
+        for (p, m, arm, s, n, st), rec in records.items():
+            if (p, m, s) == (preset, method, seed) and n in (0, samples) and st in (0, startup):
                 by_arm.setdefault(arm, []).append({**summarize(rec, g), "seed": seed, "grid_cpu": g["cpu"]})
     if not by_arm:
         return ["no results yet"]
@@ -253,7 +261,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--method", default="balanced_subnet")
     ap.add_argument("--preset", default="math-tiny")
     ap.add_argument("--seeds", default="0,1,2")
-    ap.add_argument("--arms", default=",".join(ARMS), help=f"comma list of {ARMS} (default: all)")
+    ap.add_argument("--arms", default=",".join(DEFAULT_ARMS),
+                    help=f"comma list of {ARMS} (default: all but the +stop ones)")
     ap.add_argument("--warm-start", default="", metavar="ARMS", help="also run these sampler arms with the warm start")
     ap.add_argument("--samples", type=int, default=30, help="trials per sampler arm (default: %(default)s)")
     ap.add_argument("--storage", default="./tinymem-runs")
@@ -273,6 +282,9 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--seeds is empty; give at least one integer")
     out = Path(args.out)
     records = load(out)
+    from sweeps.samplers import startup_size
+
+    startup = startup_size(args.samples)  # part of a sampler arm's key: the rule changed once (docs/study.md)
     if not args.summary_only:
         os.environ.pop("RAY_ADDRESS", None)
         from sweeps.ray_runtime import connect_ray
@@ -286,10 +298,12 @@ def main(argv: list[str] | None = None) -> int:
         for seed in seeds:
             for arm in ["grid", *[a for a in arms if a != "grid"], *warm]:  # the grid first: the others' yardstick
                 n = 0 if arm.startswith("grid") else args.samples
-                key = (args.preset, args.method, arm, seed, n)
+                st = arm_startup(arm, startup)
+                key = (args.preset, args.method, arm, seed, n, st)
                 if key in records:
                     continue
-                rec = {"preset": args.preset, "method": args.method, "samples": n, **run_arm(arm, seed, n, common)}
+                rec = {"preset": args.preset, "method": args.method, "samples": n, "startup": st,
+                       **run_arm(arm, seed, n, common)}
                 rec["cpu"] = sum(t["cpu_s"] for t in rec["trials"])
                 out.parent.mkdir(parents=True, exist_ok=True)
                 with out.open("a") as f:
@@ -297,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
                 records[key] = rec
                 print(f"seed {seed} {arm}: {len(rec['trials'])} trials, {rec['cpu']:.0f} CPU-s, "
                       f"{rec['wall_s']:.0f} s wall", file=sys.stderr, flush=True)
-    print("\n".join(table(records, args.preset, args.method, args.samples, seeds)))
+    print("\n".join(table(records, args.preset, args.method, args.samples, seeds, startup)))
     return 0
 
 

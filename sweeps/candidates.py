@@ -55,6 +55,21 @@ def anytime_config(space: Any, method: str, repeats: int = 1, objectives: tuple[
     return {"anytime": True, "anytime_from": counts[0]} if len(counts) > 1 else {}
 
 
+def points_per_trial(space: Any, repeats: int, objectives: tuple[str, ...] | list[str], mode: str) -> float:
+    """About how many points (the trial and its candidates) a trial tells the study: with candidates, 1 plus
+    half the epoch range of its method (a trial of e epochs makes e - low of them), else 1; the mean over
+    the sweep's methods."""
+    counts = []
+    for method, sp in space.spaces.items():
+        extra = anytime_config(space, method, repeats, objectives, mode)
+        dist = sp.params.get("epochs")
+        if extra and dist is not None:
+            counts.append(1 + (float(dist.high) - float(dist.low)) / 2)
+        else:
+            counts.append(1 + len(extra.get("anytime_at", ())))
+    return sum(counts) / len(counts)
+
+
 def anytime_mode(opts: Any) -> str:
     """The `mode` of `anytime_config` for a sweep's options (`sweeps.options.SweepOptions`)."""
     if not opts.anytime:

@@ -18,8 +18,9 @@ SAMPLERS = ("auto", "tpe", "gp", "nsga2", "random")  # sweeps.samplers builds th
 SCHEDULERS = ("none", "asha", "dominated")  # dominated: sweeps.candidates.DominatedStop
 GRIDS = ("paper", "paper-anytime")  # paper-anytime: an anytime method's epoch axis from checkpoints
 KEEP_MODELS = ("pareto", "all", "none")  # which trials' mitigated models stay as model directories (sweeps.models)
-# Sized so that the default sweep (`--method balanced_subnet` on math-demo) fits 15 minutes of a 2-core CPU.
-DEFAULT_NUM_SAMPLES = 12
+# Sized so that the default sweep (`--method balanced_subnet` on math-demo), base training included, fits 10
+# minutes of a 2-core CPU; its anytime checkpoints make about 4 configurations of each trial (docs/defaults.md).
+DEFAULT_NUM_SAMPLES = 6
 ASHA_GUARD = "retain_loss"  # what iterative methods report per epoch and rises when an edit breaks the model
 SWEEP_RECORD = "sweep.json"
 AUTO = "auto"  # --gpus-per-trial auto: sized from a Hugging Face model (tinymem.hf.memory.gpus_for_source)

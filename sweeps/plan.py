@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from sweeps import storage
-from sweeps.candidates import check_anytime_grid, check_dominated
+from sweeps.candidates import anytime_mode, check_anytime_grid, check_dominated, points_per_trial
 from sweeps.errors import SweepError
 from sweeps.objectives import Objectives, resolve as resolve_objectives, resolve_max_loss
 from sweeps.options import (AUTO, DEFAULT_NUM_SAMPLES, SWEEP_RECORD, SweepOptions, check_flags, check_model_options,
@@ -163,7 +163,8 @@ def plan_sweep(opts: SweepOptions) -> SweepPlan:
     # Resolved into the options, so the sweep record keeps where the study is and which sampler `auto` chose
     # (a resume uses them).
     opts = replace(opts, optuna_storage=normalize_storage(opts.optuna_storage or default_storage(storage_root)),
-                   sampler=resolve_sampler(opts.sampler, opts.num_samples or DEFAULT_NUM_SAMPLES))
+                   sampler=resolve_sampler(opts.sampler, opts.num_samples or DEFAULT_NUM_SAMPLES,
+                                           points_per_trial(space, opts.repeats, goals.names, anytime_mode(opts))))
     if not opts.grid:  # a grid asks no sampler: no study
         check_storage(opts.optuna_storage)  # creates nothing
     tracking_uri = opts.tracking_uri or default_tracking_uri(storage_root)

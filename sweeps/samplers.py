@@ -26,10 +26,11 @@ from sweeps.options import SEED_MAX
 from sweeps.space import Distribution, SweepSpace
 
 # `auto` (the default): the sampler that measured best for the budget (bench/search_efficiency.py, docs/study.md):
-# the GP up to AUTO_GP_MAX_TRIALS trials; beyond, MO-TPE, because a GP fit is cubic in the points it has been told
-# (anytime candidates included) and its seconds per suggestion would come to rival the trials'.
+# the GP while the study is expected to hold at most AUTO_GP_MAX_POINTS points (trials and anytime candidates);
+# beyond, MO-TPE, because a GP fit is cubic in the points it has been told: at ~460 points the GP arms of the
+# bench spent ~2.3 s per suggestion on average, and the cost would come to rival the trials'.
 AUTO = "auto"
-AUTO_GP_MAX_TRIALS = 100
+AUTO_GP_MAX_POINTS = 500
 
 # Completed trials a model-based sampler needs before it models (until then it draws at random); the start-up
 # points fill the space before that anyway, so this only matters when trials finish late (concurrency).
@@ -38,16 +39,19 @@ SPACE_FILLING = ("tpe", "gp")
 
 
 def startup_size(num_samples: int) -> int:
-    """How many trials a sweep of `num_samples` spends before the model (warm-start points included): about a
-    quarter of the budget, 4 to 10 (Optuna's 10 would be most of a small budget)."""
-    return max(4, min(10, num_samples // 4))
+    """How many trials a sweep of `num_samples` spends before the model (warm-start points included): a tenth
+    of the budget, 3 to 10. Few, because in bench/search_efficiency.py the start-up was where the cost went:
+    with 7 of 30 (a quarter, the earlier rule), the first trial the model proposed hit the target in every GP
+    arm at seed 0, after about 30 CPU-seconds of space-filling points (docs/study.md)."""
+    return max(3, min(10, num_samples // 10))
 
 
-def resolve_sampler(name: str, num_samples: int) -> str:
-    """The concrete sampler of `--sampler name` for a budget of `num_samples` trials (`auto` chosen here)."""
+def resolve_sampler(name: str, num_samples: int, points_per_trial: float = 1.0) -> str:
+    """The concrete sampler of `--sampler name` for `num_samples` trials telling the study about
+    `points_per_trial` points each (`sweeps.candidates.points_per_trial`); `auto` is chosen here."""
     if name != AUTO:
         return name
-    return "gp" if num_samples <= AUTO_GP_MAX_TRIALS else "tpe"
+    return "gp" if num_samples * points_per_trial <= AUTO_GP_MAX_POINTS else "tpe"
 
 
 def make_sampler(name: str, seed: int, num_samples: int, reloaded_trials: int = 0) -> Any:

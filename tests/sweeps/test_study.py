@@ -16,9 +16,10 @@ from mlflow import MlflowClient
 from sweeps import study as S
 from sweeps import tags as T
 from sweeps.errors import SweepError
-from sweeps.options import SweepOptions
+from sweeps.options import DEFAULT_NUM_SAMPLES, SweepOptions
 from sweeps.plan import plan_sweep
 from sweeps.results import Report
+from sweeps.samplers import startup_size
 from sweeps.searchers import make_searcher
 from sweeps.study import make_storage
 from tests.sweeps.conftest import run_cli
@@ -41,11 +42,13 @@ def _closest_pair(points: list[tuple[float, float]]) -> float:
 
 
 def test_startup_points_of_the_default_sweep_fill_its_space(tmp_path):
-    """The default sweep (balanced_subnet, 12 trials, seed 0): the warm start, then three Sobol points that
-    reach both halves of every dimension, where the i.i.d. draw had loss_weighting only in its upper half."""
+    """The default space (balanced_subnet, seed 0) with 40 trials: the warm start, then three Sobol points that
+    reach both halves of every dimension, where the i.i.d. draw had loss_weighting only in its upper half. The
+    default sweep (6 trials) spends 3 on the start-up: the warm start and the first two of those points."""
     plan = plan_sweep(SweepOptions(method="balanced_subnet", storage=str(tmp_path / "root"),
                                    tracking_uri=f"sqlite:///{tmp_path}/mlflow.db"))
-    searcher = make_searcher(plan, 12)
+    assert [startup_size(n) for n in (DEFAULT_NUM_SAMPLES, 30, 40, 100, 1000)] == [3, 3, 4, 10, 10]
+    searcher = make_searcher(plan, 40)
     configs = [searcher.suggest(f"t{i}") for i in range(4)]
     assert configs[0] == plan.space.warm_start_points()[0]
     space = plan.space.spaces["balanced_subnet"]
@@ -198,3 +201,16 @@ def test_a_searcher_pickled_before_the_study_was_persisted_resumes(tmp_path, spa
                                                                                  "optuna.journal")))
     assert [(t.user_attrs["ray_trial_id"], t.state.name) for t in study.trials] == [("old", "COMPLETE"),
                                                                                  ("new", "RUNNING")]
+
+
+def test_auto_sampler_is_the_gp_while_the_study_stays_small(tmp_path):
+    """`--sampler auto` (the default) resolves at planning, into the sweep record: the GP while trials and their
+    anytime candidates come to at most 500 points, MO-TPE beyond; a named sampler is kept."""
+    def sampler(**kw) -> str:
+        return plan_sweep(SweepOptions(method="balanced_subnet", storage=str(tmp_path / "root"),
+                                       tracking_uri=f"sqlite:///{tmp_path}/mlflow.db", **kw)).options.sampler
+
+    assert sampler() == "gp"  # 6 trials x (1 + 7 / 2) points
+    assert sampler(num_samples=110) == "gp" and sampler(num_samples=112) == "tpe"
+    assert sampler(num_samples=200, anytime=False) == "gp"  # one point per trial
+    assert sampler(num_samples=6, sampler="tpe") == "tpe"
