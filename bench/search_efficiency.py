@@ -18,8 +18,8 @@ with budget B would be searched that way), each trial's checkpoints at their sha
 Figures per arm and seed: CPU-seconds to the first hit (mem_pct <= 1 and val_acc_drop <= 1 point; the
 selection split) and the same on test (mem_pct <= 1, test_acc_drop <= 1); the hypervolume of the front on
 (mem_pct, val_acc_drop) in the box [0, base mem_pct] x [-2, 10] points, normalised by its area, at 1/4, 1/3, 1/2 and all of the
-grid's CPU-seconds at that seed (a sampler arm: blank past its end; a grid arm is complete, so its last
-value holds). Medians and ranges over seeds.
+grid's CPU-seconds at that seed (a sampler arm that ended before: its last value, marked as the lower
+bound it is, "≥"; a grid arm is complete, so its value holds). Medians and ranges over seeds.
 
 Resumable: each (preset, method, arm, seed, samples) is one line of `--out`, skipped when present.
 
@@ -167,17 +167,19 @@ def hypervolume(points: list[tuple[float, float]], ref: tuple[float, float]) -> 
 
 def figures(costed: list[tuple[float, dict]], ref: tuple[float, float], grid_cpu: float, end: float | None
             ) -> dict:
-    """First hits and hypervolumes at the grid's CPU fractions; `end`: the arm's CPU-seconds, past which it has
-    no value (a sampler arm would have gone on); None: it is complete (a grid), its last value holds."""
+    """First hits and hypervolumes at the grid's CPU fractions; `end`: the arm's CPU-seconds, past which its
+    value is a lower bound (a sampler arm would have gone on); None: it is complete (a grid), its value holds."""
     def first(split: str) -> float | None:
         return next((c for c, p in costed if p["mem_pct"] <= MEM_MAX and p[f"{split}_acc_drop"] <= DROP_MAX), None)
 
-    hv = {}
+    hv, short = {}, {}
     for f in FRACTIONS:
         budget = f * grid_cpu
         pts = [(p["mem_pct"], p["val_acc_drop"]) for c, p in costed if c <= budget]
-        hv[f"{f:.3f}"] = hypervolume(pts, ref) if end is None or budget <= end * 1.02 else None
-    return {"first_hit_val": first("val"), "first_hit_test": first("test"), "hv": hv}
+        hv[f"{f:.3f}"] = hypervolume(pts, ref)
+        # Ended before this budget: its last value, a lower bound (the hypervolume only grows with more trials).
+        short[f"{f:.3f}"] = end is not None and budget > end * 1.02
+    return {"first_hit_val": first("val"), "first_hit_test": first("test"), "hv": hv, "hv_short": short}
 
 
 def summarize(rec: dict, grid_rec: dict) -> dict:
@@ -195,7 +197,8 @@ def summarize(rec: dict, grid_rec: dict) -> dict:
     mean = (lambda xs: None if any(x is None for x in xs) else sum(xs) / len(xs))
     return {"first_hit_val": mean([r["first_hit_val"] for r in runs]),
             "first_hit_test": mean([r["first_hit_test"] for r in runs]),
-            "hv": {k: mean([r["hv"][k] for r in runs]) for k in runs[0]["hv"]}, "cpu_s": total,
+            "hv": {k: mean([r["hv"][k] for r in runs]) for k in runs[0]["hv"]},
+            "hv_short": {k: False for k in runs[0]["hv"]}, "cpu_s": total,
             "trials": len(rec["trials"]), "wall_s": rec["wall_s"]}
 
 
@@ -224,7 +227,14 @@ def table(records: dict[tuple, dict], preset: str, method: str, samples: int, se
             continue
         for (p, m, arm, s, n, st), rec in records.items():
             if (p, m, s) == (preset, method, seed) and n in (0, samples) and st in (0, startup):
-                by_arm.setdefault(arm, []).append({**summarize(rec, g), "seed": seed, "grid_cpu": g["cpu"]})
+                row = {**summarize(rec, g), "seed": seed, "grid_cpu": g["cpu"]}
+                # The must-show of a third: this arm's hypervolume at a third of the grid's CPU-seconds against the
+                # whole grid's, at the same seed (> 0: better).
+                grid_row = summarize(g, g)
+                row["hv_third_vs_grid"] = row["hv"][f"{1 / 3:.3f}"] - grid_row["hv"]["1.000"]
+                hit, grid_hit = row["first_hit_val"], grid_row["first_hit_val"]
+                row["hit_vs_grid"] = hit / grid_hit if hit is not None and grid_hit else None  # same seed
+                by_arm.setdefault(arm, []).append(row)
     if not by_arm:
         return ["no results yet"]
     base = next(iter(records.values()))["base"]
@@ -232,9 +242,8 @@ def table(records: dict[tuple, dict], preset: str, method: str, samples: int, se
              f"{base.get('mem_counted')} rows, test_acc {base['test_acc']:.2f}); hit: mem_pct <= {MEM_MAX} and "
              f"acc drop <= {DROP_MAX} pt; cost: trial CPU-seconds; HV on (mem_pct, val_acc_drop) in [0, base] x "
              f"[{LOW_DROP:.0f}, {REF_DROP:.0f}]; median [min, max] over seeds {seeds}; grid: expectation over {ORDERS} random orders",
-             "| arm | seeds | trials | CPU-s to hit (val) | x grid | CPU-s to hit (test) | HV@1/4 | HV@1/3 | HV@1/2 | "
-             "HV@all | arm CPU-s | wall s |", "|" + "---|" * 12]
-    grid_hit = statistics.median(r["first_hit_val"] or math.inf for r in by_arm.get("grid", []) or [{}])
+             "| arm | seeds | trials | CPU-s to hit (val) | / grid's (same seed) | CPU-s to hit (test) | HV@1/4 | HV@1/3 | HV@1/2 | "
+             "HV@all | HV@1/3 - grid's HV@all | arm CPU-s | wall s |", "|" + "---|" * 13]
 
     def cell(xs: list, fmt: str = "{:.3f}") -> str:
         if not xs or any(x is None for x in xs):
@@ -246,11 +255,12 @@ def table(records: dict[tuple, dict], preset: str, method: str, samples: int, se
                                             else 99, a)):
         rs = by_arm[arm]
         hits = [r["first_hit_val"] for r in rs]
-        ratio = (statistics.median(hits) / grid_hit) if None not in hits and grid_hit not in (0, math.inf) else None
         lines.append(f"| {arm} | {len(rs)} | {statistics.median(r['trials'] for r in rs):.0f} | "
-                     f"{cell(hits, '{:.0f}')} | {'-' if ratio is None else f'{ratio:.2f}'} | "
+                     f"{cell(hits, '{:.0f}')} | {cell([r['hit_vs_grid'] for r in rs], '{:.2f}')} | "
                      f"{cell([r['first_hit_test'] for r in rs], '{:.0f}')} | "
-                     + " | ".join(cell([r["hv"][f"{f:.3f}"] for r in rs]) for f in FRACTIONS)
+                     + " | ".join(("≥ " if any(r["hv_short"][f"{f:.3f}"] for r in rs) else "")
+                                  + cell([r["hv"][f"{f:.3f}"] for r in rs]) for f in FRACTIONS)
+                     + f" | {cell([r['hv_third_vs_grid'] for r in rs], '{:+.3f}')}"
                      + f" | {statistics.median(r['cpu_s'] for r in rs):.0f} | "
                      f"{statistics.median(r['wall_s'] for r in rs):.0f} |")
     return lines
