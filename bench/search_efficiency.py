@@ -1,13 +1,13 @@
 """Search efficiency at equal compute: samplers (with and without anytime checkpoints and the utility
 constraint) against the paper's grid, cost counted in the trials' CPU-seconds, through the real sweep engine.
 
-Arms (`--arms`, default all): `grid` (the paper's whole grid with its fixed values, `--grid paper
---no-anytime`), `grid+anytime` (`--grid paper-anytime`: the same configurations, the smaller epoch counts
-as checkpoints), and `<sampler>[+anytime][+constraint][+stop]` for random, tpe and gp (`+stop`:
-`--scheduler dominated`, the early stop of anytime trials whose checkpoints stall, docs/anytime.md). Every arm searches the same
-space: the paper grid's ranges (ratio 1e-5..0.8 log, epochs 1..20, loss weighting 0.5..0.9) with the grid's
-fixed values (so only the search differs). No warm start (the method's defaults were chosen on this model);
-`--warm-start` adds `+warm` rows of the arms named.
+Arms (`--arms`, default all but the `+stop` ones): `grid` (the paper's whole grid with its fixed values, `--grid paper
+--no-anytime`), `grid+anytime` (`--grid paper-anytime`: the same configurations, the smaller epoch counts as
+checkpoints), and `<sampler>[+anytime][+constraint][+stop]` for random, tpe and gp (`+stop`: `--scheduler
+dominated`, the early stop of anytime trials whose checkpoints stall, docs/anytime.md). Every arm searches the
+same space: the paper grid's ranges (ratio 1e-5..0.8 log, epochs 1..20, loss weighting 0.5..0.9) with the
+grid's fixed values (so only the search differs). No warm start (the method's defaults were chosen on
+math-demo, a model of the same family); `--warm-start` adds `+warm` rows of the arms named.
 
 Cost: each trial's process CPU-seconds (`seconds_cpu`, anytime evaluations included). A point (a trial's
 result or a checkpoint) costs what the arm had spent when it became known: the finished trials' CPU plus
@@ -17,11 +17,12 @@ with budget B would be searched that way), each trial's checkpoints at their sha
 
 Figures per arm and seed: CPU-seconds to the first hit (mem_pct <= 1 and val_acc_drop <= 1 point; the
 selection split) and the same on test (mem_pct <= 1, test_acc_drop <= 1); the hypervolume of the front on
-(mem_pct, val_acc_drop) in the box [0, base mem_pct] x [-2, 10] points, normalised by its area, at 1/4, 1/3, 1/2 and all of the
-grid's CPU-seconds at that seed (a sampler arm that ended before: its last value, marked as the lower
-bound it is, "≥"; a grid arm is complete, so its value holds). Medians and ranges over seeds.
+(mem_pct, val_acc_drop) in the box [0, base mem_pct] x [-2, 10] points, normalised by its area, at 1/4, 1/3,
+1/2 and all of the grid's CPU-seconds at that seed (a sampler arm that ended before: its last value, marked as
+the lower bound it is, "≥"; a grid arm is complete, so its value holds). Medians and ranges over seeds.
 
-Resumable: each (preset, method, arm, seed, samples) is one line of `--out`, skipped when present.
+Resumable: each (preset, method, arm, seed, samples, start-up size) is one line of `--out`, skipped when
+present.
 
     python bench/search_efficiency.py --preset math-tiny --seeds 0,1,2      # the table of docs/study.md
     python bench/search_efficiency.py --summary-only                        # print the table from --out
@@ -241,9 +242,10 @@ def table(records: dict[tuple, dict], preset: str, method: str, samples: int, se
     lines = [f"{method} on {preset} (base mem_pct {base['mem_pct']:.1f} = {base.get('mem_rows')}/"
              f"{base.get('mem_counted')} rows, test_acc {base['test_acc']:.2f}); hit: mem_pct <= {MEM_MAX} and "
              f"acc drop <= {DROP_MAX} pt; cost: trial CPU-seconds; HV on (mem_pct, val_acc_drop) in [0, base] x "
-             f"[{LOW_DROP:.0f}, {REF_DROP:.0f}]; median [min, max] over seeds {seeds}; grid: expectation over {ORDERS} random orders",
-             "| arm | seeds | trials | CPU-s to hit (val) | / grid's (same seed) | CPU-s to hit (test) | HV@1/4 | HV@1/3 | HV@1/2 | "
-             "HV@all | HV@1/3 - grid's HV@all | arm CPU-s | wall s |", "|" + "---|" * 13]
+             f"[{LOW_DROP:.0f}, {REF_DROP:.0f}]; median [min, max] over seeds {seeds}; grid: expectation over "
+             f"{ORDERS} random orders",
+             "| arm | seeds | trials | CPU-s to hit (val) | / grid's (same seed) | CPU-s to hit (test) | HV@1/4 | "
+             "HV@1/3 | HV@1/2 | HV@all | HV@1/3 - grid's HV@all | arm CPU-s | wall s |", "|" + "---|" * 13]
 
     def cell(xs: list, fmt: str = "{:.3f}") -> str:
         if not xs or any(x is None for x in xs):

@@ -4,8 +4,9 @@
 Which trials make them (`anytime_config`): a method that is `anytime` (`tinymem.mitigations._anytime`) in a
 sweep whose space varies `epochs` (a distribution with a range, or a paper grid listing several counts), with
 one base-model seed (`--repeats` > 1 reports per-epoch results of the first seed only, which a mean over seeds
-would not match) and no robustness objective (a checkpoint is evaluated without robustness metrics). Checkpoints start at the range's low end, so every candidate is a point of the space; with
-`epochs` fixed, not searched or categorical the sweep asks for none (such a space holds no other epoch count).
+would not match) and no robustness objective (a checkpoint is evaluated without robustness metrics).
+Checkpoints start at the range's low end, so every candidate is a point of the space; with `epochs` fixed, not
+searched or categorical the sweep asks for none (such a space holds no other epoch count).
 
 A candidate's per-epoch result carries `checkpoint = 1`, every metric of the evaluation and the utility losses
 against the base model (`pareto.with_losses`, as the final result). It reaches MLflow through the ledger like
@@ -94,7 +95,7 @@ def check_dominated(space: Any, repeats: int, grid: bool, objectives: tuple[str,
                          "turns off; give one of them")
     if not any(anytime_config(space, m, repeats, objectives) for m in space.methods):
         raise SweepError(f"--scheduler dominated stops trials on their anytime checkpoints, but {space.methods} make "
-                         f"none (anytime methods: {[m for m in method_names() if get_method(m).anytime]}, with "
+                         f"none (anytime methods: {_anytime_methods()}, with "
                          f"`epochs` searched over a range, --repeats 1 and no robustness objective)")
 
 
@@ -105,8 +106,11 @@ def check_anytime_grid(space: Any, anytime: bool) -> None:
                          "--no-anytime turns off; use --grid paper")
     if not any(len(grid_epochs(sp)) > 1 for sp in space.spaces.values()):
         raise SweepError(f"--grid paper-anytime: no method of {space.methods} is anytime with several epoch counts "
-                         f"in its paper_grid (anytime methods: "
-                         f"{[m for m in method_names() if get_method(m).anytime]}); use --grid paper")
+                         f"in its paper_grid (anytime methods: {_anytime_methods()}); use --grid paper")
+
+
+def _anytime_methods() -> list[str]:
+    return [m for m in method_names() if get_method(m).anytime]
 
 
 def candidate_key(ray_id: str, epoch: int) -> str:

@@ -82,9 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: 0 for presets, auto for --model)")
     p.add_argument("--sampler", default=None, choices=options.SAMPLERS,  # None: not given (it conflicts with --grid)
                    help="Optuna multi-objective sampler: auto (gp while the study holds at most about 500 "
-                        "points, trials and anytime candidates, tpe beyond: docs/study.md), tpe (MO-TPE), gp (Gaussian process, logEHVI; slower per "
-                        "suggestion, for small budgets), nsga2 (NSGA-II) or random; tpe and gp start from "
-                        "space-filling (Sobol) points after the warm start "
+                        "points, trials and anytime candidates, tpe beyond: docs/study.md), tpe (MO-TPE), gp "
+                        "(Gaussian process, logEHVI; slower per suggestion, for small budgets), nsga2 (NSGA-II) "
+                        "or random; tpe and gp start from space-filling (Sobol) points after the warm start "
                         f"(default: {options.SweepOptions.sampler})")
     p.add_argument("--max-utility-loss", default=None, metavar="X|none",
                    help="constraint: a trial whose utility loss (val accuracy drop in points, or val perplexity "
