@@ -231,13 +231,21 @@ def unlearning_rows(extraction: Extraction) -> torch.Tensor:
     return torch.nonzero(extraction.memorized & extraction.counted).flatten()
 
 
+def cached_evaluation(cache_dir: Path | None) -> BaseEvaluation | None:
+    """The base evaluation cached in `cache_dir` by `base_evaluation`; None when it is not (yet) there."""
+    if cache_dir is None or not (cache_dir / "base_eval.json").exists():
+        return None
+    meta = json.loads((cache_dir / "base_eval.json").read_text())
+    rows = load_file(str(cache_dir / "base_eval.safetensors"))["memorized_rows"]
+    return BaseEvaluation(metrics=meta["metrics"], memorized_rows=rows, seconds=meta["seconds"])
+
+
 def base_evaluation(model: torch.nn.Module, bundle: DataBundle, cache_dir: Path | None,
                     progress: bool = False) -> BaseEvaluation:
     """Metrics of the base model plus which forget rows it memorizes; cached in `cache_dir` (`progress`: a bar)."""
-    if cache_dir is not None and (cache_dir / "base_eval.json").exists():
-        meta = json.loads((cache_dir / "base_eval.json").read_text())
-        rows = load_file(str(cache_dir / "base_eval.safetensors"))["memorized_rows"]
-        return BaseEvaluation(metrics=meta["metrics"], memorized_rows=rows, seconds=meta["seconds"])
+    cached = cached_evaluation(cache_dir)
+    if cached is not None:
+        return cached
     t0 = time.perf_counter()
     metrics = evaluate(model, bundle, progress=progress)
     rows = unlearning_rows(forget_extraction(model, bundle))
@@ -318,6 +326,27 @@ def prepare_base(config: TrialConfig | Mapping[str, Any]) -> PreparedBase:
     evaluation = base_evaluation(base.model, base.bundle, _cache_dir(config.storage, base.key))
     return PreparedBase(key=base.key, model_dir=base.model_dir, created=base.created,
                         seconds=time.perf_counter() - t0, evaluation=evaluation, data=base.bundle.digests())
+
+
+def stored_base(config: TrialConfig | Mapping[str, Any]) -> PreparedBase | None:
+    """What `prepare_base` would return, when there is nothing for it to do: a TinyMem preset's model already in a
+    local store with its base evaluation cached (read, never trained, evaluated or fetched; no weights loaded).
+    None otherwise. A sweep driver asks this first and starts a Ray task only for what is missing, since the
+    task's worker costs seconds of start-up to find a model that is there."""
+    config = _trial_config(config, require_method=False)
+    if config.source.model or config.model_dir:
+        return None
+    store = ModelStore(config.storage)
+    if store.remote:
+        return None
+    t0 = time.perf_counter()
+    _spec, key = resolve_base(config)
+    evaluation = cached_evaluation(_cache_dir(config.storage, key))
+    if evaluation is None or not store.has(key):
+        return None
+    directory, _manifest = store.load(key)  # checksums verified, as a trial's load would
+    return PreparedBase(key=key, model_dir=str(directory), created=False, seconds=time.perf_counter() - t0,
+                        evaluation=evaluation, data=DataBundle.load(directory).digests())
 
 
 def split_heldout(rows: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

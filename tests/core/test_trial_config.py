@@ -4,13 +4,15 @@
 from __future__ import annotations
 
 import dataclasses
+import shutil
+from pathlib import Path
 
 import pytest
 
 from tinymem.errors import ConfigError
 from tinymem.hf.options import HFSourceOptions
 from tinymem.store import DEFAULT_ROOT
-from tinymem.trial import TRIAL_KEYS, TrialConfig, prepare_base, run_trial
+from tinymem.trial import TRIAL_KEYS, TrialConfig, prepare_base, run_trial, stored_base
 
 
 def test_defaults_and_typing():
@@ -74,3 +76,22 @@ def test_dict_and_trial_config_run_the_same_trial(tiny_store, tmp_path):
     prepared = prepare_base({k: v for k, v in d.items() if k not in ("method", "params")})
     assert prepared.key == stored.key and not prepared.created
     assert prepare_base(TrialConfig(preset="math-tiny", storage=str(root), device="cpu")).key == stored.key
+
+
+def test_stored_base_reads_what_prepare_base_made_and_nothing_else(tiny_store, tmp_path):
+    """A sweep driver reads a base model that is already made instead of starting a Ray task for it: the answer
+    must be prepare_base's, and None wherever prepare_base would still have work to do."""
+    root, stored = tiny_store
+    config = {"preset": "math-tiny", "storage": str(root), "device": "cpu"}
+    prepared = prepare_base(config)  # caches the base evaluation
+    found = stored_base(config)
+    assert found is not None and not found.created
+    assert (found.key, found.model_dir, found.data) == (prepared.key, prepared.model_dir, prepared.data)
+    assert found.evaluation.metrics == prepared.evaluation.metrics
+    assert found.evaluation.memorized_rows.tolist() == prepared.evaluation.memorized_rows.tolist()
+    assert stored_base({**config, "storage": str(tmp_path / "empty")}) is None  # not trained yet
+    assert stored_base({**config, "set": {"seed": 12345}}) is None  # another spec: another key, not stored
+    copy = tmp_path / "copy"  # the model without its cached evaluation: prepare_base would evaluate it
+    shutil.copytree(Path(root) / "models", copy / "models")
+    assert stored_base({**config, "storage": str(copy)}) is None
+    assert not (copy / "cache").exists()  # and nothing was written

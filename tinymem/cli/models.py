@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from tinymem.cli.memorized import cmd_eval_hf
 from tinymem.cli.output import print_json, print_metrics
 from tinymem.hf.options import HFSourceOptions, add_source_arguments, is_hf_source
-from tinymem.store import DEFAULT_ROOT
+from tinymem.store import DEFAULT_ROOT, read_manifest
 
 
 def cmd_presets(args: argparse.Namespace) -> int:
@@ -29,13 +30,14 @@ def cmd_presets(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """`tinymem train`: train the preset's base model, or load it from the store when it is already there."""
-    from tinymem.build import ensure_base_model
     from tinymem.presets import get_preset
     from tinymem.specs import parse_set_args
     from tinymem.store import ModelStore
     from tinymem.util import library_bars
 
-    spec = get_preset(args.preset, parse_set_args(args.set))
+    spec = get_preset(args.preset, parse_set_args(args.set))  # bad input answered before torch is imported
+    from tinymem.build import ensure_base_model
+
     library_bars(not args.json and sys.stderr.isatty())
     store = ModelStore(args.root)
     if not args.json:
@@ -60,6 +62,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if is_hf_source(args.model):  # a Hugging Face model with memorized-sequence files
         return cmd_eval_hf(args)
     HFSourceOptions.from_object(args).reject(args.model)
+    read_manifest(Path(args.model), verify=False)  # not a model directory: said before torch is imported
 
     from tinymem.build import load_model_dir
     from tinymem.metrics import evaluate
