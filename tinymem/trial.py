@@ -341,8 +341,10 @@ def stored_base(config: TrialConfig | Mapping[str, Any]) -> PreparedBase | None:
         return None
     t0 = time.perf_counter()
     _spec, key = resolve_base(config)
+    if not store.has(key):  # the cheap check first: a missing model needs no cache read
+        return None
     evaluation = cached_evaluation(_cache_dir(config.storage, key))
-    if evaluation is None or not store.has(key):
+    if evaluation is None:
         return None
     directory, _manifest = store.load(key)  # checksums verified, as a trial's load would
     return PreparedBase(key=key, model_dir=str(directory), created=False, seconds=time.perf_counter() - t0,
