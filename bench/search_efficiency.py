@@ -109,7 +109,9 @@ def trials_of(sweep_dir: str) -> list[dict]:
         if fin.get("state") == "completed":
             points.append(_point(res, fin["result_ms"], "trial", int((entry.get("params") or {}).get("epochs", 0))))
         out.append({"trial_id": tid, "start_ms": start, "end_ms": fin.get("result_ms") or start,
-                    "cpu_s": float(res.get("seconds_cpu") or 0.0), "state": fin.get("state"),
+                    # Every result carries the CPU spent so far (an early-stopped trial's last one is its cost).
+                    "cpu_s": None if res.get("seconds_cpu") is None else float(res["seconds_cpu"]),
+                    "state": fin.get("state"),
                     "params": entry.get("params"), "points": [p for p in points if p is not None]})
     return sorted(out, key=lambda t: t["start_ms"])
 
@@ -184,6 +186,11 @@ def figures(costed: list[tuple[float, dict]], ref: tuple[float, float], grid_cpu
 
 
 def summarize(rec: dict, grid_rec: dict) -> dict:
+    for r in (rec, grid_rec):
+        unknown = [t["trial_id"] for t in r["trials"] if t["cpu_s"] is None]
+        if unknown:
+            raise ValueError(f"{r['arm']} seed {r['seed']}: trials {unknown} reported no seconds_cpu, so the arm's "
+                             f"cost is unknown; delete its line from the results file and run it again")
     ref = (float(rec["base"]["mem_pct"]), REF_DROP)
     grid_cpu = sum(t["cpu_s"] for t in grid_rec["trials"])
     total = sum(t["cpu_s"] for t in rec["trials"])
@@ -316,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 rec = {"preset": args.preset, "method": args.method, "samples": n, "startup": st,
                        **run_arm(arm, seed, n, common)}
-                rec["cpu"] = sum(t["cpu_s"] for t in rec["trials"])
+                rec["cpu"] = sum(t["cpu_s"] or 0.0 for t in rec["trials"])  # a missing figure: summarize says so
                 out.parent.mkdir(parents=True, exist_ok=True)
                 with out.open("a") as f:
                     f.write(json.dumps(rec) + "\n")

@@ -159,16 +159,21 @@ class DominatedStop:
     """Early stop of anytime trials (`--scheduler dominated`): a Tune stopper (a callable of trial id and result).
 
     The rule: at a checkpoint e >= `min_epochs`, stop the trial when each of its last `k` checkpoints is covered
-    both by an earlier checkpoint of the same trial (it stopped improving) and by a point some other trial
-    reached (a checkpoint or a final result: the sweep's front holds something at least as good). A point b is
-    covered by a when a_i <= b_i + margin_i in every objective, margin_i = `margin` times the spread of that
-    objective over every point seen so far. A trial that still improves on its own earlier checkpoints by more
-    than the margin is never stopped, nor one whose points beat everything else. The stopped trial is
-    early-stopped (Optuna: PRUNED); its checkpoints stay candidates.
+    both by an earlier checkpoint of the same trial (it stopped improving) and by a point the sweep already holds:
+    one some other trial reached (a checkpoint or a final result), or `base`, the unmitigated model's own point
+    (its memorization at no utility loss), which every sweep has for free. A point b is covered by a when
+    a_i <= b_i + margin_i in every objective, margin_i = `margin` times the spread of that objective over every
+    point seen so far. A trial that still improves on its own earlier checkpoints by more than the margin is
+    never stopped, nor one whose points beat everything else. The stopped trial is early-stopped (Optuna:
+    PRUNED); its checkpoints stay candidates.
     """
 
-    def __init__(self, objectives: list[str], min_epochs: int = 3, k: int = 2, margin: float = 0.02):
+    def __init__(self, objectives: list[str], min_epochs: int = 3, k: int = 2, margin: float = 0.02,
+                 base: tuple[float, ...] | None = None):
         self.objectives, self.min_epochs, self.k, self.margin = list(objectives), min_epochs, k, margin
+        if base is not None and len(base) != len(self.objectives):
+            raise ValueError(f"base point {base} has {len(base)} values for objectives {self.objectives}")
+        self.base = [tuple(map(float, base))] if base is not None else []
         self.points: dict[str, list[tuple[float, ...]]] = {}  # trial id -> its points (checkpoints, then final)
 
     def _vector(self, result: dict[str, Any]) -> tuple[float, ...] | None:
@@ -192,11 +197,28 @@ class DominatedStop:
         mine.append(v)
         if final or int(result.get("epoch") or 0) < self.min_epochs or len(mine) <= self.k:
             return False
-        everything = [p for pts in self.points.values() for p in pts]
+        everything = [p for pts in self.points.values() for p in pts] + self.base
         margins = [self.margin * (max(col) - min(col)) for col in zip(*everything)]
-        others = [p for t, pts in self.points.items() if t != trial_id for p in pts]
+        others = [p for t, pts in self.points.items() if t != trial_id for p in pts] + self.base
         return all(self._covered(mine[i], mine[:i], margins) and self._covered(mine[i], others, margins)
                    for i in range(len(mine) - self.k, len(mine)))
+
+
+def base_point(objectives: list[str] | tuple[str, ...], loss_name: str, metrics: dict[str, Any]
+               ) -> tuple[float, ...] | None:
+    """The unmitigated model's point on the sweep's objectives: its own metrics, a utility loss of 0 against
+    itself. None when an objective is not among its metrics (a robustness metric, not computed on the base)."""
+    point = []
+    for name in objectives:
+        value = 0.0 if name == loss_name else metrics.get(name)
+        try:
+            value = float(value)
+        except (TypeError, ValueError):
+            return None
+        if not math.isfinite(value):
+            return None
+        point.append(value)
+    return tuple(point)
 
 
 def _report_metric(name: str, objectives: list[str]) -> bool:

@@ -31,7 +31,7 @@ from typing import Any
 from sweeps import storage
 from sweeps import tags as T
 from sweeps.bases import prepare_bases
-from sweeps.candidates import DominatedStop, anytime_mode, grid_points
+from sweeps.candidates import DominatedStop, anytime_mode, base_point, grid_points
 from sweeps.inputs import dataset_specs, log_data_inputs
 from sweeps.ledger import TrialLedger
 from sweeps.errors import TrackingPending
@@ -238,7 +238,12 @@ def run_sweep(plan: SweepPlan, say: Callable[[str], None] = print, stream: str =
                 scheduler = ASHAScheduler(time_attr="epoch", metric=ASHA_GUARD, mode="min",
                                           max_t=plan.space.max_epochs() or 100, grace_period=1,
                                           reduction_factor=3, stop_last_trials=False)
-            stop = DominatedStop(list(plan.objectives)) if o.scheduler == "dominated" else None
+            stop = None
+            if o.scheduler == "dominated":
+                # With one preset every trial shares the base model, whose own point then covers a no-op trial.
+                base = base_point(plan.objectives, plan.loss_name, bases[plan.space.presets[0]]["metrics"]) \
+                    if len(plan.space.presets) == 1 else None
+                stop = DominatedStop(list(plan.objectives), base=base)
             tune_config = tune.TuneConfig(search_alg=search_alg, scheduler=scheduler, num_samples=total,
                                           max_concurrent_trials=o.max_concurrent,
                                           reuse_actors=True)

@@ -97,6 +97,7 @@ def sweep_trainable(config: dict[str, Any], static: TrialStatic) -> None:
     loss_name = utility_loss_name(kind)
     objectives = list(static.objectives) or [MEM, loss_name]
     last_epoch = 0
+    cpu0 = time.process_time()
     base_metrics: dict[str, float] = {}  # the base model's, for the utility losses of anytime candidates
     # Where the trial runs, in every result (Ray adds `hostname` and `node_ip`); the MLflow run is tagged with it.
     node_id = ray.get_runtime_context().get_node_id()
@@ -118,7 +119,9 @@ def sweep_trainable(config: dict[str, Any], static: TrialStatic) -> None:
         row = _numeric(metrics)
         if is_candidate(row):  # a configuration of its own (`sweeps.candidates`): scored like a final result
             row = with_losses(row, base_metrics, kind)
-        report({**row, "epoch": last_epoch, "final": 0, "ray_node_id": node_id})
+        # The CPU spent so far: what an early-stopped trial cost, since it never sends a final result.
+        report({**row, "epoch": last_epoch, "final": 0, "seconds_cpu": time.process_time() - cpu0,
+                "ray_node_id": node_id})
 
     trial_config = {"method": method, "params": params, **base_config(preset, static.source),
                     "storage": static.storage, "device": static.device, "seed": static.seed}
@@ -130,7 +133,6 @@ def sweep_trainable(config: dict[str, Any], static: TrialStatic) -> None:
     configs = [seed_config(trial_config, s) for s in seeds] or [trial_config]
     # Not in `trial_config`: that one rebuilds the trial's model, which needs no candidates.
     anytime = anytime_config(static.space, method, static.repeats, objectives, static.anytime)
-    cpu0 = time.process_time()
     results = []
     saving = ModelSaver(static.models_dir, tune.get_context().get_trial_id())
     try:
@@ -148,7 +150,8 @@ def sweep_trainable(config: dict[str, Any], static: TrialStatic) -> None:
         saving.discard()
         # Deterministic failures (bad value, NaN): record and move on; a retry would fail the same way.
         tune.report({"final": 1, "failed": 1, "error": f"{type(e).__name__}: {e}", "epoch": last_epoch,
-                     **{k: math.nan for k in objectives}, "ray_node_id": node_id})
+                     **{k: math.nan for k in objectives}, "seconds_cpu": time.process_time() - cpu0,
+                     "ray_node_id": node_id})
         return
     per_seed = [trial_metrics(r, kind) for r in results]
     final: dict[str, Any] = per_seed[0] if not seeds else summarize_repeats(per_seed, seeds)

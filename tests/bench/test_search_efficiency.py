@@ -52,3 +52,13 @@ def test_hypervolume_is_the_dominated_share_of_the_box():
     assert one == pytest.approx(25 * 6 / (50 * 12))
     assert B.hypervolume([(25.0, 4.0), (30.0, 5.0)], ref) == pytest.approx(one)  # a dominated point adds nothing
     assert B.hypervolume([(25.0, 4.0), (60.0, 0.0)], ref) == pytest.approx(one)  # outside the box: nothing
+
+
+def test_a_trial_without_a_cpu_figure_is_refused_not_counted_as_free():
+    # An early-stopped trial of an old record had no seconds_cpu: counting it as 0 made the arm look cheap.
+    free = {**_trial(0, 1000, 1.0, (1000, 0.0, 0.0)), "cpu_s": None, "trial_id": "t_00003"}
+    rec = {"arm": "tpe+anytime+stop", "seed": 4, "wall_s": 1.0, "trials": [free], "base": {"mem_pct": 50.0}}
+    grid = {"arm": "grid", "seed": 4, "wall_s": 1.0, "trials": [_trial(0, 1000, 1.0, (1000, 0.0, 0.0))],
+            "base": {"mem_pct": 50.0}}
+    with pytest.raises(ValueError, match=r"tpe\+anytime\+stop seed 4: trials \['t_00003'\] reported no seconds_cpu"):
+        B.summarize(rec, grid)

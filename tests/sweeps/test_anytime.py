@@ -16,7 +16,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from sweeps.candidates import CHECKPOINT, SOURCE, DominatedStop, anytime_config, candidate_key
+from sweeps.candidates import CHECKPOINT, SOURCE, DominatedStop, anytime_config, base_point, candidate_key
 from sweeps.errors import SweepError
 from sweeps.ledger import trials_with_runs
 from sweeps.study import make_storage
@@ -128,6 +128,24 @@ def test_early_stop_stops_a_dominated_trial_and_not_one_that_improves():
     e("x", {"final": 1, "failed": 0, "epoch": 8, "mem_pct": 0.0, "val_acc_drop": 0.0})
     assert [e("y", _checkpoint(i, 10.0, 1.0)) for i in range(1, 6)] == [False] * 4 + [True]
     assert not e("y", {"epoch": 6, "final": 0, "retain_loss": 1.0})
+
+
+def test_early_stop_counts_the_base_model_as_a_point_the_sweep_holds():
+    # A no-op trial (memorization stuck at the base model's 53.3, no utility loss) alone in a sweep: no other
+    # trial covers it, but the unmitigated model does, so it stops at the first epoch the rule allows.
+    noop = [_checkpoint(e, 53.3, 0.0) for e in range(1, 5)]
+    alone = DominatedStop(["mem_pct", "val_acc_drop"], min_epochs=3, k=2)
+    assert not any(alone("t", r) for r in noop)
+    with_base = DominatedStop(["mem_pct", "val_acc_drop"], min_epochs=3, k=2, base=(53.3, 0.0))
+    assert [with_base("t", r) for r in noop] == [False, False, True, True]
+    # A trial that moves memorization below the base is not covered by it, stalled or not.
+    moving = DominatedStop(["mem_pct", "val_acc_drop"], min_epochs=3, k=2, base=(53.3, 0.0))
+    assert not any(moving("m", _checkpoint(e, 20.0, 0.5)) for e in range(1, 6))
+    assert base_point(("mem_pct", "val_acc_drop"), "val_acc_drop", {"mem_pct": 53.3, "val_acc": 87.8}) == (53.3, 0.0)
+    # A robustness objective the base model was not evaluated on: no base point rather than a made-up one.
+    assert base_point(("mem_pct", "relearn_mem_pct", "val_acc_drop"), "val_acc_drop", {"mem_pct": 53.3}) is None
+    with pytest.raises(ValueError, match="base point"):
+        DominatedStop(["mem_pct", "val_acc_drop"], base=(53.3,))
 
 
 @pytest.mark.slow
