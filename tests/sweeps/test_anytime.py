@@ -1,6 +1,7 @@
 """Anytime candidates in a sweep (real Ray, MLflow and Optuna storage, math-tiny): each checkpoint of a
 balanced_subnet trial is a report row marked `checkpoint` (table, CSV, rebuilt from MLflow alone), a finished
-trial of the Optuna study with `epochs = e`, and eligible for the front; a resume after Ctrl-C adds none twice.
+trial of the Optuna study with `epochs = e`, and eligible for the front; a resume after Ctrl-C keeps every finished
+trial's run and adds no candidate twice.
 The early-stop rule (`DominatedStop`) stops a trial whose checkpoints are dominated, never one that improves."""
 
 from __future__ import annotations
@@ -16,9 +17,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from mlflow import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT, MLFLOW_GIT_COMMIT, MLFLOW_SOURCE_NAME
+
+from sweeps import tags as T
 from sweeps.candidates import CHECKPOINT, SOURCE, DominatedStop, anytime_config, base_point, candidate_key
 from sweeps.errors import SweepError
 from sweeps.ledger import trials_with_runs
+from sweeps.readback import latest_parent_run
 from sweeps.study import make_storage
 from sweeps.options import SweepOptions
 from sweeps.plan import plan_sweep
@@ -41,6 +47,7 @@ def _check_candidates(out: dict, rebuilt: dict | None = None) -> pd.DataFrame:
     epochs_of = dict(zip(trials["trial_id"], trials["epochs"]))
     for _, c in cands.iterrows():
         ray_id, e = c["trial_id"].rsplit("@e", 1)
+        assert candidate_key(ray_id, int(e)) == c["trial_id"]
         assert int(e) == c["epochs"] and 1 <= c["epochs"] < epochs_of[ray_id]
         assert c["run_id"] == trials.loc[trials["trial_id"] == ray_id, "run_id"].iloc[0]
         assert pd.notna(c["mem_pct"]) and pd.notna(c["val_acc_drop"]) and pd.notna(c["test_acc"])
@@ -149,19 +156,24 @@ def test_early_stop_counts_the_base_model_as_a_point_the_sweep_holds():
 
 
 @pytest.mark.slow
-def test_resume_after_sigint_adds_no_candidate_twice(ray_runtime, sweep_root, spaces_dir, tmp_path, capsys):
+def test_sigint_then_resume_keeps_every_finished_trial_and_candidate_once(ray_runtime, sweep_root, spaces_dir,
+                                                                          tmp_path, capsys):
+    """Ctrl-C in a real driver process (`python sweeps/run.py`), then `--resume`: the finished trials keep their
+    runs (logged once, also when they carry only the bare tags of before the `tinymem.` namespace), the started
+    ones continue theirs, and no candidate is told or logged twice."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    experiment = "t-anytime-resume"
+    experiment, samples = "t-anytime-resume", 4
     space = tmp_path / "bs.yaml"  # longer trials, so the interruption lands inside one
     space.write_text((spaces_dir / "balanced_subnet.yaml").read_text().replace("low: 1, high: 3", "low: 4, high: 8")
                      .replace("fixed: {}", "fixed: {batch_size: 8}"))
     cmd = [sys.executable, str(REPO / "sweeps" / "run.py"), "--method", "balanced_subnet", "--preset", "math-tiny",
            "--storage", sweep_root, "--tracking-uri", uri, "--experiment", experiment, "--search-space", str(space),
-           "--num-samples", "4", "--max-concurrent", "1", "--keep-models", "none"]
+           "--num-samples", str(samples), "--max-concurrent", "1", "--keep-models", "none"]
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     log = open(tmp_path / "first.log", "w")
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     sweeps_dir = Path(sweep_root) / "sweeps" / experiment
+    ledger: dict = {}
     try:
         deadline = time.time() + 600
         while time.time() < deadline:
@@ -173,17 +185,57 @@ def test_resume_after_sigint_adds_no_candidate_twice(ray_runtime, sweep_root, sp
                 break
             assert proc.poll() is None, (tmp_path / "first.log").read_text()
             time.sleep(0.3)
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signal.SIGINT)  # what Ctrl-C does: Tune saves its state and stops
         assert proc.wait(timeout=180) == 130, (tmp_path / "first.log").read_text()
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
         log.close()
+    first = next(trials_with_runs(str(d)) for d in sweeps_dir.glob("*/"))
+    finished = {t: e["run_id"] for t, e in first.items() if e["state"] == "completed"}
+    assert 1 <= len(finished) < samples
+    client = MlflowClient(uri)
+    _, parent_id = latest_parent_run(client, experiment)
+    parent = client.get_run(parent_id)
+    # The driver (a `python sweeps/run.py` process) put MLflow's system tags on its runs.
+    assert parent.data.tags[MLFLOW_SOURCE_NAME].endswith("sweeps/run.py")
+    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True)
+    if commit.returncode == 0:
+        assert parent.data.tags[MLFLOW_GIT_COMMIT] == commit.stdout.strip()
+    # As if the first part had been logged before the `tinymem.` namespace: its finished runs and the parent
+    # carry bare tags only. The resumed sweep must still count each of them as completed, once.
+    for run_id in [*finished.values(), parent_id]:
+        tags = client.get_run(run_id).data.tags
+        for name in (T.STATE, T.PARETO, T.METHOD, T.PRESET):
+            if name in tags:
+                client.set_tag(run_id, name.removeprefix(T.PREFIX), tags[name])
+                client.delete_tag(run_id, name)
+    before = {run_id: [m.step for m in client.get_metric_history(run_id, "mem_pct")] for run_id in finished.values()}
+
     code, out, err = run_cli(["--experiment", experiment, "--resume", "--storage", sweep_root, "--json"], capsys)
     assert code == 0, err
-    assert (out["trials"], out["completed"]) == (4, 4)
+    assert (out["trials"], out["completed"]) == (samples, samples)
+    # the progress callback, unpickled from the experiment, counted the trials finished before the interruption
+    assert f"sweep: {samples}/{samples} trials done, running 0, failed 0" in err, err[-2000:]
+    runs = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{out['mlflow_parent_run_id']}'")
+    by_trial: dict = {}
+    for r in runs:
+        tid = r.data.tags[T.TRIAL_ID]
+        assert tid not in by_trial, f"trial {tid} has two MLflow runs"
+        by_trial[tid] = r
+    assert len(by_trial) == samples
+    for tid, run_id in finished.items():  # the same run, not a new one, and nothing logged to it again
+        assert by_trial[tid].info.run_id == run_id
+        steps = [m.step for m in client.get_metric_history(run_id, "mem_pct")]
+        assert steps == before[run_id] and len(steps) == len(set(steps)), (tid, steps)
+    for tid, entry in first.items():  # trials started before the interruption continue their own runs
+        assert by_trial[tid].info.run_id == entry["run_id"]
+    assert client.get_run(out["mlflow_parent_run_id"]).info.status == "FINISHED"
+    # The base model's data are the inputs of every trial's run, also of those started after the resume.
+    contexts = {r.info.run_id: sorted(t.value for i in client.get_run(r.info.run_id).inputs.dataset_inputs
+                                      for t in i.tags if t.key == MLFLOW_DATASET_CONTEXT) for r in runs}
+    assert all(c == ["forget", "retain", "test", "val"] for c in contexts.values()), contexts
     _check_candidates(out)
-    assert candidate_key("t", 3) == "t@e3"
 
 
 def test_paper_anytime_grid_answers_the_epoch_axis_from_checkpoints(ray_runtime, sweep_args, sweep_root, capsys):

@@ -2,12 +2,12 @@
 
 Each test starts a real driver (`python sweeps/run.py ... --json`) in its own process group, kills the group
 with SIGKILL at a chosen moment (found by polling MLflow, never by sleeping), stops what is left of that
-driver's local Ray runtime (found by a marker in the processes' environment, never by name), resumes once in a
-new process and checks what MLflow holds: as many finished child runs as samples, each parameter set once,
+driver's local Ray runtime (found by a marker in the processes' environment, never by name), resumes in a new
+process (the first test kills that one too, at another moment, and resumes again) and checks what MLflow holds: as many finished child runs as samples, each parameter set once,
 no RUNNING run, the parent FINISHED; and what the Optuna study holds (`optuna.load_study`): exactly one
 COMPLETE trial per completed ledger trial, nothing RUNNING.
 
-The first driver runs with `TUNE_GLOBAL_CHECKPOINT_S=600`: Ray Tune saves its experiment state at the first
+The killed drivers run with `TUNE_GLOBAL_CHECKPOINT_S=600`: Ray Tune saves its experiment state at the first
 step and then not again before the kill, the far end of the lag a crash leaves (normally up to ~10 s, more on
 big experiments). Its restored state then knows the first trial as unfinished and nothing of the later ones,
 which only the sweep's trial ledger knows.
@@ -81,24 +81,27 @@ def _resume(root: str, experiment: str, log: Path, timeout: float = 300) -> dict
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("moment", ["during_trial", "after_trial"])
-def test_sigkilled_driver_resumes_each_trial_once(sweep_root, tmp_path, moment):
+def test_sigkilled_driver_resumes_each_trial_once(sweep_root, tmp_path):
+    """Killed twice: the first driver while a trial runs, the resumed one the moment a trial's run is closed (before
+    Ray's next save); a third driver finishes the sweep."""
     space = tmp_path / "probe.yaml"
     space.write_text(PROBE_SPACE)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    experiment = f"t-crash-{moment}"
+    experiment = "t-crash"
     client = MlflowClient(uri)
-    driver = Driver(_args(sweep_root, uri, experiment, space), tmp_path / "first.log",
-                    {"TUNE_GLOBAL_CHECKPOINT_S": "600"})
-    try:
-        if moment == "during_trial":  # two trials done, the third one running (it sleeps >= 1.2 s)
-            wait_for("a third trial running", lambda: sorted(_statuses(client, experiment))
-                      == ["FINISHED", "FINISHED", "RUNNING"], driver)
-        else:  # the moment the second trial's run is closed, before Ray's next save
-            wait_for("two finished trials", lambda: _statuses(client, experiment).count("FINISHED") >= 2, driver)
+    lag = {"TUNE_GLOBAL_CHECKPOINT_S": "600"}
+    driver = Driver(_args(sweep_root, uri, experiment, space), tmp_path / "first.log", lag)
+    try:  # two trials done, the third one running (it sleeps >= 1.2 s)
+        wait_for("a third trial running", lambda: sorted(_statuses(client, experiment))
+                  == ["FINISHED", "FINISHED", "RUNNING"], driver)
     finally:
         driver.kill()  # also when waiting failed: nothing of it may outlive the test
-    out = _resume(sweep_root, experiment, tmp_path / "resume.log")
+    driver = Driver(["--experiment", experiment, "--resume", "--storage", sweep_root], tmp_path / "second.log", lag)
+    try:  # the resumed driver closes the dead one's running trial as failed and starts new ones
+        wait_for("a third finished trial", lambda: _statuses(client, experiment).count("FINISHED") >= 3, driver)
+    finally:
+        driver.kill()
+    out = _resume(sweep_root, experiment, tmp_path / "third.log")
     _assert_resumed_once(client, experiment, out)
     _assert_study_told_once(sweep_root, experiment, out)
 
