@@ -81,13 +81,15 @@ def test_command_modules_import_no_circle():
     assert graph["output"] == set()  # the output helpers depend on no command
 
 
-def test_mitigate_repeats_over_base_seeds_and_reports_intervals(tmp_path, capsys):
-    """`--repeats 2`: one trial per base-model seed, each on its own base model, and the mean with its interval."""
+def test_mitigate_repeats_over_base_seeds_and_reports_intervals(tiny_store, capsys):
+    """`--repeats 2`: one trial per base-model seed, each on its own base model, and the mean with its interval.
+    The session's store holds seed 0; seed 1 is trained into it here (a sweep's --repeats test then finds it)."""
     import json
 
     from tinymem.cli import main
 
-    assert main(["mitigate", "--preset", "math-tiny", "--method", "random_neurons", "--root", str(tmp_path),
+    root, _ = tiny_store
+    assert main(["mitigate", "--preset", "math-tiny", "--method", "random_neurons", "--root", str(root),
                  "--repeats", "2", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["seeds"] == [0, 1] and [r["seed"] for r in out["repeats"]] == [0, 1]
