@@ -1,13 +1,16 @@
 """Search efficiency at equal compute: samplers (with and without anytime checkpoints and the utility
 constraint) against the paper's grid, cost counted in the trials' CPU-seconds, through the real sweep engine.
 
-Arms (`--arms`, default all but the `+stop` ones): `grid` (the paper's whole grid with its fixed values, `--grid paper
---no-anytime`), `grid+anytime` (`--grid paper-anytime`: the same configurations, the smaller epoch counts as
-checkpoints), and `<sampler>[+anytime][+constraint][+stop]` for random, tpe and gp (`+stop`: `--scheduler
-dominated`, the early stop of anytime trials whose checkpoints stall, docs/anytime.md). Every arm searches the
-same space: the paper grid's ranges (ratio 1e-5..0.8 log, epochs 1..20, loss weighting 0.5..0.9) with the
-grid's fixed values (so only the search differs). No warm start (the method's defaults were chosen on
-math-demo, a model of the same family); `--warm-start` adds `+warm` rows of the arms named.
+Arms (`--arms`, default all but the `+stop` and `+values` ones): `grid` (the paper's whole grid with its fixed
+values, `--grid paper --no-anytime`), `grid+anytime` (`--grid paper-anytime`: the same configurations, the smaller
+epoch counts as checkpoints), and `<sampler>[+anytime][+constraint][+values][+stop]` for random, tpe and gp
+(`+stop`: `--scheduler dominated`, the early stop of anytime trials whose checkpoints stall, docs/anytime.md).
+Every arm searches the same space: the paper grid's ranges (ratio 1e-5..0.8 log, epochs 1..20, loss weighting
+0.5..0.9) with the grid's fixed values (so only the search differs). A `+values` arm searches the grid's own
+values instead (ratio one of its 10, loss weighting one of its 3, as categorical choices; epochs 1..20): the
+grid's prior, which puts 4 of its 10 ratios in 0.1..0.5, where a log-uniform range puts 14% of its mass. No
+warm start (the method's defaults were chosen on math-demo, a model of the same family); `--warm-start` adds
+`+warm` rows of the arms named.
 
 Cost: each trial's process CPU-seconds (`seconds_cpu`, anytime evaluations included). A point (a trial's
 result or a checkpoint) costs what the arm had spent when it became known: the finished trials' CPU plus
@@ -48,31 +51,35 @@ LOW_DROP = -2.0  # the hypervolume box's lower edge in accuracy drop (a gain of 
 FRACTIONS = (0.25, 1 / 3, 0.5, 1.0)
 SAMPLERS = ("random", "tpe", "gp")
 ARMS = ["grid", "grid+anytime", *[f"{s}{a}{c}" for s in SAMPLERS for a in ("", "+anytime")
-                                  for c in (("", "+constraint", "+constraint+stop") if a and s != "random"
-                                            else ("",))]]
-DEFAULT_ARMS = [a for a in ARMS if not a.endswith("+stop")]
+                                  for c in (("", "+constraint", "+constraint+stop", "+constraint+values",
+                                             "+constraint+values+stop") if a and s != "random" else ("",))]]
+DEFAULT_ARMS = [a for a in ARMS if not a.endswith(("+stop", "+values"))]
 OUT = Path(__file__).resolve().parent / "results" / "search_efficiency.jsonl"
 ORDERS = 2000
 
 
-def bench_space(method: str, path: str | None) -> tuple[str, dict]:
-    """A space file for the bench: the grid's ranges as distributions, the grid's fixed values fixed."""
+def bench_space(method: str, path: str | None, values: bool = False) -> tuple[str, dict]:
+    """A space file for the bench: the grid's ranges as distributions, the grid's fixed values fixed. `values`: the
+    grid's own values as categorical choices instead (epochs stays a range: the anytime checkpoints need one)."""
     import yaml
 
     from sweeps.space_file import default_space_path, load_search_space
 
     sp = load_search_space(path or default_space_path(method), method)
     params = {}
-    for name, values in sp.paper_grid.items():
-        nums = sorted(float(v) for v in values)
-        if all(float(v).is_integer() for v in values) and not any(isinstance(v, float) for v in values):
+    for name, values_of in sp.paper_grid.items():
+        nums = sorted(float(v) for v in values_of)
+        if values and name != "epochs":
+            params[name] = {"type": "categorical", "choices": sorted(values_of)}
+        elif all(float(v).is_integer() for v in values_of) and not any(isinstance(v, float) for v in values_of):
             params[name] = {"type": "int", "low": int(nums[0]), "high": int(nums[-1])}
         else:
             params[name] = {"type": "float", "low": nums[0], "high": nums[-1],
                             "log": nums[-1] / max(nums[0], 1e-12) > 100}
-    doc = {"method": method, "description": f"bench: the paper grid's ranges of {method}", "params": params,
+    what = "values" if values else "ranges"
+    doc = {"method": method, "description": f"bench: the paper grid's {what} of {method}", "params": params,
            "fixed": dict(sp.paper_fixed), "paper_grid": dict(sp.paper_grid), "paper_fixed": dict(sp.paper_fixed)}
-    out = Path(tempfile.mkdtemp(prefix="search-eff-space-")) / f"{method}.yaml"
+    out = Path(tempfile.mkdtemp(prefix=f"search-eff-{what}-")) / f"{method}.yaml"
     out.write_text(yaml.safe_dump(doc, sort_keys=False))
     return str(out), doc
 
@@ -281,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--preset", default="math-tiny")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--arms", default=",".join(DEFAULT_ARMS),
-                    help=f"comma list of {ARMS} (default: all but the +stop ones)")
+                    help=f"comma list of {ARMS} (default: all but the +stop and +values ones)")
     ap.add_argument("--warm-start", default="", metavar="ARMS", help="also run these sampler arms with the warm start")
     ap.add_argument("--samples", type=int, default=30, help="trials per sampler arm (default: %(default)s)")
     ap.add_argument("--storage", default="./tinymem-runs")
@@ -310,6 +317,7 @@ def main(argv: list[str] | None = None) -> int:
         from sweeps.storage import normalize_root
 
         space, _ = bench_space(args.method, None)
+        values_space, _ = bench_space(args.method, None, values=True)
         uri = f"sqlite:///{Path(tempfile.mkdtemp(prefix='search-eff-')) / 'mlflow.db'}"
         common = dict(method=args.method, preset=args.preset, storage=normalize_root(args.storage),
                       tracking_uri=uri, search_space=space, command="bench/search_efficiency.py")
@@ -321,8 +329,9 @@ def main(argv: list[str] | None = None) -> int:
                 key = (args.preset, args.method, arm, seed, n, st)
                 if key in records:
                     continue
+                own = {**common, "search_space": values_space} if "values" in arm.split("+") else common
                 rec = {"preset": args.preset, "method": args.method, "samples": n, "startup": st,
-                       **run_arm(arm, seed, n, common)}
+                       **run_arm(arm, seed, n, own)}
                 rec["cpu"] = sum(t["cpu_s"] or 0.0 for t in rec["trials"])  # a missing figure: summarize says so
                 out.parent.mkdir(parents=True, exist_ok=True)
                 with out.open("a") as f:

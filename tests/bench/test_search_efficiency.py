@@ -62,3 +62,16 @@ def test_a_trial_without_a_cpu_figure_is_refused_not_counted_as_free():
             "base": {"mem_pct": 50.0}}
     with pytest.raises(ValueError, match=r"tpe\+anytime\+stop seed 4: trials \['t_00003'\] reported no seconds_cpu"):
         B.summarize(rec, grid)
+
+
+def test_the_values_space_offers_the_grids_own_values_and_an_epoch_range():
+    from sweeps.space_file import load_search_space
+
+    path, doc = B.bench_space("balanced_subnet", None, values=True)
+    sp = load_search_space(path, "balanced_subnet")
+    grid = load_search_space(B.bench_space("balanced_subnet", None)[0], "balanced_subnet").paper_grid
+    assert sp.params["ratio"].choices == tuple(sorted(grid["ratio"]))
+    assert sp.params["loss_weighting"].choices == tuple(sorted(grid["loss_weighting"]))
+    assert (sp.params["epochs"].type, sp.params["epochs"].low, sp.params["epochs"].high) == \
+        ("int", min(grid["epochs"]), max(grid["epochs"]))  # a range: anytime checkpoints need one
+    assert "+values" not in "".join(B.DEFAULT_ARMS) and "gp+anytime+constraint+values" in B.ARMS
