@@ -29,6 +29,7 @@ from sweeps.study import make_storage
 from sweeps.options import SweepOptions
 from sweeps.plan import plan_sweep
 from tests.sweeps.conftest import REPO, run_cli
+from tests.sweeps.drivers import children
 
 
 def _study(out: dict):
@@ -217,7 +218,7 @@ def test_sigint_then_resume_keeps_every_finished_trial_and_candidate_once(ray_ru
     assert (out["trials"], out["completed"]) == (samples, samples)
     # the progress callback, unpickled from the experiment, counted the trials finished before the interruption
     assert f"sweep: {samples}/{samples} trials done, running 0, failed 0" in err, err[-2000:]
-    runs = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{out['mlflow_parent_run_id']}'")
+    runs = children(client, experiment)  # the experiment's one sweep: its trials' runs
     by_trial: dict = {}
     for r in runs:
         tid = r.data.tags[T.TRIAL_ID]
