@@ -42,7 +42,7 @@ from torch import nn
 from tinymem.data.bundle import DataBundle
 from tinymem.decoding import greedy_continue, greedy_continue_ragged
 from tinymem.errors import ConfigError
-from tinymem.util import eval_mode, model_device, progress_bar
+from tinymem.util import eval_mode, evaluation, model_device, progress_bar
 from tinymem.stats import binomial_interval
 
 APPROX_THRESHOLD = 0.9
@@ -108,15 +108,38 @@ def noise_extraction(model: nn.Module, forget: torch.Tensor, forget_clean: torch
     `paper_rule`: decode as the paper's `generate(min_length=...)` does, never choosing EOS, so a row whose
     sequence ends inside the window can never count as memorized (see docs/metrics.md).
     """
+    if paper_rule:
+        return noise_extractions(model, forget, forget_clean, prompt_len, k, eos_id=eos_id, pad_id=pad_id,
+                                 batch_size=batch_size)[1]
+    n = forget[:, prompt_len : prompt_len + k].shape[1]  # k, or less where the rows end sooner
+    gen = greedy_continue(model, forget_clean[:, :prompt_len], n, eos_id=eos_id, pad_id=pad_id,
+                          batch_size=batch_size)
+    return _noise_compare(gen, forget, forget_clean, prompt_len, k)
+
+
+def noise_extractions(model: nn.Module, forget: torch.Tensor, forget_clean: torch.Tensor, prompt_len: int, k: int,
+                      *, eos_id: int | None, pad_id: int | None, batch_size: int = 512
+                      ) -> tuple[Extraction, Extraction]:
+    """`noise_extraction` under generate's EOS rule and under the paper's rule, from one decode and a second
+    one of only the rows that chose EOS: a row whose greedy continuation never picks EOS continues the same
+    when EOS is forbidden, since its argmax was never EOS."""
+    prompts, n = forget_clean[:, :prompt_len], forget[:, prompt_len : prompt_len + k].shape[1]
+    gen = greedy_continue(model, prompts, n, eos_id=eos_id, pad_id=pad_id, batch_size=batch_size)
+    paper = gen.clone()
+    if eos_id is not None:
+        ended = (gen == eos_id).any(dim=1)
+        if bool(ended.any()):
+            paper[ended] = greedy_continue(model, prompts[ended], n, eos_id=None, pad_id=pad_id,
+                                           batch_size=batch_size, forbid_id=eos_id)
+    return (_noise_compare(gen, forget, forget_clean, prompt_len, k),
+            _noise_compare(paper, forget, forget_clean, prompt_len, k))
+
+
+def _noise_compare(gen: torch.Tensor, forget: torch.Tensor, forget_clean: torch.Tensor, prompt_len: int,
+                   k: int) -> Extraction:
     window = slice(prompt_len, prompt_len + k)
     target, clean_target = forget[:, window], forget_clean[:, window]
     counted = (target != clean_target).any(dim=1)
-    if paper_rule:
-        gen = greedy_continue(model, forget_clean[:, :prompt_len], target.shape[1], eos_id=None, pad_id=pad_id,
-                              batch_size=batch_size, forbid_id=eos_id)
-    else:
-        gen = greedy_continue(model, forget_clean[:, :prompt_len], target.shape[1], eos_id=eos_id, pad_id=pad_id,
-                              batch_size=batch_size)
     return compare(gen, target, clean_target, counted)
 
 
@@ -231,13 +254,13 @@ def memorization(model: nn.Module, bundle: DataBundle, batch_size: int = 512) ->
         train_ex = forget_extraction(model, bundle, batch_size)
         out["train_backdoor_asr_pct"] = summarize(train_ex)["mem_pct"]
         return out
-    ex = forget_extraction(model, bundle, batch_size)
-    out = summarize(ex)
     if bundle.kind == "noise":
-        paper = noise_extraction(model, bundle.forget, bundle.forget_clean, bundle.prompt_len, bundle.k,
-                                 eos_id=bundle.meta.get("eos_id"), pad_id=bundle.pad_id, batch_size=batch_size,
-                                 paper_rule=True)
-        out.update(rate_with_interval(paper.memorized, paper.counted, "paper_mem_pct"))
+        ex, paper = noise_extractions(model, bundle.forget, bundle.forget_clean, bundle.prompt_len, bundle.k,
+                                      eos_id=eos, pad_id=pad, batch_size=batch_size)
+        out = {**summarize(ex), **rate_with_interval(paper.memorized, paper.counted, "paper_mem_pct")}
+    else:
+        ex = forget_extraction(model, bundle, batch_size)
+        out = summarize(ex)
     if bundle.kind == "verbatim":
         del out["clean_recovered_pct"]  # the target is the clean text itself: the same number as mem_pct
     if "forget_dup" in bundle:
@@ -259,7 +282,7 @@ def evaluate(model: nn.Module, bundle: DataBundle, *, memorization_metrics: bool
     """
     phases = [p for p, on in (("memorization", memorization_metrics), ("utility", utility_metrics)) if on]
     bar = progress_bar(len(phases), "eval", "phase", progress)
-    with eval_mode(model):
+    with evaluation(model):
         out: dict[str, float] = {}
         for phase in phases:
             bar.set_postfix_str(phase)
@@ -283,6 +306,6 @@ def find_memorized(model: nn.Module, rows: torch.Tensor, prompt_len: int, k: int
     prompt_len): the paper's unlearning set `mem_seq` (§5.4). Batched KV-cache decoding on the model's device."""
     if rows.shape[1] < prompt_len + k:
         raise ConfigError(f"candidate rows have {rows.shape[1]} tokens; prompt_len + k = {prompt_len + k} needed")
-    with eval_mode(model):
+    with evaluation(model):
         ex = verbatim_extraction(model, rows, prompt_len, k, eos_id=None, pad_id=None, batch_size=batch_size)
     return ex.memorized

@@ -65,7 +65,7 @@ from tinymem.presets import DEFAULT_PRESET, get_preset
 from tinymem.robustness import cached_robustness, parse_names, probe, robustness_metrics
 from tinymem.specs import BaseSpec, spec_hash
 from tinymem.store import DEFAULT_ROOT, ModelStore, read_manifest, write_manifest
-from tinymem.util import atomic_path, atomic_write_text
+from tinymem.util import atomic_path, atomic_write_text, evaluation
 
 TRIAL_KEYS = ("method", "params", "preset", "set", "model_dir", "storage", "device", "seed", "out_dir",
               "progress", "work_dir", "heldout_frac", "robustness", "anytime", "anytime_from",
@@ -420,9 +420,10 @@ def run_trial(config: TrialConfig | Mapping[str, Any], callback: Callable[[dict[
 
     def evaluate_after(m: torch.nn.Module, progress: bool = False) -> dict[str, float]:
         """The evaluation after the method, one code path for the final model and every anytime candidate."""
-        metrics = evaluate(m, bundle, progress=progress)
-        if heldout.numel():
-            metrics.update(heldout_memorization(m, bundle, heldout))
+        with evaluation(m):  # one mask computation for both (see `evaluation`)
+            metrics = evaluate(m, bundle, progress=progress)
+            if heldout.numel():
+                metrics.update(heldout_memorization(m, bundle, heldout))
         return metrics
 
     checkpoints = None

@@ -104,6 +104,18 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
         model.train(was)
 
 
+@contextmanager
+def evaluation(model: nn.Module) -> Iterator[nn.Module]:
+    """`eval_mode` for a block that only evaluates: also computes each parametrized weight once for the block
+    (`torch.nn.utils.parametrize.cached`). A score mask (`subnet`, `balanced_subnet`) is otherwise recomputed
+    on every forward pass, 25 times in one greedy decode; nothing changes a parameter during an evaluation,
+    so the numbers are the same. Not for training loops: a cached weight would not follow the optimizer."""
+    from torch.nn.utils import parametrize
+
+    with eval_mode(model), parametrize.cached():
+        yield model
+
+
 def progress_bar(total: int | None, desc: str, unit: str = "it", show: bool | None = None, initial: int = 0) -> Any:
     """A tqdm bar on stderr for a long phase (training, evaluation, attributions), or a silent one.
 

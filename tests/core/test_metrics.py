@@ -9,7 +9,7 @@ from torch import nn
 
 from tinymem.data.bundle import DataBundle
 from tinymem.decoding import greedy_continue, greedy_continue_ragged
-from tinymem.metrics import compare, memorization, summarize, utility
+from tinymem.metrics import compare, evaluate, memorization, noise_extractions, summarize, utility
 
 
 def test_compare_and_summarize_by_hand():
@@ -187,6 +187,51 @@ def test_paper_rule_never_counts_a_row_that_ends_inside_the_window():
     # generate(min_length=...) forbids EOS, so the reciting model cannot end row 2 where its data ends
     assert m["paper_mem_pct"] == pytest.approx(200 / 3) and m["paper_mem_rows"] == 2.0
     assert (m["mem_pct_ci_low"], m["mem_pct_ci_high"]) == (pytest.approx(29.24, abs=0.01), 100.0)  # 3 of 3
+
+
+def test_both_eos_rules_from_one_decode_match_two_full_decodes():
+    """The paper rule re-decodes only the rows that chose EOS; every row must come out as a full decode with EOS
+    forbidden would give it."""
+    model = tiny_gpt2(vocab=14, seed=3)
+    clean = torch.randint(0, 12, (16, 12), generator=torch.Generator().manual_seed(5))
+    noised = clean.clone()
+    noised[:, 6] = (noised[:, 6] + 1) % 12
+    free = greedy_continue(model, clean[:, :4], 8)
+    eos = int(free[0, 2])  # a token the model picks: row 0 (and maybe others) ends inside the window
+    pad = 13 if eos != 13 else 12
+    ended = (free == eos).any(dim=1)
+    assert 0 < int(ended.sum()) < 16, "the test needs rows that end and rows that do not"
+    ex, paper = noise_extractions(model, noised, clean, 4, 8, eos_id=eos, pad_id=pad)
+    want = greedy_continue(model, clean[:, :4], 8, eos_id=None, pad_id=pad, forbid_id=eos)
+    generate_rule = greedy_continue(model, clean[:, :4], 8, eos_id=eos, pad_id=pad)
+    for got, gen in ((paper, want), (ex, generate_rule)):
+        ref = compare(gen, noised[:, 4:12], clean[:, 4:12], (noised[:, 4:12] != clean[:, 4:12]).any(dim=1))
+        for field in ("memorized", "clean", "token_match", "prefix_match", "counted"):
+            assert torch.equal(getattr(got, field), getattr(ref, field)), field
+    assert not torch.equal(want[ended], generate_rule[ended])  # the rules differ where a row ended
+
+
+def test_an_evaluation_computes_a_parametrized_weight_once_and_gives_the_same_numbers():
+    from tinymem.mitigations._subnet import ScoreSubnetwork
+
+    model = tiny_gpt2(vocab=14, seed=1)
+    clean = torch.randint(0, 12, (8, 12), generator=torch.Generator().manual_seed(2))
+    noised = clean.clone()
+    noised[:, 6] = (noised[:, 6] + 1) % 12
+    bundle = DataBundle(tensors={"forget": noised, "forget_clean": clean, "test/main": torch.cat([clean, noised])},
+                        meta={"kind": "noise", "prompt_len": 4, "k": 8, "pad_id": 13, "eos_id": None,
+                              "test_names": ["main"]})
+    sub = ScoreSubnetwork(model, 0.3, seed=0)
+    calls = []
+    for m in sub.masks:
+        m.register_forward_hook(lambda *a: calls.append(1))
+    cached = evaluate(model, bundle)
+    assert len(calls) == len(sub.masks)  # each mask once for the whole evaluation
+    calls.clear()
+    with torch.no_grad():
+        direct = {**memorization(model, bundle), **utility(model, bundle)}  # a mask per forward pass
+    assert len(calls) >= 10 * len(sub.masks)  # 9 decoding steps and the utility passes
+    assert {k: v for k, v in cached.items() if v == v} == {k: v for k, v in direct.items() if v == v}
 
 
 def test_memorization_reports_the_interval_of_zero_rows():

@@ -22,7 +22,7 @@ from torch import nn
 from tinymem.errors import ConfigError
 from tinymem.mitigations.base import MitigationContext
 from tinymem.train import sequence_losses
-from tinymem.util import eval_mode, model_device
+from tinymem.util import evaluation, model_device
 
 PROBE_RETAIN_ROWS = 512  # retain rows in the per-epoch probe: one no-grad forward pass, a fraction of an epoch
 
@@ -135,7 +135,7 @@ def epoch_probe(ctx: MitigationContext, model: nn.Module) -> dict[str, float]:
     - `forget_mem_pct`: percent of counted forget rows still extractable (teacher-forced, exact for noise
       data: equal to `mem_pct` restricted to the unlearning set); absent for backdoor data.
     """
-    with eval_mode(model):
+    with evaluation(model):
         device = model_device(model)
         out = {"forget_loss": float(sequence_losses(model, ctx.forget.to(device), ctx.pad_id).mean())}
         g = torch.Generator().manual_seed(int(ctx.seed))
