@@ -143,24 +143,45 @@ def run_arm(arm: str, seed: int, samples: int, common: dict) -> dict:
             "base": {k: base.get(k) for k in ("mem_pct", "mem_rows", "mem_counted", "val_acc", "test_acc")}}
 
 
-def costed_points(rec: dict, order: list[dict] | None = None) -> list[tuple[float, dict]]:
-    """(CPU-seconds spent when the point was known, point), by cost. `order`: the trials run one after another in
-    that order (the grid's random orders); else as they ran, running trials' CPU counted pro rata of time."""
-    trials = rec["trials"]
-    out = []
+def concurrency(trials: list[dict]) -> int:
+    """How many of these trials ran at once, at most (from their start and end times)."""
+    edges = sorted([(t["start_ms"], 1) for t in trials] + [(t["end_ms"], -1) for t in trials],
+                   key=lambda e: (e[0], e[1]))
+    most = now = 0
+    for _, step in edges:
+        now += step
+        most = max(most, now)
+    return max(most, 1)
+
+
+def costed_points(rec: dict, order: list[dict] | None = None, workers: int = 1) -> list[tuple[float, dict]]:
+    """(CPU-seconds spent when the point was known, point), by cost. `order`: the trials run in that order
+    (the grid's random orders) on `workers` slots, each trial taking the next free slot and as long as its CPU
+    (one thread each); else as they ran. Either way, a point costs the finished trials' CPU plus the running
+    ones' pro rata of their elapsed time: the trials beside the one that found it are paid for too."""
     if order is not None:
-        spent = 0.0
+        free, sched = [0.0] * max(1, workers), []
         for t in order:
+            slot = min(range(len(free)), key=free.__getitem__)
+            sched.append((free[slot], t["cpu_s"], t))
+            free[slot] += t["cpu_s"]
+
+        def spent_at(x: float) -> float:  # a trial spends its CPU at one CPU-second per second
+            return sum(min(c, max(0.0, x - s0)) for s0, c, _ in sched)
+
+        out = []
+        for s0, c, t in sched:
             span = max(1, t["end_ms"] - t["start_ms"])
-            out += [(spent + t["cpu_s"] * min(1.0, (p["at_ms"] - t["start_ms"]) / span), p) for p in t["points"]]
-            spent += t["cpu_s"]
+            out += [(spent_at(s0 + c * min(1.0, (p["at_ms"] - t["start_ms"]) / span)), p) for p in t["points"]]
         return sorted(out, key=lambda x: x[0])
 
-    def spent_at(ms: float) -> float:
+    trials = rec["trials"]
+
+    def spent_at_ms(ms: float) -> float:
         return sum(t["cpu_s"] * min(1.0, max(0.0, (ms - t["start_ms"]) / max(1, t["end_ms"] - t["start_ms"])))
                    for t in trials)
 
-    return sorted(((spent_at(p["at_ms"]), p) for t in trials for p in t["points"]), key=lambda x: x[0])
+    return sorted(((spent_at_ms(p["at_ms"]), p) for t in trials for p in t["points"]), key=lambda x: x[0])
 
 
 def hypervolume(points: list[tuple[float, float]], ref: tuple[float, float]) -> float:
@@ -204,11 +225,11 @@ def summarize(rec: dict, grid_rec: dict) -> dict:
     if not rec["arm"].startswith("grid"):
         return {**figures(costed_points(rec), ref, grid_cpu, total), "cpu_s": total, "trials": len(rec["trials"]),
                 "wall_s": rec["wall_s"]}
-    rng, runs = random.Random(rec["seed"]), []
+    rng, runs, workers = random.Random(rec["seed"]), [], concurrency(rec["trials"])
     for _ in range(ORDERS):
         order = rec["trials"][:]
         rng.shuffle(order)
-        runs.append(figures(costed_points(rec, order), ref, grid_cpu, None))
+        runs.append(figures(costed_points(rec, order, workers), ref, grid_cpu, None))
     mean = (lambda xs: None if any(x is None for x in xs) else sum(xs) / len(xs))
     return {"first_hit_val": mean([r["first_hit_val"] for r in runs]),
             "first_hit_test": mean([r["first_hit_test"] for r in runs]),

@@ -34,13 +34,30 @@ def test_a_point_costs_what_the_arm_had_spent_when_it_was_known():
 
 def test_first_hit_of_the_grid_is_its_expectation_over_random_orders():
     # Two equal trials, one a hit: in half the orders the hit comes first (cost 1), else second (cost 2).
-    hit, miss = _trial(0, 1000, 1.0, (1000, 0.0, 0.0)), _trial(0, 1000, 1.0, (1000, 40.0, 0.0))
+    # The grid ran them one after the other, so its orders are costed on one slot.
+    hit, miss = _trial(0, 1000, 1.0, (1000, 0.0, 0.0)), _trial(1000, 2000, 1.0, (2000, 40.0, 0.0))
     rec = {"arm": "grid", "seed": 0, "wall_s": 1.0, "trials": [hit, miss], "base": {"mem_pct": 50.0}}
     s = B.summarize(rec, rec)
     assert s["first_hit_val"] == pytest.approx(1.5, abs=0.05)
     assert s["hv"]["1.000"] == pytest.approx(B.hypervolume([(0.0, 0.0), (40.0, 0.0)], (50.0, 10.0)))
-    sampler = {**rec, "arm": "tpe", "trials": [miss, hit]}  # side by side: the hit is known once both ran
+    side = {**miss, "start_ms": 0, "end_ms": 1000}
+    sampler = {**rec, "arm": "tpe", "trials": [side, hit]}  # side by side: the hit is known once both ran
     assert B.summarize(sampler, rec)["first_hit_val"] == pytest.approx(2.0)
+    # A grid that ran two at a time is costed two at a time too: the hit pays for the trial beside it.
+    both = {**rec, "trials": [hit, side]}
+    assert B.concurrency(both["trials"]) == 2
+    assert B.summarize(both, both)["first_hit_val"] == pytest.approx(2.0)
+
+
+def test_an_order_on_two_slots_pays_for_the_trial_running_beside():
+    a = _trial(0, 1000, 4.0, (500, 10.0, 0.0), (1000, 5.0, 0.0))  # A: 4 CPU-s, a checkpoint halfway
+    b = _trial(0, 1000, 2.0, (1000, 0.0, 0.5))
+    c = _trial(0, 1000, 2.0, (1000, 30.0, 0.5))
+    # Slots: A on the first from 0 to 4, B on the second from 0 to 2, then C there from 2 to 4.
+    costs = [c_ for c_, _ in B.costed_points({"trials": [a, b, c]}, order=[a, b, c], workers=2)]
+    assert costs == pytest.approx([4.0, 4.0, 8.0, 8.0])  # B's end (t=2): 2 + 2; A's checkpoint (t=2) the same
+    one = [c_ for c_, _ in B.costed_points({"trials": [a, b, c]}, order=[a, b, c], workers=1)]
+    assert one == pytest.approx([2.0, 4.0, 6.0, 8.0])
 
 
 def test_hypervolume_is_the_dominated_share_of_the_box():
