@@ -42,7 +42,7 @@ from torch import nn
 from tinymem.data.bundle import DataBundle
 from tinymem.decoding import greedy_continue, greedy_continue_ragged
 from tinymem.errors import ConfigError
-from tinymem.util import eval_mode, evaluation, model_device, progress_bar
+from tinymem.util import evaluation, model_device, progress_bar
 from tinymem.stats import binomial_interval
 
 APPROX_THRESHOLD = 0.9
