@@ -160,20 +160,22 @@ def costed_points(rec: dict, order: list[dict] | None = None, workers: int = 1) 
     (one thread each); else as they ran. Either way, a point costs the finished trials' CPU plus the running
     ones' pro rata of their elapsed time: the trials beside the one that found it are paid for too."""
     if order is not None:
-        free, sched = [0.0] * max(1, workers), []
+        import numpy as np
+
+        free, starts, cpus, known, points = [0.0] * max(1, workers), [], [], [], []
         for t in order:
             slot = min(range(len(free)), key=free.__getitem__)
-            sched.append((free[slot], t["cpu_s"], t))
-            free[slot] += t["cpu_s"]
-
-        def spent_at(x: float) -> float:  # a trial spends its CPU at one CPU-second per second
-            return sum(min(c, max(0.0, x - s0)) for s0, c, _ in sched)
-
-        out = []
-        for s0, c, t in sched:
-            span = max(1, t["end_ms"] - t["start_ms"])
-            out += [(spent_at(s0 + c * min(1.0, (p["at_ms"] - t["start_ms"]) / span)), p) for p in t["points"]]
-        return sorted(out, key=lambda x: x[0])
+            s0, c, span = free[slot], t["cpu_s"], max(1, t["end_ms"] - t["start_ms"])
+            starts.append(s0)
+            cpus.append(c)
+            free[slot] += c
+            for p in t["points"]:
+                known.append(s0 + c * min(1.0, (p["at_ms"] - t["start_ms"]) / span))
+                points.append(p)
+        # Spent at time x: every trial's CPU up to x, one CPU-second per second (one thread each).
+        x, s0, c = np.array(known)[:, None], np.array(starts)[None, :], np.array(cpus)[None, :]
+        spent = np.minimum(c, np.maximum(0.0, x - s0)).sum(axis=1) if points else []
+        return sorted(zip(map(float, spent), points), key=lambda x_: x_[0])
 
     trials = rec["trials"]
 
@@ -261,12 +263,12 @@ def table(records: dict[tuple, dict], preset: str, method: str, samples: int, se
         g = records.get((preset, method, "grid", seed, 0, 0))
         if g is None:
             continue
+        grid_row = summarize(g, g)
         for (p, m, arm, s, n, st), rec in records.items():
             if (p, m, s) == (preset, method, seed) and n in (0, samples) and st in (0, startup):
-                row = {**summarize(rec, g), "seed": seed, "grid_cpu": g["cpu"]}
+                row = {**(grid_row if rec is g else summarize(rec, g)), "seed": seed, "grid_cpu": g["cpu"]}
                 # The must-show of a third: this arm's hypervolume at a third of the grid's CPU-seconds against the
                 # whole grid's, at the same seed (> 0: better).
-                grid_row = summarize(g, g)
                 row["hv_third_vs_grid"] = row["hv"][f"{1 / 3:.3f}"] - grid_row["hv"]["1.000"]
                 hit, grid_hit = row["first_hit_val"], grid_row["first_hit_val"]
                 row["hit_vs_grid"] = hit / grid_hit if hit is not None and grid_hit else None  # same seed
