@@ -1,10 +1,12 @@
 """Search efficiency at equal compute: samplers (with and without anytime checkpoints and the utility
 constraint) against the paper's grid, cost counted in the trials' CPU-seconds, through the real sweep engine.
 
-Arms (`--arms`, default all but the `+stop` and `+values` ones): `grid` (the paper's whole grid with its fixed
-values, `--grid paper --no-anytime`), `grid+anytime` (`--grid paper-anytime`: the same configurations, the smaller
-epoch counts as checkpoints), and `<sampler>[+anytime][+constraint][+values][+stop]` for random, tpe and gp
-(`+stop`: `--scheduler dominated`, the early stop of anytime trials whose checkpoints stall, docs/anytime.md).
+Arms (`--arms`, default all but the `+stop`, `+noeffect` and `+values` ones): `grid` (the paper's whole grid
+with its fixed values, `--grid paper --no-anytime`), `grid+anytime` (`--grid paper-anytime`: the same
+configurations, the smaller epoch counts as checkpoints), and
+`<sampler>[+anytime][+constraint][+values][+stop|+noeffect]` for random, tpe and gp
+(`+stop`: `--scheduler dominated`, the early stop of anytime trials whose checkpoints stall; `+noeffect`:
+`--scheduler no-effect`, the stop of trials that leave memorization where it was; docs/anytime.md).
 Every arm searches the same space: the paper grid's ranges (ratio 1e-5..0.8 log, epochs 1..20, loss weighting
 0.5..0.9) with the grid's fixed values (so only the search differs). A `+values` arm searches the grid's own
 values instead (ratio one of its 10, loss weighting one of its 3, as categorical choices; epochs 1..20): the
@@ -51,9 +53,10 @@ LOW_DROP = -2.0  # the hypervolume box's lower edge in accuracy drop (a gain of 
 FRACTIONS = (0.25, 1 / 3, 0.5, 1.0)
 SAMPLERS = ("random", "tpe", "gp")
 ARMS = ["grid", "grid+anytime", *[f"{s}{a}{c}" for s in SAMPLERS for a in ("", "+anytime")
-                                  for c in (("", "+constraint", "+constraint+stop", "+constraint+values",
-                                             "+constraint+values+stop") if a and s != "random" else ("",))]]
-DEFAULT_ARMS = [a for a in ARMS if not a.endswith(("+stop", "+values"))]
+                                  for c in (("", "+constraint", "+constraint+stop", "+constraint+noeffect",
+                                             "+constraint+values", "+constraint+values+stop")
+                                            if a and s != "random" else ("",))]]
+DEFAULT_ARMS = [a for a in ARMS if not a.endswith(("+stop", "+values", "+noeffect"))]
 OUT = Path(__file__).resolve().parent / "results" / "search_efficiency.jsonl"
 ORDERS = 2000
 
@@ -89,7 +92,7 @@ def arm_options(arm: str, seed: int, samples: int, common: dict):
 
     parts = arm.split("+")
     base = dict(seed=seed, anytime="anytime" in parts, warm_start="warm" in parts,
-                scheduler="dominated" if "stop" in parts else "none",
+                scheduler="dominated" if "stop" in parts else "no-effect" if "noeffect" in parts else "none",
                 max_utility_loss=None if "constraint" in parts else "none", keep_models="none",
                 experiment=f"search-eff-{arm.replace('+', '-')}-s{seed}-{time.strftime('%H%M%S')}", **common)
     if parts[0] == "grid":
@@ -311,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--preset", default="math-tiny")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--arms", default=",".join(DEFAULT_ARMS),
-                    help=f"comma list of {ARMS} (default: all but the +stop and +values ones)")
+                    help=f"comma list of {ARMS} (default: all but the +stop, +noeffect and +values ones)")
     ap.add_argument("--warm-start", default="", metavar="ARMS", help="also run these sampler arms with the warm start")
     ap.add_argument("--samples", type=int, default=30, help="trials per sampler arm (default: %(default)s)")
     ap.add_argument("--storage", default="./tinymem-runs")

@@ -17,7 +17,6 @@ resume that reruns the epoch.
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import pandas as pd
@@ -85,20 +84,6 @@ def grid_points(plan: Any) -> list[dict[str, Any]]:
     return plan.space.grid_points(limit=o.num_samples, seed=o.seed, anytime=anytime_mode(o) == "grid")
 
 
-def check_dominated(space: Any, repeats: int, grid: bool, objectives: tuple[str, ...] | list[str] = (),
-                    anytime: bool = True) -> None:
-    """`--scheduler dominated` needs a method that makes candidates; a SweepError naming what is wrong."""
-    if grid:
-        raise SweepError("--scheduler dominated cannot be combined with --grid paper (a grid is run in full)")
-    if not anytime:
-        raise SweepError("--scheduler dominated stops trials on their anytime checkpoints, which --no-anytime "
-                         "turns off; give one of them")
-    if not any(anytime_config(space, m, repeats, objectives) for m in space.methods):
-        raise SweepError(f"--scheduler dominated stops trials on their anytime checkpoints, but {space.methods} make "
-                         f"none (anytime methods: {_anytime_methods()}, with "
-                         f"`epochs` searched over a range, --repeats 1 and no robustness objective)")
-
-
 def check_anytime_grid(space: Any, anytime: bool) -> None:
     """`--grid paper-anytime` needs an anytime method whose paper grid lists several epoch counts."""
     if not anytime:
@@ -106,10 +91,10 @@ def check_anytime_grid(space: Any, anytime: bool) -> None:
                          "--no-anytime turns off; use --grid paper")
     if not any(len(grid_epochs(sp)) > 1 for sp in space.spaces.values()):
         raise SweepError(f"--grid paper-anytime: no method of {space.methods} is anytime with several epoch counts "
-                         f"in its paper_grid (anytime methods: {_anytime_methods()}); use --grid paper")
+                         f"in its paper_grid (anytime methods: {anytime_methods()}); use --grid paper")
 
 
-def _anytime_methods() -> list[str]:
+def anytime_methods() -> list[str]:
     return [m for m in method_names() if get_method(m).anytime]
 
 
@@ -153,72 +138,6 @@ def catch_up_candidates(study: Any, spec: S.StudySpec, space: Any, ledger: Any, 
             if is_candidate(result):
                 n += tell_candidate(study, spec, space, ray_id, entry["config"], result, entry.get("run_id"), told)
     return n
-
-
-class DominatedStop:
-    """Early stop of anytime trials (`--scheduler dominated`): a Tune stopper (a callable of trial id and result).
-
-    The rule: at a checkpoint e >= `min_epochs`, stop the trial when each of its last `k` checkpoints is covered
-    both by an earlier checkpoint of the same trial (it stopped improving) and by a point the sweep already holds:
-    one some other trial reached (a checkpoint or a final result), or `base`, the unmitigated model's own point
-    (its memorization at no utility loss), which every sweep has for free. A point b is covered by a when
-    a_i <= b_i + margin_i in every objective, margin_i = `margin` times the spread of that objective over every
-    point seen so far. A trial that still improves on its own earlier checkpoints by more than the margin is
-    never stopped, nor one whose points beat everything else. The stopped trial is early-stopped (Optuna:
-    PRUNED); its checkpoints stay candidates.
-    """
-
-    def __init__(self, objectives: list[str], min_epochs: int = 3, k: int = 2, margin: float = 0.02,
-                 base: tuple[float, ...] | None = None):
-        self.objectives, self.min_epochs, self.k, self.margin = list(objectives), min_epochs, k, margin
-        if base is not None and len(base) != len(self.objectives):
-            raise ValueError(f"base point {base} has {len(base)} values for objectives {self.objectives}")
-        self.base = [tuple(map(float, base))] if base is not None else []
-        self.points: dict[str, list[tuple[float, ...]]] = {}  # trial id -> its points (checkpoints, then final)
-
-    def _vector(self, result: dict[str, Any]) -> tuple[float, ...] | None:
-        try:
-            v = tuple(float(result[m]) for m in self.objectives)
-        except (KeyError, TypeError, ValueError):
-            return None
-        return v if all(map(math.isfinite, v)) else None
-
-    def _covered(self, b: tuple[float, ...], others: list[tuple[float, ...]], margins: list[float]) -> bool:
-        return any(all(a_i <= b_i + m for a_i, b_i, m in zip(a, b, margins)) for a in others)
-
-    def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
-        final = bool(result.get("final")) and not result.get("failed")
-        if not (final or is_candidate(result)):
-            return False
-        v = self._vector(result)
-        if v is None:
-            return False
-        mine = self.points.setdefault(trial_id, [])
-        mine.append(v)
-        if final or int(result.get("epoch") or 0) < self.min_epochs or len(mine) <= self.k:
-            return False
-        everything = [p for pts in self.points.values() for p in pts] + self.base
-        margins = [self.margin * (max(col) - min(col)) for col in zip(*everything)]
-        others = [p for t, pts in self.points.items() if t != trial_id for p in pts] + self.base
-        return all(self._covered(mine[i], mine[:i], margins) and self._covered(mine[i], others, margins)
-                   for i in range(len(mine) - self.k, len(mine)))
-
-
-def base_point(objectives: list[str] | tuple[str, ...], loss_name: str, metrics: dict[str, Any]
-               ) -> tuple[float, ...] | None:
-    """The unmitigated model's point on the sweep's objectives: its own metrics, a utility loss of 0 against
-    itself. None when an objective is not among its metrics (a robustness metric, not computed on the base)."""
-    point = []
-    for name in objectives:
-        value = 0.0 if name == loss_name else metrics.get(name)
-        try:
-            value = float(value)
-        except (TypeError, ValueError):
-            return None
-        if not math.isfinite(value):
-            return None
-        point.append(value)
-    return tuple(point)
 
 
 def _report_metric(name: str, objectives: list[str]) -> bool:

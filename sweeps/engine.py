@@ -31,7 +31,7 @@ from typing import Any
 from sweeps import storage
 from sweeps import tags as T
 from sweeps.bases import prepare_bases
-from sweeps.candidates import DominatedStop, anytime_mode, base_point, grid_points
+from sweeps.candidates import anytime_mode, grid_points
 from sweeps.inputs import dataset_specs, log_data_inputs
 from sweeps.ledger import TrialLedger
 from sweeps.errors import TrackingPending
@@ -43,6 +43,7 @@ from sweeps.progress import ProgressLines
 from sweeps.ray_runtime import check_trial_fits, connect_ray, resolve_auto_gpus
 # ParetoOptunaSearch is named here because experiments that Tune pickled before sweeps/searchers.py existed
 # refer to it as sweeps.engine.ParetoOptunaSearch (as to GridSearcher, ProgressLines): --resume unpickles them.
+from sweeps.stops import DominatedStop, NoEffectStop, base_point
 from sweeps.searchers import GridSearcher, ParetoOptunaSearch, make_searcher  # noqa: F401
 from sweeps.mlflow_io import ensure_experiment, log_metrics, log_params, mlflow_client, set_tags
 from sweeps.tracking import TrialLogger
@@ -239,11 +240,13 @@ def run_sweep(plan: SweepPlan, say: Callable[[str], None] = print, stream: str =
                                           max_t=plan.space.max_epochs() or 100, grace_period=1,
                                           reduction_factor=3, stop_last_trials=False)
             stop = None
+            # With one preset every trial shares the base model, whose own point then covers a no-op trial.
+            base = base_point(plan.objectives, plan.loss_name, bases[plan.space.presets[0]]["metrics"]) \
+                if len(plan.space.presets) == 1 else None
             if o.scheduler == "dominated":
-                # With one preset every trial shares the base model, whose own point then covers a no-op trial.
-                base = base_point(plan.objectives, plan.loss_name, bases[plan.space.presets[0]]["metrics"]) \
-                    if len(plan.space.presets) == 1 else None
                 stop = DominatedStop(list(plan.objectives), base=base)
+            elif o.scheduler == "no-effect":
+                stop = NoEffectStop(list(plan.objectives), plan.loss_name, base)
             tune_config = tune.TuneConfig(search_alg=search_alg, scheduler=scheduler, num_samples=total,
                                           max_concurrent_trials=o.max_concurrent,
                                           reuse_actors=True)

@@ -15,7 +15,7 @@ from tinymem.hf.options import HFSourceOptions
 from tinymem.store import DEFAULT_ROOT
 
 SAMPLERS = ("auto", "tpe", "gp", "nsga2", "random")  # sweeps.samplers builds them; auto: resolve_sampler
-SCHEDULERS = ("none", "asha", "dominated")  # dominated: sweeps.candidates.DominatedStop
+SCHEDULERS = ("none", "asha", "dominated", "no-effect")  # the last two: sweeps.stops
 GRIDS = ("paper", "paper-anytime")  # paper-anytime: an anytime method's epoch axis from checkpoints
 KEEP_MODELS = ("pareto", "all", "none")  # which trials' mitigated models stay as model directories (sweeps.models)
 # Sized so that the default sweep (`--method balanced_subnet` on math-demo), base training included, fits 10

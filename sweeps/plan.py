@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from sweeps import storage
-from sweeps.candidates import anytime_mode, check_anytime_grid, check_dominated, points_per_trial
+from sweeps.candidates import anytime_mode, check_anytime_grid, points_per_trial
+from sweeps.stops import check_checkpoint_stop
 from sweeps.errors import SweepError
 from sweeps.objectives import Objectives, resolve as resolve_objectives, resolve_max_loss
 from sweeps.options import (AUTO, DEFAULT_NUM_SAMPLES, SWEEP_RECORD, SweepOptions, check_flags, check_model_options,
@@ -154,8 +155,8 @@ def plan_sweep(opts: SweepOptions) -> SweepPlan:
     goals = resolve_objectives(opts.objectives, next(iter(kinds.values())), heldout_frac=opts.heldout_frac,
                                robustness=opts.robustness)
     max_loss = resolve_max_loss(opts.max_utility_loss, next(iter(kinds.values())))
-    if opts.scheduler == "dominated":
-        check_dominated(space, opts.repeats, bool(opts.grid), goals.names, opts.anytime)
+    if opts.scheduler in ("dominated", "no-effect"):
+        check_checkpoint_stop(opts.scheduler, space, opts.repeats, bool(opts.grid), goals.names, opts.anytime)
     experiment = opts.experiment if opts.experiment is not None else f"{'+'.join(methods)}-{label}"
     _check_experiment_name(experiment)
     if opts.address:

@@ -106,7 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scheduler", default="none", choices=options.SCHEDULERS,
                    help=f"asha: stop iterative trials early on the per-epoch guard metric `{options.ASHA_GUARD}`; "
                         f"dominated: stop an anytime trial whose last checkpoints neither improve on its own nor "
-                        f"beat other trials' points (docs/anytime.md); early-stopped trials are tagged and never "
+                        f"beat other trials' points; no-effect: stop an anytime trial whose first 3 checkpoints "
+                        f"all leave memorization at the base model's (docs/anytime.md); early-stopped trials are "
+                        f"tagged and never "
                         f"enter the front, their checkpoints do (default: %(default)s)")
     p.add_argument("--address", default=os.environ.get("RAY_ADDRESS") or None,
                    help="an existing Ray cluster (HOST:PORT, ray://HOST:PORT or auto; default: $RAY_ADDRESS, "

@@ -21,7 +21,8 @@ from mlflow import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT, MLFLOW_GIT_COMMIT, MLFLOW_SOURCE_NAME
 
 from sweeps import tags as T
-from sweeps.candidates import CHECKPOINT, SOURCE, DominatedStop, anytime_config, base_point, candidate_key
+from sweeps.candidates import CHECKPOINT, SOURCE, anytime_config, candidate_key
+from sweeps.stops import DominatedStop, NoEffectStop, base_point
 from sweeps.errors import SweepError
 from sweeps.ledger import trials_with_runs
 from sweeps.readback import latest_parent_run
@@ -113,6 +114,11 @@ def test_which_sweeps_make_candidates(tmp_path, spaces_dir):
         plan_sweep(SweepOptions(method="durable", preset="math-tiny", storage=str(tmp_path / "root"),
                                 search_space=str(spaces_dir / "durable.yaml"), scheduler="dominated",
                                 tracking_uri=f"sqlite:///{tmp_path}/mlflow.db"))
+    with pytest.raises(SweepError, match=r"--scheduler no-effect compares each trial with its base model, but the "
+                                         r"sweep has 2 presets"):
+        plan_sweep(SweepOptions(method="balanced_subnet", preset="math-tiny,math-demo", storage=str(tmp_path / "r"),
+                                search_space=str(spaces_dir / "balanced_subnet.yaml"), scheduler="no-effect",
+                                tracking_uri=f"sqlite:///{tmp_path}/mlflow.db"))
 
 
 def _checkpoint(epoch: int, mem: float, loss: float) -> dict:
@@ -154,6 +160,53 @@ def test_early_stop_counts_the_base_model_as_a_point_the_sweep_holds():
     assert base_point(("mem_pct", "relearn_mem_pct", "val_acc_drop"), "val_acc_drop", {"mem_pct": 53.3}) is None
     with pytest.raises(ValueError, match="base point"):
         DominatedStop(["mem_pct", "val_acc_drop"], base=(53.3,))
+
+
+def test_no_effect_stop_stops_only_a_trial_that_never_moved_memorization():
+    stop = NoEffectStop(["mem_pct", "val_acc_drop"], "val_acc_drop", (53.3, 0.0), epochs=3)
+    # a no-op: memorization at the base's value (its accuracy drop wanders either way): stopped at epoch 3
+    noop = [_checkpoint(1, 53.3, -0.4), _checkpoint(2, 60.0, 0.3), _checkpoint(3, 53.3, -0.2)]
+    assert [stop("noop", r) for r in noop] == [False, False, True]
+    # one row fewer at epoch 2 is enough to run on, also when memorization goes back up after
+    slow = [_checkpoint(1, 53.3, 0.0), _checkpoint(2, 46.7, 0.0), *[_checkpoint(e, 53.3, 0.0) for e in range(3, 9)]]
+    assert not any(stop("slow", r) for r in slow)
+    # a utility loss is not memorization: a trial that only breaks the model is not stopped for doing nothing
+    assert [stop("broken", _checkpoint(e, 53.3, 30.0)) for e in (1, 2, 3)] == [False, False, True]
+    # final results, per-epoch probes and a checkpoint without the objective are not judged as no effect
+    assert not stop("f", {"final": 1, "failed": 0, "epoch": 3, "mem_pct": 53.3, "val_acc_drop": 0.0})
+    assert not stop("p", {"epoch": 3, "final": 0, "retain_loss": 1.0})
+    gap = NoEffectStop(["mem_pct", "val_acc_drop"], "val_acc_drop", (53.3, 0.0), epochs=2)
+    assert [gap("g", r) for r in ({"epoch": 1, "final": 0, "checkpoint": 1}, _checkpoint(2, 53.3, 0.0))] == [False] * 2
+    with pytest.raises(ValueError, match="base point"):
+        NoEffectStop(["mem_pct", "val_acc_drop"], "val_acc_drop", None)
+
+
+def test_no_effect_stop_in_a_sweep_stops_the_no_op_trials_at_epoch_3(ray_runtime, sweep_args, sweep_root, spaces_dir,
+                                                                    tmp_path, capsys):
+    """A real sweep with `--scheduler no-effect`: a trial that prunes nothing (ratio 0) stops at its third
+    checkpoint, early-stopped with its CPU so far and its candidates; one that prunes half the MLP weights runs to
+    its end."""
+    space = tmp_path / "bs.yaml"
+    space.write_text((spaces_dir / "balanced_subnet.yaml").read_text()
+                     .replace("ratio: {type: float, low: 0.01, high: 0.5, log: true}",
+                              "ratio: {type: categorical, choices: [0.0, 0.5]}")
+                     .replace("epochs: {type: int, low: 1, high: 3}", "epochs: {type: int, low: 5, high: 6}"))
+    args = sweep_args("balanced_subnet", "t-no-effect", "--num-samples", "4", "--sampler", "random", "--seed", "1",
+                      "--scheduler", "no-effect", "--keep-models", "none")
+    args[args.index("--search-space") + 1] = str(space)
+    code, out, err = run_cli(args, capsys)
+    assert code == 0, err
+    (sweep_dir,) = (Path(sweep_root) / "sweeps" / "t-no-effect").glob("*/")
+    ledger = trials_with_runs(str(sweep_dir))
+    by_ratio: dict[float, list[dict]] = {}
+    for entry in ledger.values():
+        by_ratio.setdefault(float(entry["params"]["ratio"]), []).append(entry)
+    assert set(by_ratio) == {0.0, 0.5}, "seed 1 draws both ratios; the test needs both"
+    for e in by_ratio[0.0]:
+        assert e["state"] == "early_stopped" and e["epoch_result"]["epoch"] == 3
+        assert e["epoch_result"]["seconds_cpu"] > 0  # a stopped trial's cost is what it spent so far
+    assert all(e["state"] == "completed" for e in by_ratio[0.5])
+    assert out["early_stopped"] == len(by_ratio[0.0])
 
 
 @pytest.mark.slow
