@@ -83,7 +83,7 @@ class DominatedStop:
 class NoEffectStop:
     """Early stop of anytime trials that do nothing (`--scheduler no-effect`): a Tune stopper.
 
-    The rule: at its checkpoint of epoch `epochs` (3), a trial stops when none of its checkpoints so far has
+    The rule: at its first checkpoint from epoch `epochs` (3) on, a trial stops when none of its checkpoints so far has
     brought any memorization objective below the base model's own value. Utility is not looked at: on a small
     `val` split a no-op's accuracy drop moves by tenths of a point either way, while the point of the trial is
     memorization. A trial that moved memorization at any checkpoint is never stopped, whatever happens after.
