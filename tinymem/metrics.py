@@ -108,12 +108,9 @@ def noise_extraction(model: nn.Module, forget: torch.Tensor, forget_clean: torch
     `paper_rule`: decode as the paper's `generate(min_length=...)` does, never choosing EOS, so a row whose
     sequence ends inside the window can never count as memorized (see docs/metrics.md).
     """
-    if paper_rule:
-        return noise_extractions(model, forget, forget_clean, prompt_len, k, eos_id=eos_id, pad_id=pad_id,
-                                 batch_size=batch_size)[1]
     n = forget[:, prompt_len : prompt_len + k].shape[1]  # k, or less where the rows end sooner
-    gen = greedy_continue(model, forget_clean[:, :prompt_len], n, eos_id=eos_id, pad_id=pad_id,
-                          batch_size=batch_size)
+    rule = {"eos_id": None, "forbid_id": eos_id} if paper_rule else {"eos_id": eos_id}
+    gen = greedy_continue(model, forget_clean[:, :prompt_len], n, pad_id=pad_id, batch_size=batch_size, **rule)
     return _noise_compare(gen, forget, forget_clean, prompt_len, k)
 
 

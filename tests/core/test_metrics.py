@@ -9,7 +9,8 @@ from torch import nn
 
 from tinymem.data.bundle import DataBundle
 from tinymem.decoding import greedy_continue, greedy_continue_ragged
-from tinymem.metrics import compare, evaluate, memorization, noise_extractions, summarize, utility
+from tinymem.metrics import (compare, evaluate, memorization, noise_extraction, noise_extractions, summarize,
+                             utility)
 
 
 def test_compare_and_summarize_by_hand():
@@ -209,6 +210,8 @@ def test_both_eos_rules_from_one_decode_match_two_full_decodes():
         for field in ("memorized", "clean", "token_match", "prefix_match", "counted"):
             assert torch.equal(getattr(got, field), getattr(ref, field)), field
     assert not torch.equal(want[ended], generate_rule[ended])  # the rules differ where a row ended
+    alone = noise_extraction(model, noised, clean, 4, 8, eos_id=eos, pad_id=pad, paper_rule=True)
+    assert torch.equal(alone.memorized, paper.memorized) and torch.equal(alone.token_match, paper.token_match)
 
 
 def test_an_evaluation_computes_a_parametrized_weight_once_and_gives_the_same_numbers():
