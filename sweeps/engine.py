@@ -37,13 +37,13 @@ from sweeps.ledger import TrialLedger
 from sweeps.errors import TrackingPending
 from sweeps.finish import finish_sweep, pending_message, sweep_total
 from sweeps.models import detail_lines, model_details, register_model, with_details
-from sweeps.options import ASHA_GUARD, AUTO, SWEEP_RECORD
+from sweeps.options import ASHA_GUARD, AUTO, SWEEP_RECORD, resolve_time_budget
 from sweeps.plan import SweepPlan
 from sweeps.progress import ProgressLines
 from sweeps.ray_runtime import check_trial_fits, connect_ray, resolve_auto_gpus
 # ParetoOptunaSearch is named here because experiments that Tune pickled before sweeps/searchers.py existed
 # refer to it as sweeps.engine.ParetoOptunaSearch (as to GridSearcher, ProgressLines): --resume unpickles them.
-from sweeps.stops import DominatedStop, NoEffectStop, base_point
+from sweeps.budget import budget_spent, sweep_stop
 from sweeps.searchers import GridSearcher, ParetoOptunaSearch, make_searcher  # noqa: F401
 from sweeps.mlflow_io import ensure_experiment, log_metrics, log_params, mlflow_client, set_tags
 from sweeps.tracking import TrialLogger
@@ -62,6 +62,7 @@ class SweepOutcome:
     interrupted: bool
     wall_seconds: float
     ray_start_seconds: float
+    budget_ended: bool = False  # its --time-budget ended it with trials still to run
     models: dict[str, dict[str, Any]] = field(default_factory=dict)  # front + pick: model_dir, model_id, command
     registered: dict[str, Any] | None = None  # the Model Registry version that --register-model made
 
@@ -79,6 +80,7 @@ class SweepOutcome:
             "failed": rep.counts["failed"],
             "early_stopped": rep.counts["early_stopped"],
             "interrupted": self.interrupted,
+            "time_budget_ended": self.budget_ended,
             "objectives": self.plan.objectives,
             "base": bases[self.plan.space.presets[0]] if len(bases) == 1 else bases,
             "pareto": [with_details(r, self.models) for r in rep.pareto_records()],
@@ -154,12 +156,14 @@ def _artifact_location(plan: SweepPlan) -> str | None:
 
 
 def run_sweep(plan: SweepPlan, say: Callable[[str], None] = print, stream: str = "stdout",
-              trainable_fn: Callable[[dict[str, Any], TrialStatic], None] | None = None) -> SweepOutcome:
+              trainable_fn: Callable[[dict[str, Any], TrialStatic], None] | None = None,
+              began: float | None = None) -> SweepOutcome:
     """Run (or resume) a planned sweep to the end and build its report.
 
     `say` prints the sweep's own lines; `stream` (stdout | stderr | none) is where per-trial lines go.
     `trainable_fn` replaces `sweep_trainable` (same signature and reports), e.g. the synthetic trial of
     `bench/scale_sim.py`, which measures the engine's own overhead; everything else runs unchanged.
+    `began`: when the command started (unix time), which the time budget counts from; None: now.
     """
     import ray
     from ray import tune
@@ -224,29 +228,22 @@ def run_sweep(plan: SweepPlan, say: Callable[[str], None] = print, stream: str =
                              plan.loss_name, system_tags=system, data_inputs=inputs)
         callbacks = [logger, ProgressLines(plan.space, plan.objectives, total, stream, ledger_dir=plan.sweep_dir)]
 
+        budget, t_budget = resolve_time_budget(o), began or t_start  # `sweeps.budget.Deadline` counts from it
         if plan.resumed and tune.Tuner.can_restore(plan.ray_path):
+            t_budget, search_alg = time.time(), None  # the restored Deadline counts again from its unpickling
             # Our callbacks come back unpickled from the experiment: they keep no state beyond files.
             tuner = tune.Tuner.restore(plan.ray_path, trainable=trainable, resume_unfinished=True,
                                        resume_errored=False, restart_errored=False)
         else:
-            if o.grid:
-                search_alg = GridSearcher(grid_points(plan),
-                                          ledger_dir=plan.sweep_dir)
-            else:
-                search_alg = make_searcher(plan, total)
+            search_alg = GridSearcher(grid_points(plan), ledger_dir=plan.sweep_dir) if o.grid else \
+                make_searcher(plan, total)
             scheduler = None
             if o.scheduler == "asha":
                 scheduler = ASHAScheduler(time_attr="epoch", metric=ASHA_GUARD, mode="min",
                                           max_t=plan.space.max_epochs() or 100, grace_period=1,
                                           reduction_factor=3, stop_last_trials=False)
-            stop = None
-            # With one preset every trial shares the base model, whose own point then covers a no-op trial.
-            base = base_point(plan.objectives, plan.loss_name, bases[plan.space.presets[0]]["metrics"]) \
-                if len(plan.space.presets) == 1 else None
-            if o.scheduler == "dominated":
-                stop = DominatedStop(list(plan.objectives), base=base)
-            elif o.scheduler == "no-effect":
-                stop = NoEffectStop(list(plan.objectives), plan.loss_name, base)
+            stop = sweep_stop(plan, bases[plan.space.presets[0]]["metrics"] if len(plan.space.presets) == 1
+                              else None, t_budget)
             tune_config = tune.TuneConfig(search_alg=search_alg, scheduler=scheduler, num_samples=total,
                                           max_concurrent_trials=o.max_concurrent,
                                           reuse_actors=True)
@@ -265,11 +262,12 @@ def run_sweep(plan: SweepPlan, say: Callable[[str], None] = print, stream: str =
             say(f"Optuna study {plan.study_name} in {plan.study_storage}")
         logger.open()  # the MLflow writer: first what a dead driver or an outage left
         tuner.fit()  # on Ctrl-C, Tune saves its state and returns: the report below covers what finished
+        spent = budget_spent(budget, t_budget, logger, search_alg)
         summary = logger.close(o.sync_wait)
         if not summary.get("complete"):
             raise TrackingPending(pending_message(plan, summary))
 
-        done = finish_sweep(plan, client, experiment_id, parent_run_id, total, time.time() - t_start, say)
+        done = finish_sweep(plan, client, experiment_id, parent_run_id, total, time.time() - t_start, say, spent)
         rep, kept, interrupted = done.report, done.kept, done.interrupted
         registered = register_model(o.register_model, rep, kept, client, plan.tracking_uri) \
             if o.register_model else None
@@ -278,7 +276,8 @@ def run_sweep(plan: SweepPlan, say: Callable[[str], None] = print, stream: str =
         if not o.grid:
             rep.notes.append(f"Optuna: optuna-dashboard {plan.study_storage}   (study {plan.study_name})")
         return SweepOutcome(plan=plan, experiment_id=experiment_id, parent_run_id=parent_run_id, bases=bases,
-                            report=rep, interrupted=interrupted, wall_seconds=time.time() - t_start,
+                            report=rep, interrupted=interrupted, budget_ended=done.budget_ended,
+                            wall_seconds=time.time() - t_start,
                             ray_start_seconds=ray_start, models=models, registered=registered)
     finally:
         close_writer(plan.sweep_dir, 10.0)  # after an error: what the writer has not written waits on disk

@@ -21,6 +21,7 @@ class Finished:
     report: Any  # sweeps.results.Report
     kept: dict[str, dict]
     interrupted: bool
+    budget_ended: bool = False  # its time budget ended it before its last trial: finished, not interrupted
 
 
 def sweep_total(plan: SweepPlan) -> int:
@@ -40,9 +41,10 @@ def pending_message(plan: SweepPlan, summary: dict[str, Any]) -> str:
 
 
 def finish_sweep(plan: SweepPlan, client: Any, experiment_id: str, parent: str, total: int,
-                 wall_seconds: float | None, say: Callable[[str], None]) -> Finished:
+                 wall_seconds: float | None, say: Callable[[str], None], budget: float | None = None) -> Finished:
     """Read the sweep back from MLflow, tag its front, keep its models, close its parent run (`wall_seconds`:
-    the driver's, logged on the parent; None when another command ends the sweep)."""
+    the driver's, logged on the parent; None when another command ends the sweep). `budget`: the time budget
+    (seconds) that ran out; a sweep it ended with trials still to run is finished, said in the report."""
     from sweeps.readback import build_from_mlflow
 
     rep = build_from_mlflow(client, parent, out_dir=plan.sweep_dir, tracking_uri=plan.tracking_uri,
@@ -51,6 +53,13 @@ def finish_sweep(plan: SweepPlan, client: Any, experiment_id: str, parent: str, 
     kept = keep_models(plan.sweep_dir, plan.options.keep_models, rep, client, say)
     c = rep.counts
     interrupted = c["completed"] + c["failed"] + c["early_stopped"] < total
+    budget_ended = interrupted and budget is not None
+    if budget_ended:
+        interrupted = False
+        rep.notes.insert(0, f"time budget {budget:.0f} s (--time-budget) reached: {c['trials']} of {total} trial(s) "
+                            f"ran; the ones running then stopped at their last result and count as early-stopped, "
+                            f"their checkpoints stay candidates")
+        set_tags(client, parent, {T.TIME_BUDGET: f"{budget:g}"})
     if interrupted:
         set_tags(client, parent, {T.STATE: "interrupted"})
         client.set_terminated(parent, status="KILLED")
@@ -60,4 +69,4 @@ def finish_sweep(plan: SweepPlan, client: Any, experiment_id: str, parent: str, 
         log_metrics(client, parent, {"trials": c["trials"], "completed": c["completed"], "failed": c["failed"],
                                      "early_stopped": c["early_stopped"], **wall})
         client.set_terminated(parent, status="FINISHED")
-    return Finished(rep, kept, interrupted)
+    return Finished(rep, kept, interrupted, budget_ended)

@@ -21,6 +21,10 @@ KEEP_MODELS = ("pareto", "all", "none")  # which trials' mitigated models stay a
 # Sized so that the default sweep (`--method balanced_subnet` on math-demo), base training included, fits 10
 # minutes of a 2-core CPU; its anytime checkpoints make about 4 configurations of each trial (docs/defaults.md).
 DEFAULT_NUM_SAMPLES = 6
+# The wall-clock budget of a sweep that takes the default trial count (`--time-budget`, `resolve_time_budget`):
+# 9 minutes from the driver's start, base training included, so that the default sweep ends within 10 minutes
+# on a slow 2-core host too (the same default sweep took 431 s on one day and 1162 s on another; docs/defaults.md).
+DEFAULT_TIME_BUDGET = 540.0
 ASHA_GUARD = "retain_loss"  # what iterative methods report per epoch and rises when an edit breaks the model
 SWEEP_RECORD = "sweep.json"
 AUTO = "auto"  # --gpus-per-trial auto: sized from a Hugging Face model (tinymem.hf.memory.gpus_for_source)
@@ -75,6 +79,9 @@ class SweepOptions:
     # After the last trial, how long the driver waits for an unreachable MLflow before it leaves the trials' events
     # on disk for `sweeps/report.py --sync` (`sweeps.sync_process`).
     sync_wait: float = 120.0
+    # Wall-clock seconds from the driver's start (base training included) after which the running trials stop
+    # at their last result and no more start: a number of seconds, `none`, or None (`resolve_time_budget`).
+    time_budget: str | None = None
     # A Hugging Face base model (`--model hf:...`) instead of a preset, with its memorized-sequence options.
     source: HFSourceOptions = field(default_factory=HFSourceOptions)
 
@@ -120,6 +127,7 @@ def check_flags(opts: SweepOptions) -> None:
     if not 0 <= opts.seed <= SEED_MAX:
         raise SweepError(f"--seed must be in [0, {SEED_MAX}] (Optuna's samplers), got {opts.seed}")
     parse_max_loss(opts.max_utility_loss)
+    parse_time_budget(opts.time_budget)
     if opts.optuna_storage is not None:
         from sweeps.study import check_storage_url  # the form only: no Optuna import, no connection
 
@@ -142,6 +150,35 @@ def parse_max_loss(text: str | None) -> float | str | None:
         raise SweepError(f"bad --max-utility-loss {text!r}; allowed: a finite number >= 0 (points of accuracy, "
                          f"or percent of perplexity) or {NO_LIMIT[0]!r}")
     return value
+
+
+def parse_time_budget(text: str | None) -> float | str | None:
+    """--time-budget: seconds (`540`, `540s`, `9m`, `1.5h`) > 0, `none` (no budget), or None (not given). SweepError
+    naming a bad value."""
+    if text is None:
+        return None
+    t = str(text).strip().lower()
+    if t in NO_LIMIT:
+        return NO_LIMIT[0]
+    scale = {"s": 1.0, "m": 60.0, "h": 3600.0}.get(t[-1:], None)
+    try:
+        value = float(t[:-1] if scale else t) * (scale or 1.0)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):
+        raise SweepError(f"bad --time-budget {text!r}; allowed: a number of seconds > 0 (or with s, m or h: 540, "
+                         f"9m, 1.5h) or {NO_LIMIT[0]!r}")
+    return value
+
+
+def resolve_time_budget(opts: SweepOptions) -> float | None:
+    """The sweep's time budget in seconds, or None for none: the flag's, else DEFAULT_TIME_BUDGET for a sampled
+    sweep of the default trial count (the laptop default), else none (a grid, or a sweep sized with
+    --num-samples, runs to its end)."""
+    value = parse_time_budget(opts.time_budget)
+    if value is None:
+        return DEFAULT_TIME_BUDGET if opts.num_samples is None and opts.grid is None else None
+    return None if value == NO_LIMIT[0] else float(value)
 
 
 def parse_register(spec: str) -> tuple[str, str | None]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 
 if __package__ in (None, ""):
@@ -147,6 +148,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--register-model", default=None, metavar="NAME[:TRIAL_ID]",
                    help="register the paper rule's pick (or the kept model of trial TRIAL_ID) in the MLflow Model "
                         "Registry as a new version of NAME; works with --resume on a finished sweep (default: off)")
+    p.add_argument("--time-budget", default=None, metavar="SECONDS|none",
+                   help="wall-clock budget from the start (base training included), e.g. 540, 9m, 1.5h: then the "
+                        "running trials stop at their last result (an anytime trial keeps its checkpoints) and no "
+                        f"more start (default: {options.DEFAULT_TIME_BUDGET:.0f} s for a sampled sweep of the "
+                        "default trial count, none with --num-samples or --grid)")
     p.add_argument("--sync-wait", type=float, default=options.SweepOptions.sync_wait, metavar="SECONDS",
                    help="after the last trial, how long to wait for an unreachable MLflow server; trials' results "
                         "wait on disk meanwhile and after it (write them later with sweeps/report.py --sync; exit "
@@ -169,11 +175,13 @@ def options_from_args(args: argparse.Namespace, argv: list[str]) -> options.Swee
         resume=args.resume, seed=args.seed, search_space=args.search_space, max_failures=args.max_failures,
         device=args.device, repeats=args.repeats, heldout_frac=args.heldout_frac, keep_models=args.keep_models,
         objectives=args.objectives, robustness=args.robustness, max_utility_loss=args.max_utility_loss,
-        optuna_storage=args.optuna_storage, sync_wait=args.sync_wait, anytime=args.anytime,
+        optuna_storage=args.optuna_storage, sync_wait=args.sync_wait, time_budget=args.time_budget,
+        anytime=args.anytime,
         register_model=args.register_model, command=shlex.join([*invoked_as().split(), *argv]))
 
 
 def main(argv: list[str] | None = None) -> int:
+    began = time.time()  # --time-budget counts from here: before planning imports torch, Ray and MLflow
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
 
@@ -197,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
 
         # Ray prints cluster events on stdout from a background thread; with --json, stdout holds only the JSON.
         with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
-            outcome = run_sweep(plan, say=say, stream="stderr" if args.json else "stdout")
+            outcome = run_sweep(plan, say=say, stream="stderr" if args.json else "stdout", began=began)
     except TrackingPending as e:
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return EXIT_TRACKING_PENDING

@@ -1,7 +1,7 @@
 """Early stops of anytime trials, judged on their checkpoints as they arrive (Tune stoppers: a callable of
 trial id and result that says whether to stop): `--scheduler dominated` (`DominatedStop`) and `--scheduler
 no-effect` (`NoEffectStop`). Both need candidates (`sweeps.candidates`) and compare with the base model's own
-point (`base_point`) where the sweep has one base model.
+point (`base_point`) where the sweep has one base model. The sweep's time budget is `sweeps.budget`.
 """
 
 from __future__ import annotations
@@ -124,3 +124,4 @@ def base_point(objectives: list[str] | tuple[str, ...], loss_name: str, metrics:
             return None
         point.append(value)
     return tuple(point)
+

@@ -162,14 +162,15 @@ def open_study(spec: StudySpec, make_sampler: Callable[[int], Any], points: list
     return study
 
 
-def close_running(study: Any) -> int:
-    """Fail the trials a dead driver left RUNNING (this process has asked none yet); their count."""
+def close_running(study: Any, why: str = "the driver died while the trial ran") -> int:
+    """Fail the trials left RUNNING, by a dead driver (this process has asked none yet) or by a time budget that
+    ended the sweep before they started (`sweeps.budget`), `why` in their `closed` attribute; their count."""
     from optuna.trial import TrialState
 
     running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
     for t in running:
         # A finished trial takes no attribute, so the mark goes first (storage API: a FrozenTrial has no setter).
-        study._storage.set_trial_user_attr(t._trial_id, CLOSED, "the driver died while the trial ran")
+        study._storage.set_trial_user_attr(t._trial_id, CLOSED, why)
         study.tell(t.number, state=TrialState.FAIL, skip_if_finished=True)
     return len(running)
 

@@ -24,6 +24,7 @@ SWEEP = "tinymem.sweep"  # JSON: task kind, objectives, methods, presets, search
 BASE = "tinymem.base"  # JSON: base-model metrics per preset
 BASE_KEYS = "tinymem.base_keys"  # JSON: model-store key per preset
 RESUMED = "tinymem.resumed"  # unix time of the latest --resume
+TIME_BUDGET = "tinymem.time_budget_s"  # on a parent its --time-budget ended: the budget in seconds
 
 # Child runs (one per trial); STATE is also the parent's (running | finished | interrupted).
 TRIAL_ID = "tinymem.trial_id"

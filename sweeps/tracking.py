@@ -142,6 +142,19 @@ class TrialLogger(Callback):
         if not is_finished(self.ledger.get(trial.trial_id)):  # a scheduler stopped it between epochs
             self._event(trial.trial_id, "finished", state="early_stopped", result=final_result(trial.last_result or {}))
 
+    def close_cut(self) -> list[tuple[str, dict[str, Any]]]:
+        """Trials left running when the time budget stopped the sweep (`sweeps.budget`; Tune calls no per-trial
+        callback then): recorded as early-stopped with their last per-epoch result; (trial id, that result)."""
+        cut = []
+        for trial_id, entry in list(self.ledger.trials.items()):
+            if is_finished(entry) or entry.get("state") == LOST or "config" not in entry:
+                continue
+            last = next((e.get("epoch_result") or {} for e in reversed(self.ledger.history(trial_id))
+                         if e.get("event") == "result"), {})
+            self._event(trial_id, "finished", state="early_stopped", result=last)
+            cut.append((trial_id, last))
+        return cut
+
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         if not is_finished(self.ledger.get(trial.trial_id)):
             self._event(trial.trial_id, "retry", retries=trial.num_failures, last_error=_error_line(trial))
