@@ -9,10 +9,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from sweeps import storage
 from sweeps import tags as T
 from sweeps.candidates import grid_points
 from sweeps.models import keep_models
-from sweeps.options import DEFAULT_NUM_SAMPLES
+from sweeps.options import DEFAULT_NUM_SAMPLES, SWEEP_RECORD
 from sweeps.plan import SweepPlan
 from sweeps.mlflow_io import log_metrics, set_tags
 
@@ -60,6 +61,9 @@ def finish_sweep(plan: SweepPlan, client: Any, experiment_id: str, parent: str, 
                             f"ran; the ones running then stopped at their last result and count as early-stopped, "
                             f"their checkpoints stay candidates")
         set_tags(client, parent, {T.TIME_BUDGET: f"{budget:g}"})
+        # Tune has ended its search (a restore would start nothing): `--resume` refuses it, naming why.
+        path = storage.join(plan.sweep_dir, SWEEP_RECORD)
+        storage.write_json(path, {**(storage.read_json(path) or {}), "ended_by_budget": budget})
     if interrupted:
         set_tags(client, parent, {T.STATE: "interrupted"})
         client.set_terminated(parent, status="KILLED")

@@ -61,7 +61,7 @@ def test_a_sweep_that_its_budget_ends_keeps_the_cut_trials_checkpoints(ray_runti
                                                                       tracking_uri, tmp_path, capsys):
     """Trials far longer than the budget: the budget stops the running ones at their last checkpoint. The sweep is
     finished (exit 0, not interrupted) with fewer trials than asked; each cut trial is early-stopped in the ledger,
-    PRUNED in the study and its checkpoints are report rows; no study trial is left RUNNING."""
+    PRUNED in the study and its checkpoints are report rows; no study trial is left RUNNING; a resume is refused."""
     space = tmp_path / "bs.yaml"  # batch 8 and up to 60 epochs: most trials take far longer than the budget
     space.write_text((spaces_dir / "balanced_subnet.yaml").read_text()
                      .replace("fixed: {}", "fixed: {batch_size: 8}")
@@ -98,3 +98,7 @@ def test_a_sweep_that_its_budget_ends_keeps_the_cut_trials_checkpoints(ray_runti
     assert all(by_ray[t].state == optuna.trial.TrialState.PRUNED for t in cut)
     parent = MlflowClient(tracking_uri).get_run(out["mlflow_parent_run_id"])
     assert parent.data.tags[T.TIME_BUDGET] == str(budget) and parent.data.tags[T.STATE] == "finished"
+    # Tune has ended that search: a resume would start nothing, so it is refused, naming why and what to do.
+    code, _, err = run_cli(["--experiment", "t-budget", "--resume", "--storage", sweep_root,
+                            "--tracking-uri", tracking_uri], capsys)
+    assert code == 2 and f"time budget of {budget} s ran out" in err and "start a new sweep" in err
