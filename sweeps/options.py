@@ -19,7 +19,8 @@ SCHEDULERS = ("none", "asha", "dominated", "no-effect")  # the last two: sweeps.
 GRIDS = ("paper", "paper-anytime")  # paper-anytime: an anytime method's epoch axis from checkpoints
 KEEP_MODELS = ("pareto", "all", "none")  # which trials' mitigated models stay as model directories (sweeps.models)
 # Sized so that the default sweep (`--method balanced_subnet` on math-demo), base training included, fits 10
-# minutes of a 2-core CPU; its anytime checkpoints make about 4 configurations of each trial (docs/defaults.md).
+# minutes of a quick 2-core CPU (DEFAULT_TIME_BUDGET holds it to that on a slow one); its anytime checkpoints
+# make about 4 configurations of each trial (docs/defaults.md).
 DEFAULT_NUM_SAMPLES = 6
 # The wall-clock budget of a sweep that takes the default trial count (`--time-budget`, `resolve_time_budget`):
 # 9 minutes from the driver's start, base training included, so that the default sweep ends within 10 minutes
