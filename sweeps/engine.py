@@ -226,9 +226,9 @@ def run_sweep(plan: SweepPlan, say: Callable[[str], None] = print, stream: str =
         total = sweep_total(plan)
         logger = TrialLogger(plan.tracking_uri, experiment_id, parent_run_id, plan.sweep_dir, plan.space,
                              plan.loss_name, system_tags=system, data_inputs=inputs)
-        callbacks = [logger, ProgressLines(plan.space, plan.objectives, total, stream, ledger_dir=plan.sweep_dir)]
-
         budget, t_budget = resolve_time_budget(o), began or t_start  # `sweeps.budget.Deadline` counts from it
+        callbacks = [logger, ProgressLines(plan.space, plan.objectives, total, stream, ledger_dir=plan.sweep_dir,
+                                           deadline=None if budget is None else t_budget + budget)]
         if plan.resumed and tune.Tuner.can_restore(plan.ray_path):
             t_budget, search_alg = time.time(), None  # the restored Deadline counts again from its unpickling
             # Our callbacks come back unpickled from the experiment: they keep no state beyond files.

@@ -25,7 +25,7 @@ from ray.tune import Callback
 from sweeps.pareto import MEM, non_dominated
 from sweeps.space import SweepSpace
 
-CONFIG_FIELDS = ("space", "objectives", "total", "stream", "ledger_dir")
+CONFIG_FIELDS = ("space", "objectives", "total", "stream", "ledger_dir", "deadline")
 REFRESH_S = 1.0  # redraw the bar at least this often, so elapsed time and ETA stay live between trial events
 
 
@@ -69,9 +69,10 @@ class ProgressLines(Callback):
     """
 
     def __init__(self, space: SweepSpace, objectives: list[str], total: int, stream: str = "stdout",
-                 ledger_dir: str | None = None):
+                 ledger_dir: str | None = None, deadline: float | None = None):
         self.space, self.objectives, self.total, self.stream = space, list(objectives), total, stream
         self.ledger_dir = ledger_dir  # the sweep directory, whose ledger a resumed sweep also counts from
+        self.deadline = deadline  # when the time budget ends the sweep (unix time): the ETA is at most that
         self._start()
 
     def __getstate__(self) -> dict[str, Any]:
@@ -80,7 +81,8 @@ class ProgressLines(Callback):
     def __setstate__(self, state: dict[str, Any]) -> None:
         if "objectives" not in state:  # pickled before --objectives: mem_pct and its one utility loss
             state = {**state, "objectives": [MEM, state["loss_name"]]}
-        state = {"ledger_dir": None, **state}  # pickled before the ledger
+        # Pickled before the ledger, or a resumed sweep: its time budget counts again (`sweeps.budget`), unknown here.
+        state = {"ledger_dir": None, **state, "deadline": None}
         self.__dict__.update({k: state[k] for k in CONFIG_FIELDS})
         self._start()  # a resumed sweep counts its own time
 
@@ -146,6 +148,9 @@ class ProgressLines(Callback):
         elapsed = time.time() - self.t0
         here = done - (self.done_at_start or 0)
         eta = elapsed / here * max(self.total - done, 0) if here > 0 else math.nan
+        if self.deadline is not None:  # the time budget stops the sweep by then, whatever is left to run
+            left = max(0.0, self.deadline - time.time())
+            eta = left if math.isnan(eta) else min(eta, left)
         failed = sum(v == "failed" for v in self.outcomes.values())
         return {"done": done, "running": running, "failed": failed, "front": len(self.front),
                 "elapsed": elapsed, "eta": eta}

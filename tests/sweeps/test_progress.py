@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import pickle
 import random
 import re
@@ -175,3 +176,18 @@ def test_a_resumed_sweep_counts_the_trials_only_the_ledger_knows(tmp_path):
     c = cb.counts([])
     assert (c["done"], c["failed"], c["front"]) == (2, 1, 1)
     assert cb.done_at_start == 2  # finished before this process: not counted in its ETA
+
+
+def test_the_eta_is_at_most_the_time_budget_left():
+    """With a time budget the sweep ends by its deadline, so the ETA says at most that: before the first trial
+    (no rate yet) and when the trials' rate would take longer. A resumed callback has no deadline (its budget
+    counts again from the resume, in `sweeps.budget`)."""
+    import time
+
+    cb = ProgressLines(None, ["mem_pct", "val_acc_drop"], 40, "none", deadline=time.time() + 30)  # type: ignore[arg-type]
+    assert 25 < cb.counts([])["eta"] <= 30
+    cb.t0 -= 10.0  # one trial in 10 s: 39 more would take 390 s
+    cb.outcomes["a"] = "completed"
+    assert 25 < cb.counts([])["eta"] <= 30
+    assert math.isnan(ProgressLines(None, ["mem_pct"], 4, "none").counts([])["eta"])  # type: ignore[arg-type]
+    assert pickle.loads(pickle.dumps(cb)).deadline is None
