@@ -256,8 +256,8 @@ def _plan_resume(opts: SweepOptions, storage_root: str) -> SweepPlan:
         raise SweepError(f"sweep {sweep_id!r} of {opts.experiment!r} has no {SWEEP_RECORD}; it cannot be resumed")
     if record.get("ended_by_budget"):  # Tune ended its search there: a restore would start nothing
         raise SweepError(f"sweep {sweep_id!r} of {opts.experiment!r} ended when its time budget of "
-                         f"{record['ended_by_budget']:g} s ran out: it is finished, not interrupted, and a resume would "
-                         f"run nothing; start a new sweep (with a larger --time-budget, or --time-budget none)")
+                         f"{record['ended_by_budget']:g} s ran out: it is finished, not interrupted, and a resume "
+                         f"would run nothing; start a new sweep (with a larger --time-budget, or --time-budget none)")
     spaces = [parse_search_space(d, f"{SWEEP_RECORD} of {sweep_id} ({m})", m)
               for m, d in record["space"]["methods"].items()]
     space = SweepSpace(spaces, record["space"]["presets"])

@@ -184,7 +184,8 @@ def test_the_eta_is_at_most_the_time_budget_left():
     counts again from the resume, in `sweeps.budget`)."""
     import time
 
-    cb = ProgressLines(None, ["mem_pct", "val_acc_drop"], 40, "none", deadline=time.time() + 30)  # type: ignore[arg-type]
+    objectives = ["mem_pct", "val_acc_drop"]
+    cb = ProgressLines(None, objectives, 40, "none", deadline=time.time() + 30)  # type: ignore[arg-type]
     assert 25 < cb.counts([])["eta"] <= 30
     cb.t0 -= 10.0  # one trial in 10 s: 39 more would take 390 s
     cb.outcomes["a"] = "completed"
