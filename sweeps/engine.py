@@ -262,7 +262,8 @@ def run_sweep(plan: SweepPlan, say: Callable[[str], None] = print, stream: str =
             say(f"Optuna study {plan.study_name} in {plan.study_storage}")
         logger.open()  # the MLflow writer: first what a dead driver or an outage left
         tuner.fit()  # on Ctrl-C, Tune saves its state and returns: the report below covers what finished
-        spent = budget_spent(budget, t_budget, logger, search_alg)
+        # A resume of a sweep its budget ended (only to --register-model) ends as that sweep did.
+        spent = budget_spent(budget, t_budget, logger, search_alg) or plan.record.get("ended_by_budget")
         summary = logger.close(o.sync_wait)
         if not summary.get("complete"):
             raise TrackingPending(pending_message(plan, summary))

@@ -254,7 +254,7 @@ def _plan_resume(opts: SweepOptions, storage_root: str) -> SweepPlan:
     record = storage.read_json(storage.join(exp_dir, sweep_id, SWEEP_RECORD))
     if not record:
         raise SweepError(f"sweep {sweep_id!r} of {opts.experiment!r} has no {SWEEP_RECORD}; it cannot be resumed")
-    if record.get("ended_by_budget"):  # Tune ended its search there: a restore would start nothing
+    if record.get("ended_by_budget") and not opts.register_model:  # its search is over: a restore runs nothing
         raise SweepError(f"sweep {sweep_id!r} of {opts.experiment!r} ended when its time budget of "
                          f"{record['ended_by_budget']:g} s ran out: it is finished, not interrupted, and a resume "
                          f"would run nothing; start a new sweep (with a larger --time-budget, or --time-budget none)")

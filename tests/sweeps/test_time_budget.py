@@ -106,3 +106,8 @@ def test_a_sweep_that_its_budget_ends_keeps_the_cut_trials_checkpoints(ray_runti
     code, _, err = run_cli(["--experiment", "t-budget", "--resume", "--storage", sweep_root,
                             "--tracking-uri", tracking_uri], capsys)
     assert code == 2 and f"time budget of {budget} s ran out" in err and "start a new sweep" in err
+    # Registering a kept model is still an action of `--resume` on a finished sweep (`--register-model`).
+    from sweeps.plan import plan_sweep
+
+    plan = plan_sweep(SweepOptions(experiment="t-budget", resume="latest", storage=sweep_root, register_model="m"))
+    assert plan.resumed and plan.record["ended_by_budget"] == budget
