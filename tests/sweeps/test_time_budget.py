@@ -68,8 +68,8 @@ def test_a_sweep_that_its_budget_ends_keeps_the_cut_trials_checkpoints(ray_runti
                      .replace("fixed: {}", "fixed: {batch_size: 8}")
                      .replace("epochs: {type: int, low: 1, high: 3}", "epochs: {type: int, low: 1, high: 60}"))
     budget, asked = 40, 8  # the budget counts from the command: planning and the cold start of the actors too
-    args = sweep_args("balanced_subnet", "t-budget", "--num-samples", str(asked), "--time-budget", str(budget),
-                      "--keep-models", "none")
+    # The default --keep-models pareto, so that a resume to --register-model is allowed (below).
+    args = sweep_args("balanced_subnet", "t-budget", "--num-samples", str(asked), "--time-budget", str(budget))
     args[args.index("--search-space") + 1] = str(space)
     code, out, err = run_cli(args, capsys)
     assert code == 0, err
