@@ -124,4 +124,3 @@ def base_point(objectives: list[str] | tuple[str, ...], loss_name: str, metrics:
             return None
         point.append(value)
     return tuple(point)
-

@@ -149,8 +149,7 @@ class TrialLogger(Callback):
         for trial_id, entry in list(self.ledger.trials.items()):
             if is_finished(entry) or entry.get("state") == LOST or "config" not in entry:
                 continue
-            last = next((e.get("epoch_result") or {} for e in reversed(self.ledger.history(trial_id))
-                         if e.get("event") == "result"), {})
+            last = entry.get("epoch_result") or {}  # the entry folds in its latest per-epoch result
             self._event(trial_id, "finished", state="early_stopped", result=last)
             cut.append((trial_id, last))
         return cut
