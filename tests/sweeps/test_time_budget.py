@@ -19,6 +19,7 @@ from sweeps.errors import SweepError
 from sweeps.ledger import TrialLedger
 from sweeps.options import DEFAULT_TIME_BUDGET, SweepOptions, check_flags, parse_time_budget, resolve_time_budget
 from sweeps.study import make_storage
+from tinymem.mitigations._anytime import checkpoint_epochs
 from tests.sweeps.conftest import run_cli
 
 
@@ -85,14 +86,20 @@ def test_a_sweep_that_its_budget_ends_keeps_the_cut_trials_checkpoints(ray_runti
     # A trial started just before the budget ran out may have reported nothing: early-stopped without a result.
     reported = [t for t in cut if "epoch_result" in ledger.trials[t]]
     assert reported
+    kept = set()
     for trial_id in reported:
         entry = ledger.trials[trial_id]
+        epochs = entry["params"]["epochs"]
         last = entry["epoch_result"]["epoch"]
-        assert 1 <= last <= entry["params"]["epochs"]  # stopped at its last result (a final one may be in flight)
-        # Its checkpoints (every epoch of a short run, a geometric set of a long one) are report rows.
-        checkpoints = {f"{trial_id}@e{e['epoch_result']['epoch']}" for e in ledger.history(trial_id)
-                       if e.get("event") == "result" and e["epoch_result"].get(CHECKPOINT) == 1}
-        assert checkpoints and checkpoints <= set(rows["trial_id"])
+        assert 1 <= last <= epochs  # stopped at its last result (a final one may be in flight)
+        # Each epoch it reported that is on its schedule (every epoch of a short run, a geometric set of a long
+        # one, never its last: a 1-epoch trial has none) was a checkpoint, and each checkpoint is a report row.
+        results = [e["epoch_result"] for e in ledger.history(trial_id) if e.get("event") == "result"]
+        scheduled = {int(r["epoch"]) for r in results} & set(checkpoint_epochs(epochs))
+        checkpoints = {int(r["epoch"]) for r in results if r.get(CHECKPOINT) == 1}
+        assert checkpoints == scheduled, (trial_id, epochs, checkpoints, scheduled)
+        kept |= {f"{trial_id}@e{e}" for e in checkpoints}
+    assert kept and kept <= set(rows["trial_id"])
 
     import optuna
 
