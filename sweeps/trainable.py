@@ -131,6 +131,10 @@ def sweep_trainable(config: dict[str, Any], static: TrialStatic) -> None:
         trial_config["robustness"] = list(static.robustness)
     seeds = base_seeds(trial_config, static.repeats) if static.repeats > 1 else []
     configs = [seed_config(trial_config, s) for s in seeds] or [trial_config]
+    # Resume files are this trial's: its retry resumes, another trial of the same configuration (a rerun sweep
+    # at the same seed) starts at epoch 0 and evaluates every checkpoint. Not in `trial_config`, which
+    # rebuilds the kept model.
+    scope = {"resume_scope": tune.get_context().get_trial_id()}
     # Not in `trial_config`: that one rebuilds the trial's model, which needs no candidates.
     anytime = anytime_config(static.space, method, static.repeats, objectives, static.anytime)
     results = []
@@ -141,7 +145,7 @@ def sweep_trainable(config: dict[str, Any], static: TrialStatic) -> None:
             # the first base model's mitigated model is the one kept.
             first = i == 0
             extra = {**saving.out_config(), **anytime} if first else {}
-            results.append(run_trial({**config, **extra},
+            results.append(run_trial({**config, **scope, **extra},
                                      callback=on_epoch if first else None,
                                      on_work_dir=resume.restore if resume and first else None,
                                      on_base=base_metrics.update if first else None))

@@ -16,6 +16,9 @@ Config keys (only `method` is required):
 - `out_dir`: save the mitigated model there as a model directory with its tokenizer and a model card
   (`README.md`, `tinymem.card`) (default: not saved).
 - `progress`: show progress bars.
+- `work_dir`: the method's directory for caches and resume files (default: beside the base evaluation's cache).
+  `resume_scope`: whose resume files the method may pick up (default empty: any interrupted run of the same
+  configuration; a sweep passes each trial's id, so only a retry of that trial resumes).
 - `heldout_frac`: withhold this seeded fraction of the unlearning set from the method and report
   `heldout_mem_pct` on it (default 0: the method sees every memorized row, as in the paper).
 - `robustness`: robustness metrics to add (`tinymem.robustness`): "all", a comma list or a list of
@@ -68,7 +71,7 @@ from tinymem.store import DEFAULT_ROOT, ModelStore, read_manifest, write_manifes
 from tinymem.util import atomic_path, atomic_write_text, evaluation
 
 TRIAL_KEYS = ("method", "params", "preset", "set", "model_dir", "storage", "device", "seed", "out_dir",
-              "progress", "work_dir", "heldout_frac", "robustness", "anytime", "anytime_from",
+              "progress", "work_dir", "resume_scope", "heldout_frac", "robustness", "anytime", "anytime_from",
               "anytime_at") + HFSourceOptions.keys()
 
 
@@ -91,6 +94,7 @@ class TrialConfig:
     out_dir: str | None = None
     progress: bool = False
     work_dir: str | None = None
+    resume_scope: str = ""  # whose resume files the method may pick up (`MitigationContext.resume_scope`)
     heldout_frac: float = 0.0  # share of the unlearning set withheld from the method (heldout_mem_pct)
     robustness: tuple[str, ...] = ()  # robustness metric names (`tinymem.robustness.NAMES`), none by default
     anytime: bool = False  # evaluate an anytime method at checkpoints of its run (candidates)
@@ -117,6 +121,7 @@ class TrialConfig:
                    storage=str(config.get("storage") or DEFAULT_ROOT), device=str(config.get("device") or "auto"),
                    seed=int(config.get("seed", 0)), out_dir=_opt_str(config.get("out_dir")),
                    progress=bool(config.get("progress")), work_dir=_opt_str(config.get("work_dir")),
+                   resume_scope=str(config.get("resume_scope") or ""),
                    heldout_frac=float(config.get("heldout_frac") or 0.0),
                    robustness=parse_names(config.get("robustness")), anytime=_flag(config.get("anytime"), "anytime"),
                    anytime_from=_positive_int(config.get("anytime_from", 1), "anytime_from"),
@@ -127,7 +132,8 @@ class TrialConfig:
         d = {"method": self.method or None, "params": dict(self.params), "preset": self.preset,
              "set": dict(self.set), "model_dir": self.model_dir, "storage": self.storage, "device": self.device,
              "seed": self.seed, "out_dir": self.out_dir, "progress": self.progress, "work_dir": self.work_dir,
-             "heldout_frac": self.heldout_frac or None, "robustness": list(self.robustness) or None,
+             "resume_scope": self.resume_scope or None, "heldout_frac": self.heldout_frac or None,
+             "robustness": list(self.robustness) or None,
              "anytime": self.anytime or None, "anytime_from": self.anytime_from if self.anytime_from != 1 else None,
              "anytime_at": list(self.anytime_at) or None,
              **self.source.as_config()}
@@ -442,8 +448,8 @@ def run_trial(config: TrialConfig | Mapping[str, Any], callback: Callable[[dict[
     ctx = MitigationContext(
         model=model, bundle=bundle, forget=bundle.forget[rows], forget_clean=bundle.forget_clean[rows],
         retain=bundle.retain, base_spec=spec, base_key=key, seed=seed, device=device, report=report,
-        evaluate=lambda m: evaluate(m, bundle), work_dir=work_dir, store_root=storage,
-        progress=config.progress, checkpoint=checkpoints if checkpoints is not None else no_checkpoint)
+        evaluate=lambda m: evaluate(m, bundle), work_dir=work_dir, resume_scope=config.resume_scope,
+        store_root=storage, progress=config.progress, checkpoint=checkpoints if checkpoints is not None else no_checkpoint)
     if on_work_dir is not None:
         on_work_dir(work_dir)
     torch.manual_seed(seed)

@@ -51,11 +51,11 @@ def tiny(tiny_store):
                            mem_pct=memorization(loaded.model, loaded.bundle)["mem_pct"])
 
 
-def make_ctx(tiny, seed: int = 0, work_dir: Path | None = None, report=None) -> MitigationContext:
+def make_ctx(tiny, seed: int = 0, work_dir: Path | None = None, report=None, scope: str = "") -> MitigationContext:
     model = load_model_dir(tiny.directory, device="cpu").model
     b = tiny.bundle
     return MitigationContext(model=model, bundle=b, forget=b.forget[tiny.rows], forget_clean=b.forget_clean[tiny.rows],
-                             retain=b.retain, seed=seed, work_dir=work_dir,
+                             retain=b.retain, seed=seed, work_dir=work_dir, resume_scope=scope,
                              report=report or (lambda metrics: None))
 
 
@@ -263,6 +263,30 @@ def test_balanced_subnet_resumes_from_its_checkpoint(tiny, tmp_path):
     for k, v in snapshot(out.model).items():
         assert torch.equal(v, full[k]), f"resumed run differs from the uninterrupted one ({k})"
     assert not list(tmp_path.glob("scores-*.pt")), "a finished run removes its checkpoint"
+
+
+def test_resume_files_are_their_scopes(tiny, tmp_path):
+    """A sweep scopes resume files to a trial: another trial of the same configuration (a rerun at the same seed)
+    runs from epoch 0 and reports every epoch; only the interrupted trial itself resumes."""
+    params = {"ratio": 0.1, "epochs": 2, "batch_size": 128}
+
+    class Crash(Exception):
+        pass
+
+    def crash_after_first_epoch(metrics):
+        if metrics["epoch"] == 1.0:
+            raise Crash
+
+    with pytest.raises(Crash):
+        get_method("balanced_subnet")(params).apply(make_ctx(tiny, work_dir=tmp_path, report=crash_after_first_epoch,
+                                                             scope="trial-a"))
+    (left,) = tmp_path.glob("scores-*.pt")
+    for scope, resumed, epochs in (("trial-b", 0.0, [1.0, 2.0]), ("", 0.0, [1.0, 2.0]), ("trial-a", 1.0, [2.0])):
+        reports: list[dict[str, float]] = []
+        out = get_method("balanced_subnet")(params).apply(make_ctx(tiny, work_dir=tmp_path, report=reports.append,
+                                                                   scope=scope))
+        assert out.info["resumed_from_epoch"] == resumed and [r["epoch"] for r in reports] == epochs, scope
+    assert not list(tmp_path.glob("scores-*.pt")), "each finished run removed its own file, trial-a's included"
 
 
 def test_zero_top_global_and_tensor():

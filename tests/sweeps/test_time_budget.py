@@ -19,7 +19,10 @@ from sweeps.errors import SweepError
 from sweeps.ledger import TrialLedger
 from sweeps.options import DEFAULT_TIME_BUDGET, SweepOptions, check_flags, parse_time_budget, resolve_time_budget
 from sweeps.study import make_storage
+from tinymem.mitigations import get_method
 from tinymem.mitigations._anytime import checkpoint_epochs
+from tinymem.mitigations.base import resume_key
+from tinymem.presets import get_preset
 from tests.sweeps.conftest import run_cli
 
 
@@ -86,6 +89,8 @@ def test_a_sweep_that_its_budget_ends_keeps_the_cut_trials_checkpoints(ray_runti
     # A trial started just before the budget ran out may have reported nothing: early-stopped without a result.
     reported = [t for t in cut if "epoch_result" in ledger.trials[t]]
     assert reported
+    scores = {p.name for p in Path(sweep_root, "cache").glob("*/balanced_subnet/scores-*.pt")}
+    base_key = get_preset("math-tiny").key()
     kept = set()
     for trial_id in reported:
         entry = ledger.trials[trial_id]
@@ -99,6 +104,11 @@ def test_a_sweep_that_its_budget_ends_keeps_the_cut_trials_checkpoints(ray_runti
         checkpoints = {int(r["epoch"]) for r in results if r.get(CHECKPOINT) == 1}
         assert checkpoints == scheduled, (trial_id, epochs, checkpoints, scheduled)
         kept |= {f"{trial_id}@e{e}" for e in checkpoints}
+        # Its resume file is its own (scoped by its trial id): a rerun of this sweep at the same seed, whose
+        # first points are these, starts them at epoch 0 instead of resuming them and losing their checkpoints.
+        parts = {"method": "balanced_subnet", "params": get_method("balanced_subnet")(entry["params"]).params.to_dict()}
+        assert f"scores-{resume_key(parts, base_key, 0, trial_id)}.pt" in scores, (trial_id, scores)
+        assert f"scores-{resume_key(parts, base_key, 0)}.pt" not in scores
     assert kept and kept <= set(rows["trial_id"])
 
     import optuna

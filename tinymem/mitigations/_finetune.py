@@ -30,7 +30,7 @@ from tinymem.errors import ConfigError
 from tinymem.metrics import evaluate
 from tinymem.mitigations.base import Hyperparams, Mitigation, MitigationContext, MitigationOutput, family_base, hp
 from tinymem.mitigations.memory import MethodMemory
-from tinymem.specs import TrainSpec, spec_hash
+from tinymem.specs import TrainSpec
 from tinymem.train import train
 
 
@@ -81,8 +81,7 @@ def finetune(ctx: MitigationContext, data: torch.Tensor, method: str, params: Fi
             eval_seconds += time.perf_counter() - t0
     ckpt_dir = None
     if ctx.work_dir is not None:
-        run = spec_hash({"base": ctx.base_key, "method": method, "params": params.to_dict(), "seed": ctx.seed,
-                         "rows": int(data.shape[0])})
+        run = ctx.resume_key(method=method, params=params.to_dict(), rows=int(data.shape[0]))
         ckpt_dir = Path(ctx.work_dir) / "finetune" / run
     with _exclusive(ckpt_dir) if ckpt_dir is not None else contextlib.nullcontext():
         result = train(ctx.model, data, spec, seed=ctx.seed, pad_id=ctx.pad_id, bundle=ctx.bundle,

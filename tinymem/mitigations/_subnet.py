@@ -31,7 +31,6 @@ from tinymem.adapter import ModelAdapter, weight_out_in
 from tinymem.errors import ConfigError
 from tinymem.mitigations._batches import epoch_probe
 from tinymem.mitigations.base import MitigationContext
-from tinymem.specs import spec_hash
 from tinymem.util import atomic_path, progress_bar
 
 SCORE_INITS = ("kaiming", "magnitude")
@@ -176,8 +175,7 @@ class ScoreSubnetwork:
 def _checkpoint_path(ctx: MitigationContext, method: str, params: dict[str, Any]) -> Path | None:
     if ctx.work_dir is None:
         return None
-    key = spec_hash({"method": method, "params": params, "seed": ctx.seed, "base": ctx.base_key}, 16)
-    return Path(ctx.work_dir) / f"scores-{key}.pt"
+    return Path(ctx.work_dir) / f"scores-{ctx.resume_key(method=method, params=params)}.pt"
 
 
 def _save(path: Path, state: dict[str, Any]) -> None:

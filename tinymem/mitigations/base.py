@@ -39,7 +39,7 @@ from tinymem.data.bundle import DataBundle
 from tinymem.errors import ConfigError
 from tinymem.mitigations._anytime import no_checkpoint
 from tinymem.mitigations.memory import MethodMemory
-from tinymem.specs import BaseSpec, coerce
+from tinymem.specs import BaseSpec, coerce, spec_hash
 
 FAMILIES = ("regularizer", "finetune", "unlearn_neuron", "unlearn_weight")
 
@@ -109,6 +109,15 @@ class Hyperparams:
         return dataclasses.asdict(self)
 
 
+def resume_key(parts: dict[str, Any], base_key: str, seed: int, scope: str = "") -> str:
+    """The name of a run's resume files: its configuration (`parts`: method, params, ...), base model and seed,
+    and the scope that owns them (`MitigationContext.resume_scope`)."""
+    key = {**parts, "base": base_key, "seed": seed}
+    if scope:  # left out when empty: an unscoped run's name is the one it had before scopes existed
+        key["scope"] = scope
+    return spec_hash(key, 16)
+
+
 @dataclass
 class MitigationContext:
     """Everything a method may use. Methods edit `model` in place or return a new one.
@@ -121,6 +130,10 @@ class MitigationContext:
     - `evaluate(model)`: the metric engine bound to this bundle.
     - `work_dir`: a per-(model, method) directory for caches (neuron attributions) and checkpoints that a
       retried trial resumes from. `store_root` is the model-store root (regularizers store trained models).
+    - `resume_scope`: whose resume files a run may pick up (`resume_key`). Empty (the CLI): any run of the same
+      configuration resumes where an interrupted one stopped. A sweep gives each trial its own (its trial id): a
+      retry of that trial resumes, but another trial of the same configuration (a rerun sweep with the same seed,
+      another arm of a bench) starts at epoch 0, so it evaluates every anytime checkpoint and pays its own CPU.
     - `checkpoint(epoch, model_fn)`: anytime methods call it after each epoch and add what it returns to that
       epoch's report: the candidate's metrics when the trial asked for anytime candidates and the epoch is on
       the schedule (`tinymem.mitigations._anytime`), else {}. `model_fn()` builds the model of `epochs = epoch`.
@@ -138,9 +151,14 @@ class MitigationContext:
     report: Callable[[dict[str, float]], None] = lambda metrics: None
     evaluate: Callable[[nn.Module], dict[str, float]] | None = None
     work_dir: Path | None = None
+    resume_scope: str = ""
     store_root: str | None = None
     progress: bool = False
     checkpoint: Callable[[int, Callable[[], nn.Module]], dict[str, float]] = no_checkpoint
+
+    def resume_key(self, **parts: Any) -> str:
+        """The name of this run's resume files under `work_dir` (`resume_key` of its configuration `parts`)."""
+        return resume_key(parts, self.base_key, self.seed, self.resume_scope)
 
     @property
     def adapter(self) -> ModelAdapter:
