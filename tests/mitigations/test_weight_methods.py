@@ -242,19 +242,25 @@ def test_per_row_gradients_match_autograd(tiny):
             torch.testing.assert_close(f[i], r, rtol=1e-4, atol=1e-7)
 
 
-def test_balanced_subnet_resumes_from_its_checkpoint(tiny, tmp_path):
-    params = {"ratio": 0.1, "epochs": 2, "batch_size": 128}
-    full = snapshot(get_method("balanced_subnet")(params).apply(make_ctx(tiny)).model)
+class Crash(Exception):
+    pass
 
-    class Crash(Exception):
-        pass
 
+def interrupt_after_first_epoch(tiny, params: dict, work_dir: Path, scope: str = "") -> None:
+    """A BalancedSubnet run that dies after its first epoch (its resume file written)."""
     def crash_after_first_epoch(metrics):
         if metrics["epoch"] == 1.0:
             raise Crash
 
     with pytest.raises(Crash):
-        get_method("balanced_subnet")(params).apply(make_ctx(tiny, work_dir=tmp_path, report=crash_after_first_epoch))
+        get_method("balanced_subnet")(params).apply(make_ctx(tiny, work_dir=work_dir, report=crash_after_first_epoch,
+                                                             scope=scope))
+
+
+def test_balanced_subnet_resumes_from_its_checkpoint(tiny, tmp_path):
+    params = {"ratio": 0.1, "epochs": 2, "batch_size": 128}
+    full = snapshot(get_method("balanced_subnet")(params).apply(make_ctx(tiny)).model)
+    interrupt_after_first_epoch(tiny, params, tmp_path)
     assert len(list(tmp_path.glob("scores-*.pt"))) == 1, "a checkpoint after epoch 1"
     reports: list[dict[str, float]] = []
     out = get_method("balanced_subnet")(params).apply(make_ctx(tiny, work_dir=tmp_path, report=reports.append))
@@ -269,18 +275,8 @@ def test_resume_files_are_their_scopes(tiny, tmp_path):
     """A sweep scopes resume files to a trial: another trial of the same configuration (a rerun at the same seed)
     runs from epoch 0 and reports every epoch; only the interrupted trial itself resumes."""
     params = {"ratio": 0.1, "epochs": 2, "batch_size": 128}
-
-    class Crash(Exception):
-        pass
-
-    def crash_after_first_epoch(metrics):
-        if metrics["epoch"] == 1.0:
-            raise Crash
-
-    with pytest.raises(Crash):
-        get_method("balanced_subnet")(params).apply(make_ctx(tiny, work_dir=tmp_path, report=crash_after_first_epoch,
-                                                             scope="trial-a"))
-    (left,) = tmp_path.glob("scores-*.pt")
+    interrupt_after_first_epoch(tiny, params, tmp_path, scope="trial-a")
+    assert len(list(tmp_path.glob("scores-*.pt"))) == 1
     for scope, resumed, epochs in (("trial-b", 0.0, [1.0, 2.0]), ("", 0.0, [1.0, 2.0]), ("trial-a", 1.0, [2.0])):
         reports: list[dict[str, float]] = []
         out = get_method("balanced_subnet")(params).apply(make_ctx(tiny, work_dir=tmp_path, report=reports.append,
