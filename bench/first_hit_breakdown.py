@@ -1,0 +1,98 @@
+"""Where a search arm's CPU-seconds before its first hit went, from the lines of `bench/search_efficiency.py`
+(no trial is run): per seed, the trials that started before the hit, by kind, with the CPU each had spent when
+the hit became known; then a what-if: the same proposals, with every infeasible trial (memorization at 0 and a
+val drop above the bar at each of its first 3 checkpoints) stopped at its third checkpoint.
+
+The what-if keeps the sampler's proposals as they were (a real stop rule would change what it learns), so it
+says how much such a rule could save at most on these runs, not what it would measure.
+
+    python bench/first_hit_breakdown.py --arm tpe+anytime+constraint+noeffect
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import search_efficiency as se  # noqa: E402
+
+KINDS = ("cut by a stop rule", "ratio < 0.05, no hit", "infeasible at mem 0", "the hit's trial", "other")
+PATIENCE = 3  # checkpoints an infeasible trial is given in the what-if
+
+
+def is_hit(p: dict) -> bool:
+    return p["mem_pct"] <= se.MEM_MAX and p["val_acc_drop"] <= se.DROP_MAX
+
+
+def kind(t: dict, hit_trial: str, until_ms: float) -> str:
+    """Which of KINDS a trial that started before the hit is."""
+    seen = [p for p in t["points"] if p["at_ms"] <= until_ms]
+    if t["trial_id"] == hit_trial:
+        return KINDS[3]
+    if t["state"] == "early_stopped":
+        return KINDS[0]
+    if seen and min(p["mem_pct"] for p in seen) <= se.MEM_MAX:
+        return KINDS[2]
+    return KINDS[1] if t["params"].get("ratio", 1.0) < 0.05 else KINDS[4]
+
+
+def breakdown(rec: dict) -> dict[str, tuple[int, float]]:
+    """KINDS -> (trials, CPU-seconds spent by them when the first hit became known)."""
+    at_ms, hit_trial = min((p["at_ms"], t["trial_id"]) for t in rec["trials"] for p in t["points"] if is_hit(p))
+    out = {k: (0, 0.0) for k in KINDS}
+    for t in rec["trials"]:
+        if t["start_ms"] >= at_ms:
+            continue
+        share = min(1.0, (at_ms - t["start_ms"]) / max(1, t["end_ms"] - t["start_ms"]))
+        n, cpu = out[kind(t, hit_trial, at_ms)]
+        out[kind(t, hit_trial, at_ms)] = (n + 1, cpu + t["cpu_s"] * share)
+    return out
+
+
+def with_infeasible_stop(rec: dict) -> dict:
+    """The arm's line as if each infeasible trial had stopped at its PATIENCE-th checkpoint (same proposals)."""
+    rec = copy.deepcopy(rec)
+    for t in rec["trials"]:
+        pts = [p for p in t["points"] if p["source"] == "checkpoint"]
+        if len(pts) > PATIENCE and all(p["mem_pct"] <= se.MEM_MAX and p["val_acc_drop"] > se.DROP_MAX
+                                       for p in pts[:PATIENCE]):
+            stop_ms = pts[PATIENCE - 1]["at_ms"]
+            t["cpu_s"] *= (stop_ms - t["start_ms"]) / max(1, t["end_ms"] - t["start_ms"])
+            t["end_ms"], t["points"] = stop_ms, pts[:PATIENCE]
+    return rec
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--arm", default="tpe+anytime+constraint+noeffect")
+    ap.add_argument("--results", default=str(se.OUT), help="a results file of bench/search_efficiency.py")
+    args = ap.parse_args(argv)
+    recs = [json.loads(line) for line in Path(args.results).read_text().splitlines() if line.strip()]
+    grids = {r["seed"]: r for r in recs if r["arm"] == "grid"}
+    arms = [r for r in recs if r["arm"] == args.arm and r["seed"] in grids]
+    if not arms:
+        known = sorted({r["arm"] for r in recs if r["seed"] in grids and r["arm"] != "grid"})
+        print(f"error: no line of arm {args.arm!r} with a grid line of the same seed in {args.results}; "
+              f"arms there: {known}", file=sys.stderr)
+        return 2
+    for rec in arms:
+        grid = grids[rec["seed"]]
+        g = se.summarize(grid, grid)["first_hit_val"]
+        a = se.summarize(rec, grid)["first_hit_val"]
+        if a is None:
+            print(f"seed {rec['seed']}: no hit")
+            continue
+        parts = ", ".join(f"{k}: {n} trial{'s' if n > 1 else ''} {cpu:.1f} CPU-s" for k, (n, cpu) in breakdown(rec).items() if n)
+        b = se.summarize(with_infeasible_stop(rec), grid)["first_hit_val"]
+        print(f"seed {rec['seed']}: first hit at {a:.1f} CPU-s, {a / g:.2f}x the grid's {g:.1f} ({parts}); "
+              f"infeasible trials stopped at checkpoint {PATIENCE}, same proposals: {b:.1f} ({b / g:.2f}x)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,43 @@
+"""The arithmetic of `bench/first_hit_breakdown.py` on hand-made trials: which trials the CPU before the first
+hit went to, and what stopping the infeasible ones at their third checkpoint would have saved."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+_spec = importlib.util.spec_from_file_location("first_hit_breakdown", BENCH / "first_hit_breakdown.py")
+F = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(F)
+
+
+def _trial(tid: str, start: int, end: int, cpu: float, ratio: float, points: list[tuple[int, float, float]],
+           state: str = "completed") -> dict:
+    return {"trial_id": tid, "start_ms": start, "end_ms": end, "cpu_s": cpu, "state": state,
+            "params": {"ratio": ratio},
+            "points": [{"at_ms": at, "mem_pct": m, "val_acc_drop": d, "test_acc_drop": d, "source": "checkpoint",
+                        "epochs": i + 1} for i, (at, m, d) in enumerate(points)]}
+
+
+def test_breakdown_and_the_infeasible_stop_what_if():
+    # In sequence: a no-op cut at 1 s, an infeasible trial (mem 0, drop 5 at each of its 6 checkpoints, 6 CPU-s),
+    # a low-ratio trial that never hits (2 CPU-s), then the hit's trial (hit at its second checkpoint).
+    noop = _trial("a", 0, 1000, 1.0, 0.0001, [(1000, 50.0, 0.0)], state="early_stopped")
+    bad = _trial("b", 1000, 7000, 6.0, 0.5, [(1000 + 1000 * (i + 1), 0.0, 5.0) for i in range(6)])
+    low = _trial("c", 7000, 9000, 2.0, 0.01, [(8000, 30.0, 0.0), (9000, 20.0, 0.0)])
+    hit = _trial("d", 9000, 11000, 2.0, 0.2, [(10000, 10.0, 0.5), (11000, 0.0, 0.5)])
+    rec = {"arm": "tpe", "seed": 0, "wall_s": 11.0, "trials": [noop, bad, low, hit], "base": {"mem_pct": 50.0}}
+    parts = F.breakdown(rec)
+    assert parts["cut by a stop rule"] == (1, pytest.approx(1.0))
+    assert parts["infeasible at mem 0"] == (1, pytest.approx(6.0))
+    assert parts["ratio < 0.05, no hit"] == (1, pytest.approx(2.0))
+    assert parts["the hit's trial"] == (1, pytest.approx(2.0))
+    # Stopped at its third checkpoint (3 of its 6 s), the infeasible trial costs 3 CPU-s instead of 6.
+    cut = F.with_infeasible_stop(rec)
+    assert cut["trials"][1]["cpu_s"] == pytest.approx(3.0) and len(cut["trials"][1]["points"]) == 3
+    assert rec["trials"][1]["cpu_s"] == 6.0, "the line read is left as it was"
+    first = lambda r: next(c for c, p in F.se.costed_points(r) if F.is_hit(p))  # noqa: E731
+    assert first(rec) == pytest.approx(11.0) and first(cut) == pytest.approx(8.0)
