@@ -259,9 +259,21 @@ def load(path: Path) -> dict[tuple, dict]:
     return out
 
 
+def resumed_elsewhere(rec: dict) -> list[str]:
+    """The trials of a sampler arm whose first checkpoint is above epoch 1 (the bench space's lowest): they
+    started from a resume file that another trial of the same configuration had left, as happened before resume
+    files carried their trial's id; their CPU-seconds are undercounted and their first checkpoints missing."""
+    if rec["arm"].startswith("grid"):  # a grid+anytime trial's checkpoints are the grid's epochs, not from 1
+        return []
+    firsts = {t["trial_id"]: min((p["epochs"] for p in t["points"] if p["source"] == "checkpoint"), default=1)
+              for t in rec["trials"]}
+    return [tid for tid, first in firsts.items() if first > 1]
+
+
 def table(records: dict[tuple, dict], preset: str, method: str, samples: int, seeds: list[int], startup: int
           ) -> list[str]:
     by_arm: dict[str, list[dict]] = {}
+    flagged: list[str] = []
     for seed in seeds:
         g = records.get((preset, method, "grid", seed, 0, 0))
         if g is None:
@@ -276,6 +288,9 @@ def table(records: dict[tuple, dict], preset: str, method: str, samples: int, se
                 hit, grid_hit = row["first_hit_val"], grid_row["first_hit_val"]
                 row["hit_vs_grid"] = hit / grid_hit if hit is not None and grid_hit else None  # same seed
                 by_arm.setdefault(arm, []).append(row)
+                resumed = resumed_elsewhere(rec)
+                if resumed:
+                    flagged.append(f"{arm} seed {seed}: {len(resumed)} of {len(rec['trials'])} trials")
     if not by_arm:
         return ["no results yet"]
     base = next(iter(records.values()))["base"]
@@ -305,6 +320,9 @@ def table(records: dict[tuple, dict], preset: str, method: str, samples: int, se
                      + f" | {cell([r['hv_third_vs_grid'] for r in rs], '{:+.3f}')}"
                      + f" | {statistics.median(r['cpu_s'] for r in rs):.0f} | "
                      f"{statistics.median(r['wall_s'] for r in rs):.0f} |")
+    if flagged:
+        lines.append("started from another trial's resume file (cost undercounted, first checkpoints missing): "
+                     + "; ".join(flagged))
     return lines
 
 

@@ -92,3 +92,13 @@ def test_the_values_space_offers_the_grids_own_values_and_an_epoch_range():
     assert (sp.params["epochs"].type, sp.params["epochs"].low, sp.params["epochs"].high) == \
         ("int", min(grid["epochs"]), max(grid["epochs"]))  # a range: anytime checkpoints need one
     assert "+values" not in "".join(B.DEFAULT_ARMS) and "gp+anytime+constraint+values" in B.ARMS
+
+
+def test_a_trial_that_started_from_another_trials_resume_file_is_flagged():
+    # Checkpoints from epoch 1: a fresh run. From epoch 4: it resumed after epoch 3 from a file it did not write.
+    fresh = {"trial_id": "a", "points": [{"source": "checkpoint", "epochs": e} for e in (1, 2, 3)]}
+    resumed = {"trial_id": "b", "points": [{"source": "checkpoint", "epochs": e} for e in (4, 5)]}
+    single = {"trial_id": "c", "points": [{"source": "trial", "epochs": 1}]}  # one epoch: no checkpoint at all
+    assert B.resumed_elsewhere({"arm": "tpe+anytime", "trials": [fresh, resumed, single]}) == ["b"]
+    # A grid+anytime trial's checkpoints are the grid's own epoch counts, which need not start at 1.
+    assert B.resumed_elsewhere({"arm": "grid+anytime", "trials": [resumed]}) == []
