@@ -25,10 +25,6 @@ KINDS = ("cut by a stop rule", "ratio < 0.05, no hit", "infeasible at mem 0", "t
 PATIENCE = 3  # checkpoints an infeasible trial is given in the what-if
 
 
-def is_hit(p: dict) -> bool:
-    return p["mem_pct"] <= se.MEM_MAX and p["val_acc_drop"] <= se.DROP_MAX
-
-
 def kind(t: dict, hit_trial: str, until_ms: float) -> str:
     """Which of KINDS a trial that started before the hit is."""
     seen = [p for p in t["points"] if p["at_ms"] <= until_ms]
@@ -43,14 +39,15 @@ def kind(t: dict, hit_trial: str, until_ms: float) -> str:
 
 def breakdown(rec: dict) -> dict[str, tuple[int, float]]:
     """KINDS -> (trials, CPU-seconds spent by them when the first hit became known)."""
-    at_ms, hit_trial = min((p["at_ms"], t["trial_id"]) for t in rec["trials"] for p in t["points"] if is_hit(p))
+    at_ms, hit_trial = min((p["at_ms"], t["trial_id"]) for t in rec["trials"] for p in t["points"]
+                           if se.is_hit(p))
     out = {k: (0, 0.0) for k in KINDS}
     for t in rec["trials"]:
         if t["start_ms"] >= at_ms:
             continue
         share = min(1.0, (at_ms - t["start_ms"]) / max(1, t["end_ms"] - t["start_ms"]))
-        n, cpu = out[kind(t, hit_trial, at_ms)]
-        out[kind(t, hit_trial, at_ms)] = (n + 1, cpu + t["cpu_s"] * share)
+        k = kind(t, hit_trial, at_ms)
+        out[k] = (out[k][0] + 1, out[k][1] + t["cpu_s"] * share)
     return out
 
 
@@ -87,7 +84,8 @@ def main(argv: list[str] | None = None) -> int:
         if a is None:
             print(f"seed {rec['seed']}: no hit")
             continue
-        parts = ", ".join(f"{k}: {n} trial{'s' if n > 1 else ''} {cpu:.1f} CPU-s" for k, (n, cpu) in breakdown(rec).items() if n)
+        parts = ", ".join(f"{k}: {n} trial{'s' if n > 1 else ''} {cpu:.1f} CPU-s"
+                          for k, (n, cpu) in breakdown(rec).items() if n)
         b = se.summarize(with_infeasible_stop(rec), grid)["first_hit_val"]
         print(f"seed {rec['seed']}: first hit at {a:.1f} CPU-s, {a / g:.2f}x the grid's {g:.1f} ({parts}); "
               f"infeasible trials stopped at checkpoint {PATIENCE}, same proposals: {b:.1f} ({b / g:.2f}x)")

@@ -201,12 +201,17 @@ def hypervolume(points: list[tuple[float, float]], ref: tuple[float, float]) -> 
     return hv / (ref[0] * (ref[1] - LOW_DROP))
 
 
+def is_hit(p: dict, split: str = "val") -> bool:
+    """The target: memorization at most MEM_MAX and an accuracy drop on `split` at most DROP_MAX points."""
+    return p["mem_pct"] <= MEM_MAX and p[f"{split}_acc_drop"] <= DROP_MAX
+
+
 def figures(costed: list[tuple[float, dict]], ref: tuple[float, float], grid_cpu: float, end: float | None
             ) -> dict:
     """First hits and hypervolumes at the grid's CPU fractions; `end`: the arm's CPU-seconds, past which its
     value is a lower bound (a sampler arm would have gone on); None: it is complete (a grid), its value holds."""
     def first(split: str) -> float | None:
-        return next((c for c, p in costed if p["mem_pct"] <= MEM_MAX and p[f"{split}_acc_drop"] <= DROP_MAX), None)
+        return next((c for c, p in costed if is_hit(p, split)), None)
 
     hv, short = {}, {}
     for f in FRACTIONS:
