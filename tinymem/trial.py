@@ -449,7 +449,8 @@ def run_trial(config: TrialConfig | Mapping[str, Any], callback: Callable[[dict[
         model=model, bundle=bundle, forget=bundle.forget[rows], forget_clean=bundle.forget_clean[rows],
         retain=bundle.retain, base_spec=spec, base_key=key, seed=seed, device=device, report=report,
         evaluate=lambda m: evaluate(m, bundle), work_dir=work_dir, resume_scope=config.resume_scope,
-        store_root=storage, progress=config.progress, checkpoint=checkpoints if checkpoints is not None else no_checkpoint)
+        store_root=storage, progress=config.progress,
+        checkpoint=checkpoints if checkpoints is not None else no_checkpoint)
     if on_work_dir is not None:
         on_work_dir(work_dir)
     torch.manual_seed(seed)
