@@ -4,7 +4,9 @@ the hit became known; then a what-if: the same proposals, with every infeasible 
 val drop above the bar at each of its first 3 checkpoints) stopped at its third checkpoint.
 
 The what-if keeps the sampler's proposals as they were (a real stop rule would change what it learns), so it
-says how much such a rule could save at most on these runs, not what it would measure.
+says how much such a rule could save at most on these runs, not what it would measure. `--all` then counts,
+over every sampler line of the file, the trials such a rule would stop that hit later (their accuracy recovers
+as the retain loss goes on descending): what the rule would lose.
 
     python bench/first_hit_breakdown.py --arm tpe+anytime+constraint+noeffect
 """
@@ -51,16 +53,41 @@ def breakdown(rec: dict) -> dict[str, tuple[int, float]]:
     return out
 
 
+def _stopped_at(t: dict) -> dict | None:
+    """The checkpoint at which the what-if stops trial `t` (None: it would not stop it)."""
+    pts = sorted((p for p in t["points"] if p["source"] == "checkpoint"), key=lambda p: p["epochs"])
+    if len(pts) > PATIENCE and all(p["mem_pct"] <= se.MEM_MAX and p["val_acc_drop"] > se.DROP_MAX
+                                   for p in pts[:PATIENCE]):
+        return pts[PATIENCE - 1]
+    return None
+
+
+def stopped_then_hit(recs: list[dict]) -> tuple[int, list[tuple[dict, int]]]:
+    """Over the sampler lines `recs`: how many trials the what-if stops, and those of them with a hit after the
+    stop, each with the epoch of its first such hit."""
+    stopped, lost = 0, []
+    for rec in recs:
+        for t in rec["trials"]:
+            at = _stopped_at(t)
+            if at is None:
+                continue
+            stopped += 1
+            later = sorted(p["epochs"] for p in t["points"] if p["epochs"] > at["epochs"] and se.is_hit(p))
+            if later:
+                lost.append((t, later[0]))
+    return stopped, lost
+
+
 def with_infeasible_stop(rec: dict) -> dict:
     """The arm's line as if each infeasible trial had stopped at its PATIENCE-th checkpoint (same proposals)."""
     rec = copy.deepcopy(rec)
     for t in rec["trials"]:
-        pts = [p for p in t["points"] if p["source"] == "checkpoint"]
-        if len(pts) > PATIENCE and all(p["mem_pct"] <= se.MEM_MAX and p["val_acc_drop"] > se.DROP_MAX
-                                       for p in pts[:PATIENCE]):
-            stop_ms = pts[PATIENCE - 1]["at_ms"]
+        at = _stopped_at(t)
+        if at is not None:
+            stop_ms = at["at_ms"]
             t["cpu_s"] *= (stop_ms - t["start_ms"]) / max(1, t["end_ms"] - t["start_ms"])
-            t["end_ms"], t["points"] = stop_ms, pts[:PATIENCE]
+            t["end_ms"] = stop_ms
+            t["points"] = [p for p in t["points"] if p["source"] == "checkpoint" and p["epochs"] <= at["epochs"]]
     return rec
 
 
@@ -68,11 +95,13 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--arm", default="tpe+anytime+constraint+noeffect")
     ap.add_argument("--results", default=str(se.OUT), help="a results file of bench/search_efficiency.py")
+    ap.add_argument("--all", action="store_true",
+                    help="then count, over every sampler line, the trials the what-if stops that hit later")
     args = ap.parse_args(argv)
     recs = [json.loads(line) for line in Path(args.results).read_text().splitlines() if line.strip()]
     grids = {r["seed"]: r for r in recs if r["arm"] == "grid"}
     arms = [r for r in recs if r["arm"] == args.arm and r["seed"] in grids]
-    if not arms:
+    if not arms and not args.all:
         known = sorted({r["arm"] for r in recs if r["seed"] in grids and r["arm"] != "grid"})
         print(f"error: no line of arm {args.arm!r} with a grid line of the same seed in {args.results}; "
               f"arms there: {known}", file=sys.stderr)
@@ -89,6 +118,14 @@ def main(argv: list[str] | None = None) -> int:
         b = se.summarize(with_infeasible_stop(rec), grid)["first_hit_val"]
         print(f"seed {rec['seed']}: first hit at {a:.1f} CPU-s, {a / g:.2f}x the grid's {g:.1f} ({parts}); "
               f"infeasible trials stopped at checkpoint {PATIENCE}, same proposals: {b:.1f} ({b / g:.2f}x)")
+    if args.all:
+        stopped, lost = stopped_then_hit([r for r in recs if not r["arm"].startswith("grid")])
+        print(f"every sampler line: the what-if stops {stopped} trials; {len(lost)} of them hit later")
+        for t, epoch in lost:
+            drops = ", ".join(f"{p['val_acc_drop']:.1f}" for p in sorted(t["points"], key=lambda p: p["epochs"]))
+            print(f"  ratio {t['params'].get('ratio', float('nan')):.3f}, loss weighting "
+                  f"{t['params'].get('loss_weighting', float('nan')):.2f}: first hit at epoch {epoch}; "
+                  f"val drop by epoch {drops}")
     return 0
 
 

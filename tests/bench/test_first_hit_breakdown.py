@@ -41,3 +41,21 @@ def test_breakdown_and_the_infeasible_stop_what_if():
     assert rec["trials"][1]["cpu_s"] == 6.0, "the line read is left as it was"
     first = lambda r: next(c for c, p in F.se.costed_points(r) if F.se.is_hit(p))  # noqa: E731
     assert first(rec) == pytest.approx(11.0) and first(cut) == pytest.approx(8.0)
+
+
+def test_stopped_then_hit_counts_what_the_infeasible_stop_would_lose():
+    # Both trials are infeasible at mem 0 for their first 3 checkpoints; one recovers to a hit at epoch 5, the
+    # other never does. A third trial is feasible from the start and is not stopped at all.
+    recovers = _trial("r", 0, 6000, 6.0, 0.45, [(1000 * (i + 1), 0.0, d) for i, d in
+                                                enumerate([9.0, 5.0, 2.0, 1.5, 0.8, 0.6])])
+    stays = _trial("s", 0, 6000, 6.0, 0.8, [(1000 * (i + 1), 0.0, 9.0) for i in range(6)])
+    fine = _trial("f", 0, 6000, 6.0, 0.1, [(1000 * (i + 1), 0.0, 0.5) for i in range(6)])
+    rec = {"arm": "gp", "seed": 0, "trials": [recovers, stays, fine]}
+    stopped, lost = F.stopped_then_hit([rec])
+    assert stopped == 2
+    assert [(t["trial_id"], epoch) for t, epoch in lost] == [("r", 5)]
+    # The what-if itself drops the recovering trial's hit: its points end at the third checkpoint.
+    cut = F.with_infeasible_stop(rec)
+    assert [p["epochs"] for p in cut["trials"][0]["points"]] == [1, 2, 3]
+    assert not any(F.se.is_hit(p) for p in cut["trials"][0]["points"])
+    assert len(cut["trials"][2]["points"]) == 6
