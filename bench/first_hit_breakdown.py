@@ -8,6 +8,10 @@ says how much such a rule could save at most on these runs, not what it would me
 over every sampler line of the file, the trials such a rule would stop that hit later (their accuracy recovers
 as the retain loss goes on descending): what the rule would lose.
 
+`--prior-free` asks what a search that knows nothing yet can expect: random search's trials (uniform draws of
+the space, with checkpoints) in random orders, two at a time, and the chance that one of them hits within a
+share of the grid's first-hit CPU at the same seed; then the chance that the median over the seeds does.
+
     python bench/first_hit_breakdown.py --arm tpe+anytime+constraint+noeffect
 """
 
@@ -16,6 +20,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import random
 import sys
 from pathlib import Path
 
@@ -23,8 +28,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import search_efficiency as se  # noqa: E402
 
+from tinymem import stats  # noqa: E402
+
 KINDS = ("cut by a stop rule", "ratio < 0.05, no hit", "infeasible at mem 0", "the hit's trial", "other")
 PATIENCE = 3  # checkpoints an infeasible trial is given in the what-if
+POOL_ARM = "random+anytime"  # uniform draws of the space with checkpoints: the prior-free pool
 
 
 def kind(t: dict, hit_trial: str, until_ms: float) -> str:
@@ -91,17 +99,64 @@ def with_infeasible_stop(rec: dict) -> dict:
     return rec
 
 
+def prior_free_chance(pool: list[dict], budget: float, orders: int, seed: int, workers: int = 2) -> float:
+    """The share of `orders` random orders of the trials `pool`, run on `workers` slots, whose first hit costs at
+    most `budget` CPU-seconds."""
+    rng, within = random.Random(seed), 0
+    for _ in range(orders):
+        order = pool[:]
+        rng.shuffle(order)
+        first = next((c for c, p in se.costed_points({}, order, workers) if se.is_hit(p)), None)
+        within += first is not None and first <= budget
+    return within / orders
+
+
+def median_within(chances: list[float]) -> float:
+    """The chance that more than half of independent seeds, seed i within its budget with chance chances[i],
+    are: the chance that the median over the seeds is."""
+    dist = [1.0]  # dist[k]: the chance that k of the seeds so far are within
+    for q in chances:
+        dist = [(dist[k] if k < len(dist) else 0.0) * (1 - q) + (dist[k - 1] * q if k else 0.0)
+                for k in range(len(dist) + 1)]
+    return sum(dist[len(chances) // 2 + 1:])
+
+
+def prior_free(recs: list[dict], grids: dict[int, dict], share: float, orders: int) -> list[str]:
+    """The `--prior-free` lines: the pool's hit rate, each seed's chance, the median's chance."""
+    pool = [t for r in recs if r["arm"] == POOL_ARM and r["seed"] in grids for t in r["trials"]]
+    if not pool:
+        return [f"no {POOL_ARM} line with a grid line of the same seed: nothing to draw from"]
+    hits = sum(any(se.is_hit(p) for p in t["points"]) for t in pool)
+    lo, hi = stats.binomial_interval(hits, len(pool))
+    lines = [f"{POOL_ARM}: {hits} of {len(pool)} trials hit at some checkpoint "
+             f"({100 * hits / len(pool):.1f} %, 95% CI {lo:.1f}-{hi:.1f})"]
+    chances = []
+    for seed, grid in sorted(grids.items()):
+        g = se.summarize(grid, grid)["first_hit_val"]
+        chances.append(prior_free_chance(pool, share * g, orders, seed))
+        lines.append(f"seed {seed}: {orders} random orders of the {len(pool)} trials hit within {share:.2f} of the "
+                     f"grid's {g:.1f} CPU-s in {100 * chances[-1]:.1f} %")
+    lines.append(f"the median over {len(chances)} seeds within {share:.2f}: {100 * median_within(chances):.1f} %")
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--arm", default="tpe+anytime+constraint+noeffect")
     ap.add_argument("--results", default=str(se.OUT), help="a results file of bench/search_efficiency.py")
     ap.add_argument("--all", action="store_true",
                     help="then count, over every sampler line, the trials the what-if stops that hit later")
+    ap.add_argument("--prior-free", type=float, default=None, metavar="SHARE",
+                    help=f"then the chance that {POOL_ARM}'s trials in random orders hit within SHARE (e.g. 0.333) "
+                         f"of the grid's first-hit CPU")
+    ap.add_argument("--orders", type=int, default=2000, help="random orders for --prior-free")
     args = ap.parse_args(argv)
     recs = [json.loads(line) for line in Path(args.results).read_text().splitlines() if line.strip()]
     grids = {r["seed"]: r for r in recs if r["arm"] == "grid"}
     arms = [r for r in recs if r["arm"] == args.arm and r["seed"] in grids]
-    if not arms and not args.all:
+    if args.prior_free is not None and not 0 < args.prior_free <= 10:
+        ap.error(f"--prior-free {args.prior_free}: a share of the grid's first-hit CPU, above 0 and at most 10")
+    if not arms and not args.all and args.prior_free is None:
         known = sorted({r["arm"] for r in recs if r["seed"] in grids and r["arm"] != "grid"})
         print(f"error: no line of arm {args.arm!r} with a grid line of the same seed in {args.results}; "
               f"arms there: {known}", file=sys.stderr)
@@ -126,6 +181,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  ratio {t['params'].get('ratio', float('nan')):.3f}, loss weighting "
                   f"{t['params'].get('loss_weighting', float('nan')):.2f}: first hit at epoch {epoch}; "
                   f"val drop by epoch {drops}")
+    if args.prior_free is not None:
+        print("\n".join(prior_free(recs, grids, args.prior_free, args.orders)))
     return 0
 
 

@@ -59,3 +59,21 @@ def test_stopped_then_hit_counts_what_the_infeasible_stop_would_lose():
     assert [p["epochs"] for p in cut["trials"][0]["points"]] == [1, 2, 3]
     assert not any(F.se.is_hit(p) for p in cut["trials"][0]["points"])
     assert len(cut["trials"][2]["points"]) == 6
+
+
+def test_prior_free_chance_runs_random_orders_on_the_slots():
+    # A pool of a hit (2 CPU-s, the hit at its end) and a miss (4 CPU-s). On 2 slots both start at once, so the
+    # hit is known at 2 s, when 4 CPU-s are spent, in every order; on 1 slot, 2 CPU-s in half the orders, 6 in
+    # the other half.
+    hit = _trial("h", 0, 2000, 2.0, 0.2, [(2000, 0.0, 0.5)])
+    miss = _trial("m", 0, 4000, 4.0, 0.01, [(4000, 30.0, 0.0)])
+    assert F.prior_free_chance([hit, miss], 4.0, 200, seed=0) == 1.0
+    assert F.prior_free_chance([hit, miss], 3.9, 200, seed=0) == 0.0
+    assert 0.4 < F.prior_free_chance([hit, miss], 3.0, 2000, seed=0, workers=1) < 0.6
+
+
+def test_median_within_is_the_chance_that_most_seeds_are():
+    q = 0.2
+    assert F.median_within([q, q, q]) == pytest.approx(3 * q**2 - 2 * q**3)
+    assert F.median_within([1.0, 0.0, 0.0]) == 0.0 and F.median_within([1.0, 1.0, 0.0]) == 1.0
+    assert F.median_within([0.3]) == pytest.approx(0.3)
