@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import json
 import random
 import sys
@@ -106,7 +107,7 @@ def prior_free_chance(pool: list[dict], budget: float, orders: int, seed: int, w
     for _ in range(orders):
         order = pool[:]
         rng.shuffle(order)
-        first = next((c for c, p in se.costed_points({}, order, workers) if se.is_hit(p)), None)
+        first = se.first_hit(se.costed_points({"trials": order}, order, workers))
         within += first is not None and first <= budget
     return within / orders
 
@@ -121,9 +122,10 @@ def median_within(chances: list[float]) -> float:
     return sum(dist[len(chances) // 2 + 1:])
 
 
-def prior_free(recs: list[dict], grids: dict[int, dict], share: float, orders: int) -> list[str]:
-    """The `--prior-free` lines: the pool's hit rate, each seed's chance, the median's chance."""
-    pool = [t for r in recs if r["arm"] == POOL_ARM and r["seed"] in grids for t in r["trials"]]
+def prior_free(recs: list[dict], grid_first: dict[int, float | None], share: float, orders: int) -> list[str]:
+    """The `--prior-free` lines: the pool's hit rate, each seed's chance, the median's chance. `grid_first`: the
+    grid's expected first-hit CPU-seconds per seed."""
+    pool = [t for r in recs if r["arm"] == POOL_ARM and r["seed"] in grid_first for t in r["trials"]]
     if not pool:
         return [f"no {POOL_ARM} line with a grid line of the same seed: nothing to draw from"]
     hits = sum(any(se.is_hit(p) for p in t["points"]) for t in pool)
@@ -131,8 +133,10 @@ def prior_free(recs: list[dict], grids: dict[int, dict], share: float, orders: i
     lines = [f"{POOL_ARM}: {hits} of {len(pool)} trials hit at some checkpoint "
              f"({100 * hits / len(pool):.1f} %, 95% CI {lo:.1f}-{hi:.1f})"]
     chances = []
-    for seed, grid in sorted(grids.items()):
-        g = se.summarize(grid, grid)["first_hit_val"]
+    for seed, g in sorted(grid_first.items()):
+        if g is None:
+            lines.append(f"seed {seed}: the grid has no hit, so no first-hit CPU to take a share of")
+            continue
         chances.append(prior_free_chance(pool, share * g, orders, seed))
         lines.append(f"seed {seed}: {orders} random orders of the {len(pool)} trials hit within {share:.2f} of the "
                      f"grid's {g:.1f} CPU-s in {100 * chances[-1]:.1f} %")
@@ -153,6 +157,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     recs = [json.loads(line) for line in Path(args.results).read_text().splitlines() if line.strip()]
     grids = {r["seed"]: r for r in recs if r["arm"] == "grid"}
+    # The grid's expected first hit (2,000 random orders) is needed per seed by both parts: computed once.
+    grid_first = functools.cache(lambda seed: se.summarize(grids[seed], grids[seed])["first_hit_val"])
     arms = [r for r in recs if r["arm"] == args.arm and r["seed"] in grids]
     if args.prior_free is not None and not 0 < args.prior_free <= 10:
         ap.error(f"--prior-free {args.prior_free}: a share of the grid's first-hit CPU, above 0 and at most 10")
@@ -163,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     for rec in arms:
         grid = grids[rec["seed"]]
-        g = se.summarize(grid, grid)["first_hit_val"]
+        g = grid_first(rec["seed"])
         a = se.summarize(rec, grid)["first_hit_val"]
         if a is None:
             print(f"seed {rec['seed']}: no hit")
@@ -182,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"{t['params'].get('loss_weighting', float('nan')):.2f}: first hit at epoch {epoch}; "
                   f"val drop by epoch {drops}")
     if args.prior_free is not None:
-        print("\n".join(prior_free(recs, grids, args.prior_free, args.orders)))
+        print("\n".join(prior_free(recs, {s: grid_first(s) for s in grids}, args.prior_free, args.orders)))
     return 0
 
 

@@ -206,13 +206,15 @@ def is_hit(p: dict, split: str = "val") -> bool:
     return p["mem_pct"] <= MEM_MAX and p[f"{split}_acc_drop"] <= DROP_MAX
 
 
+def first_hit(costed: list[tuple[float, dict]], split: str = "val") -> float | None:
+    """The CPU-seconds of the first hit on `split` among points sorted by cost (None: no hit)."""
+    return next((c for c, p in costed if is_hit(p, split)), None)
+
+
 def figures(costed: list[tuple[float, dict]], ref: tuple[float, float], grid_cpu: float, end: float | None
             ) -> dict:
     """First hits and hypervolumes at the grid's CPU fractions; `end`: the arm's CPU-seconds, past which its
     value is a lower bound (a sampler arm would have gone on); None: it is complete (a grid), its value holds."""
-    def first(split: str) -> float | None:
-        return next((c for c, p in costed if is_hit(p, split)), None)
-
     hv, short = {}, {}
     for f in FRACTIONS:
         budget = f * grid_cpu
@@ -220,7 +222,8 @@ def figures(costed: list[tuple[float, dict]], ref: tuple[float, float], grid_cpu
         hv[f"{f:.3f}"] = hypervolume(pts, ref)
         # Ended before this budget: its last value, a lower bound (the hypervolume only grows with more trials).
         short[f"{f:.3f}"] = end is not None and budget > end * 1.02
-    return {"first_hit_val": first("val"), "first_hit_test": first("test"), "hv": hv, "hv_short": short}
+    return {"first_hit_val": first_hit(costed), "first_hit_test": first_hit(costed, "test"), "hv": hv,
+            "hv_short": short}
 
 
 def summarize(rec: dict, grid_rec: dict) -> dict:

@@ -39,7 +39,7 @@ def test_breakdown_and_the_infeasible_stop_what_if():
     cut = F.with_infeasible_stop(rec)
     assert cut["trials"][1]["cpu_s"] == pytest.approx(3.0) and len(cut["trials"][1]["points"]) == 3
     assert rec["trials"][1]["cpu_s"] == 6.0, "the line read is left as it was"
-    first = lambda r: next(c for c, p in F.se.costed_points(r) if F.se.is_hit(p))  # noqa: E731
+    first = lambda r: F.se.first_hit(F.se.costed_points(r))  # noqa: E731
     assert first(rec) == pytest.approx(11.0) and first(cut) == pytest.approx(8.0)
 
 
