@@ -11,6 +11,9 @@ as the retain loss goes on descending): what the rule would lose.
 `--prior-free` asks what a search that knows nothing yet can expect: random search's trials (uniform draws of
 the space, with checkpoints) in random orders, two at a time, and the chance that one of them hits within a
 share of the grid's first-hit CPU at the same seed; then the chance that the median over the seeds does.
+`--density grid` asks the same of a search whose prior is the grid's own density of values (the trials drawn
+with replacement, weighted so that each interval between two grid values gets an equal share): what the grid's
+author knew, given to a random search.
 
     python bench/first_hit_breakdown.py --arm tpe+anytime+constraint+noeffect
 """
@@ -18,9 +21,11 @@ share of the grid's first-hit CPU at the same seed; then the chance that the med
 from __future__ import annotations
 
 import argparse
+import bisect
 import copy
 import functools
 import json
+import math
 import random
 import sys
 from pathlib import Path
@@ -100,13 +105,41 @@ def with_infeasible_stop(rec: dict) -> dict:
     return rec
 
 
-def prior_free_chance(pool: list[dict], budget: float, orders: int, seed: int, workers: int = 2) -> float:
+def grid_density_weights(pool: list[dict], grid_trials: list[dict]) -> list[float]:
+    """Importance weights that make the pool's uniform draws follow the grid's density: for each hyperparameter
+    with 3 or more grid values, every interval between two consecutive values gets an equal share (in the log
+    where the bench searches the log), as the grid's points do. A search given this density as its prior knows
+    what the grid's author knew, and no more."""
+    weights = [1.0] * len(pool)
+    def number(t: dict, name: str) -> float | None:
+        v = (t["params"] or {}).get(name)
+        return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+    for name in sorted({k for t in grid_trials for k in (t["params"] or {})}):
+        vals = sorted({v for t in grid_trials if (v := number(t, name)) is not None})
+        if len(vals) < 3 or any(number(t, name) is None for t in pool):
+            continue  # fixed in the grid, or not searched by the pool
+        f = math.log if se.log_scaled(vals) else float
+        knots = [f(v) for v in vals]
+        uniform = 1.0 / (knots[-1] - knots[0])
+        for i, t in enumerate(pool):
+            x = min(max(f(number(t, name)), knots[0]), knots[-1])
+            j = min(bisect.bisect_right(knots, x) - 1, len(knots) - 2)
+            weights[i] *= (1.0 / (len(knots) - 1)) / (knots[j + 1] - knots[j]) / uniform
+    return weights
+
+
+def prior_free_chance(pool: list[dict], budget: float, orders: int, seed: int, workers: int = 2,
+                      weights: list[float] | None = None) -> float:
     """The share of `orders` random orders of the trials `pool`, run on `workers` slots, whose first hit costs at
-    most `budget` CPU-seconds."""
+    most `budget` CPU-seconds. With `weights`, each order is as many draws with replacement, by weight."""
     rng, within = random.Random(seed), 0
     for _ in range(orders):
-        order = pool[:]
-        rng.shuffle(order)
+        if weights is None:
+            order = pool[:]
+            rng.shuffle(order)
+        else:
+            order = rng.choices(pool, weights=weights, k=len(pool))
         first = se.first_hit(se.costed_points({"trials": order}, order, workers))
         within += first is not None and first <= budget
     return within / orders
@@ -122,22 +155,31 @@ def median_within(chances: list[float]) -> float:
     return sum(dist[len(chances) // 2 + 1:])
 
 
-def prior_free(recs: list[dict], grid_first: dict[int, float | None], share: float, orders: int) -> list[str]:
+def prior_free(recs: list[dict], grid_first: dict[int, float | None], share: float, orders: int,
+               density: str = "space") -> list[str]:
     """The `--prior-free` lines: the pool's hit rate, each seed's chance, the median's chance. `grid_first`: the
-    grid's expected first-hit CPU-seconds per seed."""
+    grid's expected first-hit CPU-seconds per seed. `density`: "space" (the pool as drawn, uniform over the
+    space) or "grid" (reweighted to the grid's density, `grid_density_weights`)."""
     pool = [t for r in recs if r["arm"] == POOL_ARM and r["seed"] in grid_first for t in r["trials"]]
     if not pool:
         return [f"no {POOL_ARM} line with a grid line of the same seed: nothing to draw from"]
-    hits = sum(any(se.is_hit(p) for p in t["points"]) for t in pool)
-    lo, hi = stats.binomial_interval(hits, len(pool))
-    lines = [f"{POOL_ARM}: {hits} of {len(pool)} trials hit at some checkpoint "
-             f"({100 * hits / len(pool):.1f} %, 95% CI {lo:.1f}-{hi:.1f})"]
+    hit = [any(se.is_hit(p) for p in t["points"]) for t in pool]
+    lo, hi = stats.binomial_interval(sum(hit), len(pool))
+    lines = [f"{POOL_ARM}: {sum(hit)} of {len(pool)} trials hit at some checkpoint "
+             f"({100 * sum(hit) / len(pool):.1f} %, 95% CI {lo:.1f}-{hi:.1f})"]
+    weights = None
+    if density == "grid":
+        weights = grid_density_weights(pool, [t for r in recs if r["arm"] == "grid" for t in r["trials"]])
+        ess = sum(weights) ** 2 / sum(w * w for w in weights)  # Kish's effective sample size of the weighting
+        rate = 100 * sum(w for w, h in zip(weights, hit) if h) / sum(weights)
+        lines.append(f"reweighted to the grid's density: hit rate {rate:.1f} %, effective sample size {ess:.0f} of "
+                     f"{len(pool)}; each order draws {len(pool)} trials with replacement, by weight")
     chances = []
     for seed, g in sorted(grid_first.items()):
         if g is None:
             lines.append(f"seed {seed}: the grid has no hit, so no first-hit CPU to take a share of")
             continue
-        chances.append(prior_free_chance(pool, share * g, orders, seed))
+        chances.append(prior_free_chance(pool, share * g, orders, seed, weights=weights))
         lines.append(f"seed {seed}: {orders} random orders of the {len(pool)} trials hit within {share:.2f} of the "
                      f"grid's {g:.1f} CPU-s in {100 * chances[-1]:.1f} %")
     lines.append(f"the median over {len(chances)} seeds within {share:.2f}: {100 * median_within(chances):.1f} %")
@@ -154,6 +196,9 @@ def main(argv: list[str] | None = None) -> int:
                     help=f"then the chance that {POOL_ARM}'s trials in random orders hit within SHARE (e.g. 0.333) "
                          f"of the grid's first-hit CPU")
     ap.add_argument("--orders", type=int, default=2000, help="random orders for --prior-free")
+    ap.add_argument("--density", choices=("space", "grid"), default="space",
+                    help="--prior-free's draws: uniform over the space as run (space), or reweighted to the grid's "
+                         "density of values (grid: the prior the grid's author gave it)")
     args = ap.parse_args(argv)
     recs = [json.loads(line) for line in Path(args.results).read_text().splitlines() if line.strip()]
     grids = {r["seed"]: r for r in recs if r["arm"] == "grid"}
@@ -188,7 +233,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"{t['params'].get('loss_weighting', float('nan')):.2f}: first hit at epoch {epoch}; "
                   f"val drop by epoch {drops}")
     if args.prior_free is not None:
-        print("\n".join(prior_free(recs, {s: grid_first(s) for s in grids}, args.prior_free, args.orders)))
+        print("\n".join(prior_free(recs, {s: grid_first(s) for s in grids}, args.prior_free, args.orders,
+                                     args.density)))
     return 0
 
 

@@ -61,6 +61,11 @@ OUT = Path(__file__).resolve().parent / "results" / "search_efficiency.jsonl"
 ORDERS = 2000
 
 
+def log_scaled(values: list[float]) -> bool:
+    """Whether the bench searches a grid's range of `values` on a log scale: when it spans over two decades."""
+    return min(values) > 0 and max(values) / min(values) > 100
+
+
 def bench_space(method: str, path: str | None, values: bool = False) -> tuple[str, dict]:
     """A space file for the bench: the grid's ranges as distributions, the grid's fixed values fixed. `values`: the
     grid's own values as categorical choices instead (epochs stays a range: the anytime checkpoints need one)."""
@@ -77,8 +82,7 @@ def bench_space(method: str, path: str | None, values: bool = False) -> tuple[st
         elif all(float(v).is_integer() for v in values_of) and not any(isinstance(v, float) for v in values_of):
             params[name] = {"type": "int", "low": int(nums[0]), "high": int(nums[-1])}
         else:
-            params[name] = {"type": "float", "low": nums[0], "high": nums[-1],
-                            "log": nums[-1] / max(nums[0], 1e-12) > 100}
+            params[name] = {"type": "float", "low": nums[0], "high": nums[-1], "log": log_scaled(nums)}
     what = "values" if values else "ranges"
     doc = {"method": method, "description": f"bench: the paper grid's {what} of {method}", "params": params,
            "fixed": dict(sp.paper_fixed), "paper_grid": dict(sp.paper_grid), "paper_fixed": dict(sp.paper_fixed)}

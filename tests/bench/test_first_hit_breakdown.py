@@ -77,3 +77,22 @@ def test_median_within_is_the_chance_that_most_seeds_are():
     assert F.median_within([q, q, q]) == pytest.approx(3 * q**2 - 2 * q**3)
     assert F.median_within([1.0, 0.0, 0.0]) == 0.0 and F.median_within([1.0, 1.0, 0.0]) == 1.0
     assert F.median_within([0.3]) == pytest.approx(0.3)
+
+
+def test_grid_density_weights_give_each_interval_between_grid_values_an_equal_share():
+    # Grid ratios 1e-4, 1e-3, 0.1, 1 on a log scale (4 decades; intervals of 1, 2 and 1 decades): a uniform draw
+    # of the log puts 1/4, 1/2 and 1/4 of its mass in them, the grid 1/3 each, so the weights are 4/3, 2/3, 4/3.
+    # The loss weighting's grid values are evenly spaced (weight 1); lr is fixed in the grid (ignored).
+    grid = [{"params": {"ratio": r, "loss_weighting": w, "lr": 0.1}, "trial_id": f"g{r}{w}"}
+            for r in (1e-4, 1e-3, 0.1, 1.0) for w in (0.5, 0.7, 0.9)]
+    pool = [{"params": {"ratio": r, "loss_weighting": w, "lr": 0.1}} for r, w in
+            ((3e-4, 0.55), (0.01, 0.8), (0.5, 0.6), (2.0, 0.9))]
+    weights = F.grid_density_weights(pool, grid)
+    assert weights == pytest.approx([4 / 3, 2 / 3, 4 / 3, 4 / 3])  # a value past the grid's top: its last interval
+    # The draws follow the weights: a trial of weight 0 is never drawn, so only the miss is run.
+    hit = _trial("h", 0, 2000, 2.0, 0.2, [(2000, 0.0, 0.5)])
+    miss = _trial("m", 0, 4000, 4.0, 0.01, [(4000, 30.0, 0.0)])
+    assert F.prior_free_chance([hit, miss], 100.0, 200, seed=0, weights=[0.0, 1.0]) == 0.0
+    # Only the hit is drawn: a copy on each slot, so it is known at 2 s, when 4 CPU-s are spent.
+    assert F.prior_free_chance([hit, miss], 4.0, 200, seed=0, weights=[1.0, 0.0]) == 1.0
+    assert F.prior_free_chance([hit, miss], 3.9, 200, seed=0, weights=[1.0, 0.0]) == 0.0
