@@ -110,22 +110,24 @@ def grid_density_weights(pool: list[dict], grid_trials: list[dict]) -> list[floa
     with 3 or more grid values, every interval between two consecutive values gets an equal share (in the log
     where the bench searches the log), as the grid's points do. A search given this density as its prior knows
     what the grid's author knew, and no more."""
-    weights = [1.0] * len(pool)
     def number(t: dict, name: str) -> float | None:
         v = (t["params"] or {}).get(name)
         return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
 
+    weights = [1.0] * len(pool)
     for name in sorted({k for t in grid_trials for k in (t["params"] or {})}):
         vals = sorted({v for t in grid_trials if (v := number(t, name)) is not None})
-        if len(vals) < 3 or any(number(t, name) is None for t in pool):
+        xs = [number(t, name) for t in pool]
+        if len(vals) < 3 or None in xs:
             continue  # fixed in the grid, or not searched by the pool
         f = math.log if se.log_scaled(vals) else float
         knots = [f(v) for v in vals]
-        uniform = 1.0 / (knots[-1] - knots[0])
-        for i, t in enumerate(pool):
-            x = min(max(f(number(t, name)), knots[0]), knots[-1])
-            j = min(bisect.bisect_right(knots, x) - 1, len(knots) - 2)
-            weights[i] *= (1.0 / (len(knots) - 1)) / (knots[j + 1] - knots[j]) / uniform
+        # Grid density over uniform density in interval j: (1 / intervals) / width_j against 1 / span.
+        scale = (knots[-1] - knots[0]) / (len(knots) - 1)
+        for i, x in enumerate(xs):
+            u = min(max(f(x), knots[0]), knots[-1])
+            j = min(bisect.bisect_right(knots, u) - 1, len(knots) - 2)
+            weights[i] *= scale / (knots[j + 1] - knots[j])
     return weights
 
 
