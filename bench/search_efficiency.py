@@ -27,7 +27,10 @@ selection split) and the same on test (mem_pct <= 1, test_acc_drop <= 1); the hy
 the lower bound it is, "≥"; a grid arm is complete, so its value holds). Medians and ranges over seeds.
 
 Resumable: each (preset, method, arm, seed, samples, start-up size) is one line of `--out`, skipped when
-present.
+present. A grid that outlasts a session: stop the bench (kill its process group), then `--harvest SWEEP_DIR
+--seeds N` keeps the grid sweep's completed trials as a partial line and its base model beside `--out`; the next
+run of that seed restores the model, reruns a few done points to put the harvested CPU-seconds at the new
+machine's speed, and runs only the missing points (bench/grid_sessions.py).
 
     python bench/search_efficiency.py --preset math-tiny --seeds 0,1,2      # the table of docs/study.md
     python bench/search_efficiency.py --summary-only                        # print the table from --out
@@ -66,9 +69,10 @@ def log_scaled(values: list[float]) -> bool:
     return min(values) > 0 and max(values) / min(values) > 100
 
 
-def bench_space(method: str, path: str | None, values: bool = False) -> tuple[str, dict]:
+def bench_space(method: str, path: str | None, values: bool = False, grid: dict | None = None) -> tuple[str, dict]:
     """A space file for the bench: the grid's ranges as distributions, the grid's fixed values fixed. `values`: the
-    grid's own values as categorical choices instead (epochs stays a range: the anytime checkpoints need one)."""
+    grid's own values as categorical choices instead (epochs stays a range: the anytime checkpoints need one).
+    `grid`: a sub-grid of the paper grid to run instead of the whole (the rest of a harvested grid)."""
     import yaml
 
     from sweeps.space_file import default_space_path, load_search_space
@@ -85,7 +89,8 @@ def bench_space(method: str, path: str | None, values: bool = False) -> tuple[st
             params[name] = {"type": "float", "low": nums[0], "high": nums[-1], "log": log_scaled(nums)}
     what = "values" if values else "ranges"
     doc = {"method": method, "description": f"bench: the paper grid's {what} of {method}", "params": params,
-           "fixed": dict(sp.paper_fixed), "paper_grid": dict(sp.paper_grid), "paper_fixed": dict(sp.paper_fixed)}
+           "fixed": dict(sp.paper_fixed), "paper_grid": dict(grid or sp.paper_grid),
+           "paper_fixed": dict(sp.paper_fixed)}
     out = Path(tempfile.mkdtemp(prefix=f"search-eff-{what}-")) / f"{method}.yaml"
     out.write_text(yaml.safe_dump(doc, sort_keys=False))
     return str(out), doc
@@ -260,15 +265,83 @@ def arm_startup(arm: str, startup: int) -> int:
     return startup if arm.split("+")[0] in ("tpe", "gp") else 0
 
 
-def load(path: Path) -> dict[tuple, dict]:
+def load(path: Path, partial: bool = False) -> dict[tuple, dict]:
+    """The lines of `path` by key: the complete ones, or (`partial`) the harvested parts of a grid."""
     out = {}
     if path.exists():
         for line in path.read_text().splitlines():
             if line.strip():
                 r = json.loads(line)
+                if bool(r.get("partial")) != partial:
+                    continue
                 st = r.get("startup", arm_startup(r["arm"], 7))  # written before the field: the rule then
                 out[(r["preset"], r["method"], r["arm"], r["seed"], r["samples"], st)] = r
     return out
+
+
+def append(out: Path, rec: dict) -> None:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("a") as f:
+        f.write(json.dumps(rec) + "\n")
+
+
+def base_entry(storage: str, preset: str) -> tuple[str, Path]:
+    """(model-store key, directory) of a preset's base model in a local `--storage`."""
+    from tinymem.presets import get_preset
+
+    key = get_preset(preset).key()
+    return key, Path(storage) / "models" / key
+
+
+def harvest(sweep_dir: str, seed: int, args: argparse.Namespace) -> dict:
+    """The completed trials of an interrupted grid sweep as a partial line, and its base model archived beside
+    `--out` (bench/grid_sessions.py)."""
+    from bench.grid_sessions import archive_base, machine
+    from tinymem.store import read_manifest
+
+    trials = [t for t in trials_of(sweep_dir) if t["state"] == "completed"]
+    if not trials:
+        raise SystemExit(f"--harvest {sweep_dir}: no completed trial in its ledger; nothing to keep")
+    key, model_dir = base_entry(args.storage, args.preset)
+    manifest = read_manifest(model_dir, verify=True)
+    files = manifest["files"]
+    archive = archive_base(model_dir, Path(args.out).parent / "base-models", files["model.safetensors"])
+    wall = (max(t["end_ms"] for t in trials) - min(t["start_ms"] for t in trials)) / 1000
+    base = manifest["metrics"]
+    return {"preset": args.preset, "method": args.method, "samples": 0, "startup": 0, "arm": "grid",
+            "seed": seed, "partial": True, "wall_s": wall, "trials": trials, "base_key": key, "base_files": files,
+            "base_archive": archive.name, "sweep_dir": sweep_dir,
+            "base": {k: base.get(k) for k in ("mem_pct", "mem_rows", "mem_counted", "val_acc", "test_acc")},
+            "sessions": [{**machine(), "wall_s": wall, "trials": len(trials), "sweep_dir": sweep_dir}]}
+
+
+def resume_grid(part: dict, seed: int, args: argparse.Namespace, common: dict) -> dict:
+    """The rest of a harvested grid at `seed`: its base model restored, a calibration sub-grid of done points
+    rerun, then the missing points; one complete line (bench/grid_sessions.py)."""
+    from bench.grid_sessions import calibration_subgrid, combine, machine, missing_subgrids, restore_base
+    from sweeps.space_file import default_space_path, load_search_space
+
+    grid = dict(load_search_space(default_space_path(args.method), args.method).paper_grid)
+    key, model_dir = base_entry(args.storage, args.preset)
+    if key != part["base_key"]:
+        raise SystemExit(f"the harvested grid's base model is {part['base_key']}, {args.preset} is now {key}")
+    archive = Path(args.out).parent / "base-models" / part["base_archive"]
+    state = restore_base(model_dir.parent, key, part["base_files"], archive)
+    print(f"seed {seed} grid: base model {key} {state}; {len(part['trials'])} of the grid's points harvested",
+          file=sys.stderr, flush=True)
+
+    def run(sub: dict) -> dict:
+        space, _ = bench_space(args.method, None, grid=sub)
+        return run_arm("grid", seed, 0, {**common, "search_space": space})
+
+    done = [t["params"] for t in part["trials"]]
+    calibration = [run(calibration_subgrid(grid, done))]
+    parts = [run(sub) for sub in missing_subgrids(grid, done)]
+    if any(p["base"].get("mem_pct") != part["base"].get("mem_pct") for p in calibration + parts):
+        raise SystemExit("the resumed grid ran on another base model than the harvested part (mem_pct differs)")
+    session = {**machine(), "wall_s": sum(p["wall_s"] for p in parts),
+               "trials": sum(len(p["trials"]) for p in parts)}
+    return combine(part, calibration, parts, list(grid), session)
 
 
 def resumed_elsewhere(rec: dict) -> list[str]:
@@ -350,6 +423,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--storage", default="./tinymem-runs")
     ap.add_argument("--out", default=str(OUT))
     ap.add_argument("--summary-only", action="store_true")
+    ap.add_argument("--harvest", metavar="SWEEP_DIR",
+                    help="keep the completed trials of this interrupted grid sweep (one --seeds) as a partial line")
     args = ap.parse_args(argv)
     try:
         seeds = [int(x) for x in args.seeds.split(",") if x.strip()]
@@ -363,19 +438,32 @@ def main(argv: list[str] | None = None) -> int:
     if not seeds:
         ap.error("--seeds is empty; give at least one integer")
     out = Path(args.out)
-    records = load(out)
+    records, partials = load(out), load(out, partial=True)
+    if args.harvest:
+        if len(seeds) != 1:
+            ap.error(f"--harvest with --seeds {args.seeds!r}: give the one seed that sweep ran")
+        from sweeps.storage import normalize_root
+
+        args.storage = normalize_root(args.storage)
+        rec = harvest(args.harvest, seeds[0], args)
+        append(out, rec)
+        print(f"seed {seeds[0]} grid: {len(rec['trials'])} completed trials kept in {out}, base model in "
+              f"{out.parent / 'base-models' / rec['base_archive']}", file=sys.stderr)
+        return 0
     from sweeps.samplers import startup_size
 
     startup = startup_size(args.samples)  # part of a sampler arm's key: the rule changed once (docs/study.md)
     if not args.summary_only:
         os.environ.pop("RAY_ADDRESS", None)
         from sweeps.ray_runtime import connect_ray
+        from bench.grid_sessions import machine
         from sweeps.storage import normalize_root
 
+        args.storage = normalize_root(args.storage)
         space, _ = bench_space(args.method, None)
         values_space, _ = bench_space(args.method, None, values=True)
         uri = f"sqlite:///{Path(tempfile.mkdtemp(prefix='search-eff-')) / 'mlflow.db'}"
-        common = dict(method=args.method, preset=args.preset, storage=normalize_root(args.storage),
+        common = dict(method=args.method, preset=args.preset, storage=args.storage,
                       tracking_uri=uri, search_space=space, command="bench/search_efficiency.py")
         connect_ray(None)
         for seed in seeds:
@@ -386,12 +474,14 @@ def main(argv: list[str] | None = None) -> int:
                 if key in records:
                     continue
                 own = {**common, "search_space": values_space} if "values" in arm.split("+") else common
-                rec = {"preset": args.preset, "method": args.method, "samples": n, "startup": st,
-                       **run_arm(arm, seed, n, own)}
+                if key in partials:
+                    rec = resume_grid(partials[key], seed, args, common)
+                else:
+                    rec = {"preset": args.preset, "method": args.method, "samples": n, "startup": st,
+                           "sessions": [{**machine(), "wall_s": None}], **run_arm(arm, seed, n, own)}
+                    rec["sessions"][0]["wall_s"] = rec["wall_s"]
                 rec["cpu"] = sum(t["cpu_s"] or 0.0 for t in rec["trials"])  # a missing figure: summarize says so
-                out.parent.mkdir(parents=True, exist_ok=True)
-                with out.open("a") as f:
-                    f.write(json.dumps(rec) + "\n")
+                append(out, rec)
                 records[key] = rec
                 print(f"seed {seed} {arm}: {len(rec['trials'])} trials, {rec['cpu']:.0f} CPU-s, "
                       f"{rec['wall_s']:.0f} s wall", file=sys.stderr, flush=True)
