@@ -121,6 +121,28 @@ def cpu_scale(old: list[dict], new: list[dict], names: list[str]) -> tuple[float
     return scale, matched
 
 
+def scale_by_epochs(old: list[dict], new: list[dict]) -> float | None:
+    """A cross-check of the calibration that needs no rerun: per `ALONG` value, the new trials' median CPU over
+    the old ones', weighted by the old trials' CPU at that value. It uses every trial, so a drift of the old
+    machine's speed within its session (seen: +15% over one grid) weighs less than in the calibration's three
+    points, but it assumes that a trial's cost depends on `ALONG` alone."""
+    import statistics
+
+    def by(trials: list[dict]) -> dict:
+        out: dict = {}
+        for t in trials:
+            out.setdefault(_value(t["params"][ALONG]), []).append(t["cpu_s"])
+        return out
+
+    before, after = by(old), by(new)
+    shared = [v for v in before if v in after]
+    if not shared:
+        return None
+    weight = {v: sum(before[v]) for v in shared}
+    return sum(weight[v] * statistics.median(after[v]) / statistics.median(before[v]) for v in shared) / sum(
+        weight.values())
+
+
 def combine(partial: dict, calibration: list[dict], parts: list[dict], names: list[str], session: dict) -> dict:
     """The whole grid's line: the harvested trials at the new machine's speed, then the new trials."""
     scale, matched = cpu_scale(partial["trials"], [t for c in calibration for t in c["trials"]], names)
@@ -131,7 +153,8 @@ def combine(partial: dict, calibration: list[dict], parts: list[dict], names: li
         raise ValueError("combined grid holds a point twice; the harvested line and the new sub-grids overlap")
     rec = {k: v for k, v in partial.items() if k not in ("partial", "trials", "sessions", "wall_s")}
     return {**rec, "trials": old + new, "wall_s": partial["wall_s"] + sum(p["wall_s"] for p in parts),
-            "cpu_scale": scale, "calibration": matched,
+            "cpu_scale": scale, "cpu_scale_by_epochs": scale_by_epochs(partial["trials"], new),
+            "calibration": matched,
             "calibration_wall_s": sum(c["wall_s"] for c in calibration),
             "sessions": [*partial["sessions"], session]}
 

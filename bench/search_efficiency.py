@@ -341,7 +341,10 @@ def resume_grid(part: dict, seed: int, args: argparse.Namespace, common: dict) -
         raise SystemExit("the resumed grid ran on another base model than the harvested part (mem_pct differs)")
     session = {**machine(), "wall_s": sum(p["wall_s"] for p in parts),
                "trials": sum(len(p["trials"]) for p in parts)}
-    return combine(part, calibration, parts, list(grid), session)
+    rec = combine(part, calibration, parts, list(grid), session)
+    print(f"seed {seed} grid: harvested CPU-s x {rec['cpu_scale']:.3f} (calibration), "
+          f"x {rec['cpu_scale_by_epochs'] or float('nan'):.3f} (by epoch medians)", file=sys.stderr, flush=True)
+    return rec
 
 
 def resumed_elsewhere(rec: dict) -> list[str]:
@@ -359,6 +362,7 @@ def table(records: dict[tuple, dict], preset: str, method: str, samples: int, se
           ) -> list[str]:
     by_arm: dict[str, list[dict]] = {}
     flagged: list[str] = []
+    spliced: list[str] = []  # grids measured over more than one session (bench/grid_sessions.py)
     for seed in seeds:
         g = records.get((preset, method, "grid", seed, 0, 0))
         if g is None:
@@ -376,11 +380,22 @@ def table(records: dict[tuple, dict], preset: str, method: str, samples: int, se
                 resumed = resumed_elsewhere(rec)
                 if resumed:
                     flagged.append(f"{arm} seed {seed}: {len(resumed)} of {len(rec['trials'])} trials")
+        if g.get("cpu_scale") is not None:
+            cross = g.get("cpu_scale_by_epochs")
+            spliced.append(f"seed {seed}: {len(g['sessions'])} sessions, harvested CPU-s x {g['cpu_scale']:.3f} "
+                           f"(calibration, {len(g['calibration'])} points; by epoch medians "
+                           f"{'-' if cross is None else f'{cross:.3f}'})")
     if not by_arm:
         return ["no results yet"]
-    base = next(iter(records.values()))["base"]
-    lines = [f"{method} on {preset} (base mem_pct {base['mem_pct']:.1f} = {base.get('mem_rows')}/"
-             f"{base.get('mem_counted')} rows, test_acc {base['test_acc']:.2f}); hit: mem_pct <= {MEM_MAX} and "
+    bases = {}
+    for seed in seeds:  # a seed's base model is its grid's (machines differ: one seed may have another)
+        g = records.get((preset, method, "grid", seed, 0, 0))
+        if g is not None:
+            b = g["base"]
+            bases.setdefault(f"mem_pct {b['mem_pct']:.1f} = {b.get('mem_rows')}/{b.get('mem_counted')} rows, "
+                             f"test_acc {b['test_acc']:.2f}", []).append(seed)
+    said = "; ".join(f"{k} (seeds {v})" if len(bases) > 1 else k for k, v in bases.items())
+    lines = [f"{method} on {preset} (base {said}); hit: mem_pct <= {MEM_MAX} and "
              f"acc drop <= {DROP_MAX} pt; cost: trial CPU-seconds; HV on (mem_pct, val_acc_drop) in [0, base] x "
              f"[{LOW_DROP:.0f}, {REF_DROP:.0f}]; median [min, max] over seeds {seeds}; grid: expectation over "
              f"{ORDERS} random orders",
@@ -405,6 +420,8 @@ def table(records: dict[tuple, dict], preset: str, method: str, samples: int, se
                      + f" | {cell([r['hv_third_vs_grid'] for r in rs], '{:+.3f}')}"
                      + f" | {statistics.median(r['cpu_s'] for r in rs):.0f} | "
                      f"{statistics.median(r['wall_s'] for r in rs):.0f} |")
+    if spliced:
+        lines.append("grid over sessions: " + "; ".join(spliced))
     if flagged:
         lines.append("started from another trial's resume file (cost undercounted, first checkpoints missing): "
                      + "; ".join(flagged))
@@ -486,6 +503,10 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"seed {seed} {arm}: {len(rec['trials'])} trials, {rec['cpu']:.0f} CPU-s, "
                       f"{rec['wall_s']:.0f} s wall", file=sys.stderr, flush=True)
     print("\n".join(table(records, args.preset, args.method, args.samples, seeds, startup)))
+    for (p, m, _, seed, _, _), part in sorted(partials.items()):
+        if (p, m) == (args.preset, args.method) and seed in seeds and (p, m, "grid", seed, 0, 0) not in records:
+            print(f"seed {seed}: grid harvested, {len(part['trials'])} points so far, not in the table until the "
+                  "rest has run (the same command without --summary-only)")
     return 0
 
 

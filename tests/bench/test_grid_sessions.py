@@ -84,6 +84,7 @@ def test_the_harvested_cpu_seconds_are_put_at_the_new_machines_speed():
             for sub in G.missing_subgrids(GRID, [t["params"] for t in part["trials"]])]
     rec = G.combine(part, [cal], rest, NAMES, {"cpu": "new"})
     assert rec["cpu_scale"] == pytest.approx(0.5)
+    assert rec["cpu_scale_by_epochs"] == pytest.approx(0.5)  # the cross-check from every trial agrees
     assert len(rec["trials"]) == 36 and "partial" not in rec
     assert [t["cpu_s"] for t in rec["trials"][:13]] == pytest.approx([1.0 * k[1] for k in every[:13]])
     assert rec["trials"][0]["cpu_s_measured"] == pytest.approx(2.0)
@@ -189,3 +190,21 @@ def test_a_harvested_grid_resumes_on_its_own_base_model_and_ends_whole(tmp_path,
 
 def point_key(t, names):
     return G.point_key(t["params"] if isinstance(t, dict) else dict(zip(names, t)), names)
+
+
+def test_the_table_names_each_seeds_base_model_and_says_which_grid_was_spliced():
+    def grid(seed: int, mem: float, **extra) -> dict:
+        trials = [{**_trial(k, 1.0, mem=0.0 if i == 0 else mem), "start_ms": 1000 * i, "end_ms": 1000 * (i + 1)}
+                  for i, k in enumerate(_points(GRID)[:4])]
+        for i, t in enumerate(trials):
+            t["points"] = [{**t["points"][0], "at_ms": 1000 * (i + 1)}]
+        return {"arm": "grid", "seed": seed, "wall_s": 4.0, "trials": trials, "cpu": 4.0,
+                "base": {"mem_pct": mem, "mem_rows": mem * 0.6, "mem_counted": 60, "test_acc": 96.0}, **extra}
+
+    records = {("p", "m", "grid", 0, 0, 0): grid(0, 66.7),
+               ("p", "m", "grid", 2, 0, 0): grid(2, 68.3, cpu_scale=0.52, cpu_scale_by_epochs=0.5,
+                                                 calibration=[{}] * 3, sessions=[{}, {}])}
+    lines = B.table(records, "p", "m", 10, [0, 2], 3)
+    assert "mem_pct 66.7" in lines[0] and "(seeds [0])" in lines[0] and "mem_pct 68.3" in lines[0]
+    assert lines[-1] == ("grid over sessions: seed 2: 2 sessions, harvested CPU-s x 0.520 (calibration, 3 points; "
+                         "by epoch medians 0.500)")
