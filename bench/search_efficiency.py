@@ -62,6 +62,7 @@ ARMS = ["grid", "grid+anytime", *[f"{s}{a}{c}" for s in SAMPLERS for a in ("", "
 DEFAULT_ARMS = [a for a in ARMS if not a.endswith(("+stop", "+values", "+noeffect"))]
 OUT = Path(__file__).resolve().parent / "results" / "search_efficiency.jsonl"
 ORDERS = 2000
+BASE_FIELDS = ("mem_pct", "mem_rows", "mem_counted", "val_acc", "test_acc")  # a line's base model
 
 
 def log_scaled(values: list[float]) -> bool:
@@ -152,7 +153,7 @@ def run_arm(arm: str, seed: int, samples: int, common: dict) -> dict:
     outcome = run_sweep(plan, say=lambda line: print(line, file=sys.stderr, flush=True), stream="stderr")
     base = outcome.bases[plan.space.presets[0]]["metrics"]
     return {"arm": arm, "seed": seed, "wall_s": time.time() - t0, "trials": trials_of(plan.sweep_dir),
-            "base": {k: base.get(k) for k in ("mem_pct", "mem_rows", "mem_counted", "val_acc", "test_acc")}}
+            "base": {k: base.get(k) for k in BASE_FIELDS}}
 
 
 def concurrency(trials: list[dict]) -> int:
@@ -311,7 +312,7 @@ def harvest(sweep_dir: str, seed: int, args: argparse.Namespace) -> dict:
     return {"preset": args.preset, "method": args.method, "samples": 0, "startup": 0, "arm": "grid",
             "seed": seed, "partial": True, "wall_s": wall, "trials": trials, "base_key": key, "base_files": files,
             "base_archive": archive.name, "sweep_dir": sweep_dir,
-            "base": {k: base.get(k) for k in ("mem_pct", "mem_rows", "mem_counted", "val_acc", "test_acc")},
+            "base": {k: base.get(k) for k in BASE_FIELDS},
             "sessions": [{**machine(), "wall_s": wall, "trials": len(trials), "sweep_dir": sweep_dir}]}
 
 
