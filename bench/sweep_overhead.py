@@ -8,6 +8,12 @@ run, on the same base model with the same threads. Prints the wall-time ratio (e
 An anytime method's checkpoint evaluations (`sweeps.candidates`; with this grid, epoch 1 of each 2-epoch trial)
 run in both, inside the method's time, and are reported apart with the number of candidates they made.
 
+The two run in rounds of alternating order (engine then loop, loop then engine, ...; `--rounds`, default 2):
+the host's speed drifts over minutes (a VM's neighbours), and the same training work has measured 10-16 %
+apart in two consecutive runs, which a single pair cannot tell from engine cost. The ratio is the rounds' sum
+of engine time over the sum of loop time; each round's own ratio is printed too, with each side's time
+outside its trials' own phases (the engine's bookkeeping; near zero for the loop).
+
 Ray's start (`ray.init`) is excluded from the engine's time and reported separately: a sweep pays it once,
 and a cluster user has it running already. The base model is made and evaluated before either timing, as
 a sweep does before its trials. The engine's time is the whole of `run_sweep` after Ray is up: MLflow parent
@@ -38,10 +44,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--storage", default="./tinymem-runs", help="model store root (the base model is reused)")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1,
                     help="torch threads per trial, for both (the engine reserves as many CPUs per trial)")
-    ap.add_argument("--loop-first", action="store_true",
-                    help="run the plain loop before the engine (to see order effects on a busy machine)")
+    ap.add_argument("--rounds", type=int, default=2,
+                    help="rounds of engine and loop, alternating which goes first (default: %(default)s)")
+    ap.add_argument("--loop-first", action="store_true", help="the plain loop goes first in the first round")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
+    if args.rounds < 1:
+        ap.error(f"--rounds must be at least 1, got {args.rounds}")
     os.environ.pop("RAY_ADDRESS", None)
 
     import yaml
@@ -71,62 +80,75 @@ def main(argv: list[str] | None = None) -> int:
     connect_ray(None, num_cpus=args.threads)
     ray_s = time.perf_counter() - t0
 
-    plan = plan_sweep(SweepOptions(method=args.method, preset=args.preset, grid="paper", max_concurrent=1,
-                                   cpus_per_trial=float(args.threads), storage=storage,
-                                   tracking_uri=f"sqlite:///{work / 'mlflow.db'}", experiment="sweep-overhead",
-                                   search_space=str(space), command="bench/sweep_overhead.py"))
+    def plan_round(r: int):
+        # Each round's engine gets its own MLflow database and study: the second sweep must not resume the first.
+        return plan_sweep(SweepOptions(method=args.method, preset=args.preset, grid="paper", max_concurrent=1,
+                                       cpus_per_trial=float(args.threads), storage=storage,
+                                       tracking_uri=f"sqlite:///{work / f'mlflow-{r}.db'}",
+                                       experiment=f"sweep-overhead-{r}", search_space=str(space),
+                                       command="bench/sweep_overhead.py"))
+
+    plan = plan_round(0)
     points = plan.space.grid_points()
     # The engine evaluates an anytime method's checkpoints (sweeps.candidates); the loop does the same work.
     anytime = anytime_config(plan.space, args.method, mode=anytime_mode(plan.options))
 
-    def engine() -> tuple[float, object]:
+    def engine(r: int) -> dict[str, float]:
         t0 = time.perf_counter()
-        outcome = run_sweep(plan, say=lambda line: None, stream="none")
+        outcome = run_sweep(plan_round(r), say=lambda line: None, stream="none")
+        wall = time.perf_counter() - t0
         assert outcome.report.counts["completed"] == len(points), outcome.report.counts
-        return time.perf_counter() - t0, outcome
+        df = outcome.report.trial_rows
+        ckpt_col = "info_seconds_checkpoint_evals"
+        return {"s": wall, "mitigate": float(df["seconds_mitigate"].sum()),
+                "outside": wall - float(df["seconds_total"].sum()),
+                "checkpoint_evals": float(df[ckpt_col].sum()) if ckpt_col in df.columns else 0.0,
+                "candidates": len(outcome.report.trials) - len(df)}
 
-    def loop() -> tuple[float, float]:
+    def loop(r: int) -> dict[str, float]:
         # Same configs, same threads; its own work_dir so no checkpoint of the engine's trials is reused.
         t0 = time.perf_counter()
-        mitigate = checkpoints = 0.0
+        mitigate = checkpoints = inside = 0.0
         for i, point in enumerate(points):
             _, _, params = plan.space.decode(point)
-            r = run_trial({"method": args.method, "params": params, "preset": args.preset, "storage": storage,
-                           "seed": 0, "work_dir": str(work / f"loop-{i}"), **anytime})
-            mitigate += r.seconds["mitigate"]
-            checkpoints += r.info.get("seconds_checkpoint_evals", 0.0)
-        return time.perf_counter() - t0, mitigate, checkpoints
+            res = run_trial({"method": args.method, "params": params, "preset": args.preset, "storage": storage,
+                             "seed": 0, "work_dir": str(work / f"loop-{r}-{i}"), **anytime})
+            mitigate += res.seconds["mitigate"]
+            inside += res.seconds["total"]
+            checkpoints += res.info.get("seconds_checkpoint_evals", 0.0)
+        wall = time.perf_counter() - t0
+        return {"s": wall, "mitigate": mitigate, "outside": wall - inside, "checkpoint_evals": checkpoints}
 
-    if args.loop_first:
-        loop_s, loop_mitigate, loop_ckpt = loop()
-        engine_s, outcome = engine()
-    else:
-        engine_s, outcome = engine()
-        loop_s, loop_mitigate, loop_ckpt = loop()
-
-    df = outcome.report.trial_rows
-    engine_mitigate = float(df["seconds_mitigate"].sum())
-    ckpt_col = "info_seconds_checkpoint_evals"
-    engine_ckpt = float(df[ckpt_col].sum()) if ckpt_col in df.columns else 0.0
-    candidates = len(outcome.report.trials) - len(df)
-    ratio = engine_s / loop_s
+    rounds = []
+    for r in range(args.rounds):
+        loop_first = (r % 2 == 0) == args.loop_first
+        if loop_first:
+            lo = loop(r)
+            en = engine(r)
+        else:
+            en = engine(r)
+            lo = loop(r)
+        rounds.append({"order": "loop first" if loop_first else "engine first",
+                       **{f"engine_{k}": round(v, 2) for k, v in en.items()},
+                       **{f"loop_{k}": round(v, 2) for k, v in lo.items() if k != "candidates"},
+                       "ratio": round(en["s"] / lo["s"], 3)})
+    ratio = sum(x["engine_s"] for x in rounds) / sum(x["loop_s"] for x in rounds)
     result = {"method": args.method, "preset": args.preset, "trials": len(points), "threads": args.threads,
-              "order": "loop first" if args.loop_first else "engine first",
-              "ray_start_s": round(ray_s, 2), "base_prepare_s": round(base_s, 2),
-              "engine_s": round(engine_s, 2), "loop_s": round(loop_s, 2),
-              "engine_sum_mitigate_s": round(engine_mitigate, 2), "loop_sum_mitigate_s": round(loop_mitigate, 2),
-              "candidates": candidates, "engine_sum_checkpoint_evals_s": round(engine_ckpt, 2),
-              "loop_sum_checkpoint_evals_s": round(loop_ckpt, 2), "ratio": round(ratio, 3)}
+              "ray_start_s": round(ray_s, 2), "base_prepare_s": round(base_s, 2), "rounds": rounds,
+              "ratio": round(ratio, 3)}
     if args.json:
         print(json.dumps(result, indent=1))
     else:
-        print(f"{len(points)} trials of {args.method} on {args.preset}, one at a time, {args.threads} torch threads")
-        print(f"  Ray start (excluded)     {ray_s:8.1f} s")
-        print(f"  sweep engine             {engine_s:8.1f} s   (sum of mitigate phases {engine_mitigate:.1f} s)")
-        print(f"  plain loop of run_trial  {loop_s:8.1f} s   (sum of mitigate phases {loop_mitigate:.1f} s)")
-        print(f"  anytime checkpoints      {candidates:8d}     (evaluations, in the mitigate phases: engine "
-              f"{engine_ckpt:.1f} s, loop {loop_ckpt:.1f} s)")
-        print(f"  ratio engine / loop      {ratio:8.3f}")
+        print(f"{len(points)} trials of {args.method} on {args.preset}, one at a time, {args.threads} torch threads;"
+              f" Ray start {ray_s:.1f} s (excluded)")
+        print("round  order          engine s  (mitigate, outside trials)   loop s  (mitigate, outside trials)"
+              "   checkpoint evals: n, engine s, loop s   ratio")
+        for i, x in enumerate(rounds):
+            print(f"{i:5d}  {x['order']:13s} {x['engine_s']:8.1f}  ({x['engine_mitigate']:7.1f}, "
+                  f"{x['engine_outside']:5.1f})          {x['loop_s']:8.1f}  ({x['loop_mitigate']:7.1f}, "
+                  f"{x['loop_outside']:5.1f})          {x['engine_candidates']:3d}, "
+                  f"{x['engine_checkpoint_evals']:5.1f}, {x['loop_checkpoint_evals']:5.1f}{x['ratio']:20.3f}")
+        print(f"ratio engine / loop over {len(rounds)} round(s): {ratio:.3f}")
     return 0
 
 
