@@ -88,14 +88,15 @@ def main(argv: list[str] | None = None) -> int:
                                        experiment=f"sweep-overhead-{r}", search_space=str(space),
                                        command="bench/sweep_overhead.py"))
 
-    plan = plan_round(0)
+    plans = [plan_round(r) for r in range(args.rounds)]
+    plan = plans[0]
     points = plan.space.grid_points()
     # The engine evaluates an anytime method's checkpoints (sweeps.candidates); the loop does the same work.
     anytime = anytime_config(plan.space, args.method, mode=anytime_mode(plan.options))
 
     def engine(r: int) -> dict[str, float]:
         t0 = time.perf_counter()
-        outcome = run_sweep(plan_round(r), say=lambda line: None, stream="none")
+        outcome = run_sweep(plans[r], say=lambda line: None, stream="none")
         wall = time.perf_counter() - t0
         assert outcome.report.counts["completed"] == len(points), outcome.report.counts
         df = outcome.report.trial_rows
@@ -130,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
             lo = loop(r)
         rounds.append({"order": "loop first" if loop_first else "engine first",
                        **{f"engine_{k}": round(v, 2) for k, v in en.items()},
-                       **{f"loop_{k}": round(v, 2) for k, v in lo.items() if k != "candidates"},
+                       **{f"loop_{k}": round(v, 2) for k, v in lo.items()},
                        "ratio": round(en["s"] / lo["s"], 3)})
     ratio = sum(x["engine_s"] for x in rounds) / sum(x["loop_s"] for x in rounds)
     result = {"method": args.method, "preset": args.preset, "trials": len(points), "threads": args.threads,
